@@ -1,0 +1,77 @@
+"""`posttrain <command>`: a thin dispatcher.
+
+Each command lives beside the library code it drives and exposes
+`main(argv: list[str]) -> int | None`. This file only maps names to those
+functions (imported lazily, so `posttrain --help` stays fast) and turns a
+`PosttrainError` into one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from .errors import PosttrainError
+
+# command words -> ("module:function", one-line help). Two-word commands are groups.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sft": ("posttrain.train.sft:main", "supervised fine-tuning (full or LoRA), with dataset mixing"),
+    "generate": ("posttrain.generate:main", "batched sampling from one or more models over a prompts file"),
+    "export": ("posttrain.models.export:main", "merge a LoRA adapter into its base and save a HF directory"),
+    "data check": ("posttrain.data.check:main", "validate a data file: shapes, counts, length statistics"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS) + 2
+    lines = ["usage: posttrain <command> [options]   (posttrain <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}{help_text}" for name, (_, help_text) in sorted(COMMANDS.items())]
+    return "\n".join(lines)
+
+
+def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
+    """Longest command-word match: `data check FILE` -> ("data check", [FILE])."""
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in COMMANDS:
+            return name, argv[words:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return 0
+    resolved = _resolve(argv)
+    if resolved is None:
+        group = [name for name in COMMANDS if name.startswith(argv[0] + " ")]
+        hint = f" (did you mean: {', '.join(sorted(group))}?)" if group else ""
+        print(f"posttrain: unknown command '{' '.join(argv[:2])}'{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    name, rest = resolved
+    target, _ = COMMANDS[name]
+    module_name, function_name = target.split(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+        result = function(rest)
+    except PosttrainError as exc:
+        print(f"posttrain {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"posttrain {name}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # argparse --help
+        return int(exc.code or 0)
+    if os.environ.get("POSTTRAIN_DEBUG"):
+        print(f"posttrain {name}: done", file=sys.stderr)
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

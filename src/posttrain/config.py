@@ -1,0 +1,199 @@
+"""Flat per-command configuration: a dataclass, loadable from YAML, every field a flag.
+
+Each command declares one flat dataclass. `parse_config(Cls, argv)` builds an
+argparse parser from its fields (`learning_rate` -> `--learning-rate`), reads an
+optional `--config FILE.yaml`, and applies flags over the file (flags win).
+Unknown or ill-typed fields are a `ConfigError` naming the field.
+
+Field help text comes from `field(metadata={"help": ...})`; `choices` in metadata
+restricts a string field. Supported field types: str, int, float, bool, and
+`list[str]` / `list[float]` / `list[int]`, each optionally `| None`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def help_field(default: Any, help: str, choices: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with help text (and optional choices), for compact configs."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); `X` -> (X, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(name: str, tp: Any, value: Any, source: str | None = None) -> Any:
+    """Check/convert one value to the field's type; a mismatch names the field."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(name, "must not be empty", source)
+    if typing.get_origin(base) is list:
+        (item_type,) = typing.get_args(base) or (str,)
+        items = value if isinstance(value, list) else [value]
+        return [coerce(name, item_type, item, source) for item in items]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(name, f"expected true or false, got {value!r}", source)
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(name, f"expected an integer, got {value!r}", source)
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(name, f"expected an integer, got {value!r}", source) from None
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(name, f"expected a number, got {value!r}", source)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected a number, got {value!r}", source) from None
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(name, f"expected a string, got {value!r}", source)
+        return str(value)
+    if base is dict or typing.get_origin(base) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"expected a mapping, got {value!r}", source)
+        return value
+    return value
+
+
+def validate_choices(cfg: Any, source: str | None = None) -> None:
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value is not None:
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if v not in choices:
+                    raise ConfigError(f.name, f"{v!r} is not one of {', '.join(map(str, choices))}", source)
+
+
+def load_yaml_mapping(path: str) -> dict[str, Any]:
+    if not Path(path).exists():
+        raise ConfigError("config", f"file not found: {path}")
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("config", f"{path}: invalid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path}: expected a mapping of field: value")
+    return data
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], source: str | None = None) -> T:
+    """Build `cls` from a mapping (YAML keys may use - or _); unknown keys are errors."""
+    types_by_name = _field_types(cls)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in types_by_name:
+            raise ConfigError(str(key), f"unknown field (known: {', '.join(sorted(types_by_name))})", source)
+        values[name] = coerce(name, types_by_name[name], value, source)
+    cfg = cls(**values)
+    validate_choices(cfg, source)
+    return cfg
+
+
+def to_mapping(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> typing.NoReturn:  # pragma: no cover - exercised via CLI
+        raise ConfigError("arguments", message)
+
+
+def build_parser(cls: type, prog: str, description: str = "") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file; flags override it")
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(_field_types(cls)[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{help_text} (default: {default!r})"}
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, nargs="+", metavar="VALUE", **kwargs)
+        else:
+            if f.metadata.get("choices"):
+                kwargs["help"] = f"{help_text} [{'|'.join(map(str, f.metadata['choices']))}] (default: {default!r})"
+            parser.add_argument(flag, metavar=f.name.upper(), **kwargs)
+    return parser
+
+
+def parse_config(cls: type[T], argv: Sequence[str], prog: str = "posttrain", description: str = "",
+                 positional: str | None = None) -> T:
+    """Parse `argv` into `cls`: defaults < YAML (`--config`) < flags.
+
+    `positional` names one field that may also be given as a bare argument
+    (e.g. `posttrain data check FILE`).
+    """
+    parser = build_parser(cls, prog, description)
+    if positional:
+        parser.add_argument("_positional", nargs="*", metavar=positional.upper())
+    args = vars(parser.parse_args(list(argv)))
+    data: dict[str, Any] = {}
+    source = None
+    if args.get("config"):
+        source = args["config"]
+        data.update(load_yaml_mapping(source))
+    bare = args.pop("_positional", None)
+    args.pop("config", None)
+    if positional and bare:
+        tp, _ = _unwrap_optional(_field_types(cls)[positional])
+        args[positional] = bare if typing.get_origin(tp) is list else " ".join(bare)
+    cfg = from_mapping(cls, data, source)
+    flag_values = {k: coerce(k, _field_types(cls)[k], v) for k, v in args.items()}
+    cfg = dataclasses.replace(cfg, **flag_values)
+    validate_choices(cfg)
+    return cfg
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically), so a run can be reproduced."""
+    from .jsonl import atomic_write
+
+    with atomic_write(path) as handle:
+        yaml.safe_dump(to_mapping(cfg), handle, sort_keys=False)
