@@ -1,0 +1,77 @@
+"""Atomic checkpoints that resume exactly.
+
+A checkpoint is `output_dir/checkpoints/step-00000012/`, holding Accelerate's
+state (model, optimizer, schedule, every process's RNG) and `trainer_state.json`
+(step, epoch, early-stopping state). It is written to a hidden temporary folder
+and renamed into place, so a kill at any moment leaves either the previous
+checkpoint set or the new one, never a half-written `step-*` folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import TrainingError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), root / name) for name in os.listdir(root) if (m := STEP_DIR.match(name))]
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Save on every process (sharded states need all ranks); rename and prune on the main one."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+        if final.exists():  # a rerun of the same step: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        prune_checkpoints(output_dir, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:
+    checkpoints = list_checkpoints(output_dir)
+    for _, path in checkpoints[: max(len(checkpoints) - max(keep_last, 1), 0)]:
+        shutil.rmtree(path, ignore_errors=True)
+    for leftover in checkpoint_root(output_dir).glob(".tmp-step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
+    """Restore model/optimizer/schedule/RNG; return the trainer state saved with them."""
+    state_file = path / STATE_FILE
+    if not state_file.exists():
+        raise TrainingError(f"checkpoint {path} is incomplete: {STATE_FILE} is missing")
+    accelerator.load_state(str(path))
+    return json.loads(state_file.read_text())

@@ -1,0 +1,354 @@
+"""The one shared training loop, on Accelerate.
+
+A recipe (sft.py, reward.py, dpo.py, ...) builds a `TrainTask`: the model, the
+tokenised examples, how to collate a micro-batch and how to compute its loss.
+`run_training` does everything else: seeds, data order, gradient accumulation,
+mixed precision, clipping, the schedule, validation and early stopping, atomic
+checkpoints with exact resume, NaN checks, SIGINT, metrics and progress.
+
+How "mean" is kept honest (DESIGN principle 3): a recipe returns the *sum* of
+its per-item losses over a micro-batch (`LossOutput.loss_sum`) and says how
+many items each example contributes (`item_count`: label tokens for a token
+mean, 1 for a per-sequence or per-pair mean). The engine knows the whole global
+batch of every step in advance, so it divides by the global item count before
+backward. Splitting a batch into micro-batches or across processes therefore
+gives the same gradient as one big batch (DDP averages over processes, so each
+process's loss is also multiplied by the number of processes).
+
+Data order is a function of (seed, epoch) only, and the step fixes the position
+in it, so resuming from a checkpoint replays exactly the batches that an
+uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError, PosttrainError, TrainingError
+from .args import TrainArgs
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .metrics import MetricsLog, Progress, truncate_metrics
+from .optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class LossOutput:
+    """What a recipe's loss function returns for one micro-batch."""
+
+    loss_sum: torch.Tensor  # scalar: sum of per-item losses in this micro-batch
+    metric_sums: dict[str, torch.Tensor | float] = field(default_factory=dict)  # summed over items
+
+
+@dataclass
+class TrainTask:
+    """Everything recipe-specific that the shared loop needs."""
+
+    model: torch.nn.Module
+    train_examples: Sequence[Any]
+    collate: Callable[[list[Any]], dict[str, Any]]
+    compute_loss: Callable[[torch.nn.Module, dict[str, Any]], LossOutput]
+    item_count: Callable[[Any], int] = lambda example: 1
+    token_count: Callable[[Any], int] = lambda example: len(example["input_ids"])
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    save_final: Callable[[torch.nn.Module, Path], None] | None = None
+    name: str = "train"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_dir: Path | None
+    last_metrics: dict[str, Any]
+    eval_metrics: dict[str, Any]
+    seconds: float
+    tokens_per_second: float
+    stopped_early: bool = False
+
+
+class Interrupted(PosttrainError):
+    """SIGINT: a checkpoint was saved and the run can be resumed."""
+
+    exit_code = 130
+
+
+def make_accelerator(args: TrainArgs, project_name: str = "posttrain"):
+    from accelerate import Accelerator
+
+    mixed = args.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if mixed != "no" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision", f"{mixed} needs a GPU; use 'no' or 'auto' on CPU")
+    check_trackers(args.report_to)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed,
+                              log_with=args.report_to or None, project_dir=args.output_dir)
+    if args.report_to:
+        accelerator.init_trackers(project_name)
+    return accelerator
+
+
+def check_trackers(names: list[str]) -> None:
+    import importlib.util
+
+    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+    for name in names:
+        if name not in modules:
+            raise ConfigError("report_to", f"unknown tracker {name!r} (known: {', '.join(modules)})")
+        if not any(importlib.util.find_spec(m) for m in modules[name]):
+            raise ConfigError("report_to", f"{name} is not installed (pip install {modules[name][0]})")
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch: depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def step_micro_batches(num_examples: int, args: TrainArgs, world: int, step: int, steps_per_epoch: int) -> list[list[int]]:
+    """Example indices of each micro-batch of optimizer step `step`, for all processes.
+
+    Micro-batch m of the global batch goes to process m // grad_accum, so one
+    process with grad_accum=2 sees exactly what two processes with grad_accum=1 see.
+    """
+    epoch, position = divmod(step, steps_per_epoch)
+    order = epoch_order(num_examples, args.seed, epoch)
+    size = args.batch_size
+    start = position * size * args.grad_accum * world
+    return [order[start + m * size: start + (m + 1) * size] for m in range(args.grad_accum * world)]
+
+
+def plan_steps(num_examples: int, args: TrainArgs, world: int) -> tuple[int, int]:
+    """(steps_per_epoch, total_steps). Incomplete global batches at an epoch's end are skipped;
+    the next epoch's new order covers those examples."""
+    global_batch = args.batch_size * args.grad_accum * world
+    if num_examples == 0:
+        raise ConfigError("data", "the training set is empty")
+    if global_batch > num_examples:
+        raise ConfigError("batch_size", f"the global batch ({args.batch_size} x {args.grad_accum} accumulation x "
+                                        f"{world} processes = {global_batch}) is larger than the training set ({num_examples})")
+    steps_per_epoch = num_examples // global_batch
+    total = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.epochs * steps_per_epoch))
+    return steps_per_epoch, total
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def default_save_final(accelerator, tokenizer=None) -> Callable[[torch.nn.Module, Path], None]:
+    def save(model: torch.nn.Module, directory: Path) -> None:
+        state_dict = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(directory)
+    return save
+
+
+def save_final_atomically(accelerator, task: TrainTask, model, output_dir: str, tokenizer=None) -> Path:
+    final = Path(output_dir) / "final"
+    tmp = Path(output_dir) / ".tmp-final"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    (task.save_final or default_save_final(accelerator, tokenizer))(model, tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+@contextlib.contextmanager
+def sigint_flag():
+    """Turn Ctrl-C into a flag the loop checks after each step (only in the main thread)."""
+    state = {"hit": False}
+
+    def handler(signum, frame):
+        state["hit"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave SIGINT alone
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    target = model
+    if hasattr(target, "gradient_checkpointing_enable"):
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(target, "enable_input_require_grads"):
+        target.enable_input_require_grads()
+
+
+def _as_float(value: torch.Tensor | float) -> float:
+    return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def reduce_sums(accelerator, sums: dict[str, float]) -> dict[str, float]:
+    """Sum a dict of floats over processes (one collective for all keys)."""
+    if accelerator.num_processes == 1 or not sums:
+        return sums
+    keys = sorted(sums)
+    tensor = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    tensor = accelerator.reduce(tensor, reduction="sum")
+    return dict(zip(keys, tensor.tolist()))
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
+
+
+def improved(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=None) -> TrainResult:
+    """Train `task.model` on `task.train_examples` as `args` says; see the module docstring."""
+    from accelerate.utils import set_seed
+
+    accelerator = accelerator or make_accelerator(args)
+    set_seed(args.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    examples = task.train_examples
+    steps_per_epoch, total_steps = plan_steps(len(examples), args, world)
+
+    model = task.model
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    optimizer = build_optimizer(model, args)
+    scheduler = build_scheduler(optimizer, args, total_steps)
+    # The scheduler is registered, not prepared: a prepared one steps once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    log = MetricsLog(accelerator, args.output_dir, args.report_to)
+    state: dict[str, Any] = {"best": None, "bad_evals": 0, "stopped_early": False}
+    step = 0
+    if args.resume:
+        checkpoint = latest_checkpoint(args.output_dir)
+        if checkpoint is not None:
+            state.update(load_checkpoint(accelerator, checkpoint))
+            step = int(state.pop("step"))
+            if accelerator.is_main_process:
+                truncate_metrics(log.path, step)
+                print(f"resumed from {checkpoint} at step {step}")
+    elif accelerator.is_main_process:
+        log.path.unlink(missing_ok=True)
+
+    progress = Progress(total_steps, step, enabled=args.progress and accelerator.is_main_process, description=task.name)
+    started = time.perf_counter()
+    last_row: dict[str, Any] = {}
+    eval_row: dict[str, Any] = {}
+    last_checkpoint = latest_checkpoint(args.output_dir)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {"best": state["best"], "bad_evals": state["bad_evals"], "stopped_early": state["stopped_early"],
+                "epoch": step / steps_per_epoch}
+
+    def run_eval() -> dict[str, Any]:
+        nonlocal eval_row
+        if task.evaluate is None:
+            return {}
+        model.eval()
+        with torch.no_grad():
+            eval_row = {f"eval/{k}" if not k.startswith("eval/") else k: v
+                        for k, v in task.evaluate(accelerator.unwrap_model(model)).items()}
+        model.train()
+        log.log({"step": step, **eval_row})
+        return eval_row
+
+    with sigint_flag() as interrupt:
+        while step < total_steps and not state["stopped_early"]:
+            micro = step_micro_batches(len(examples), args, world, step, steps_per_epoch)
+            global_items = sum(task.item_count(examples[i]) for ids in micro for i in ids)
+            global_tokens = sum(task.token_count(examples[i]) for ids in micro for i in ids)
+            if global_items == 0:
+                raise TrainingError(f"step {step + 1}: the batch has nothing to learn from (no response tokens)")
+            mine = micro[rank * args.grad_accum:(rank + 1) * args.grad_accum]
+            model.train()
+            sums: dict[str, float] = {"loss": 0.0}
+            for j, ids in enumerate(mine):
+                batch = to_device(task.collate([examples[i] for i in ids]), accelerator.device)
+                sync = contextlib.nullcontext() if j == len(mine) - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    out = task.compute_loss(model, batch)
+                    accelerator.backward(out.loss_sum * (world / global_items))
+                sums["loss"] += _as_float(out.loss_sum)
+                for key, value in out.metric_sums.items():
+                    sums[key] = sums.get(key, 0.0) + _as_float(value)
+            sums = reduce_sums(accelerator, sums)
+            loss = sums["loss"] / global_items
+            if args.max_grad_norm > 0:
+                grad_norm = _as_float(accelerator.clip_grad_norm_(trainable, args.max_grad_norm))
+            else:
+                grad_norm = _as_float(torch.norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
+            if not math.isfinite(loss) or not math.isfinite(grad_norm):
+                where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+                what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+                raise TrainingError(f"step {step + 1}: {what}; stopping before the update ({where})")
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            tokens_per_second = progress.update(global_tokens, loss=loss)
+            last_row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr,
+                        "grad_norm": grad_norm, "tokens": global_tokens, "tokens_per_s": tokens_per_second,
+                        **{k: v / global_items for k, v in sums.items() if k != "loss"}}
+            if step % max(args.log_every, 1) == 0 or step == total_steps:
+                log.log(last_row)
+
+            if args.eval_every and step % args.eval_every == 0 and step < total_steps:
+                row = run_eval()
+                if args.early_stopping_patience and args.early_stopping_metric in row:
+                    value = row[args.early_stopping_metric]
+                    if improved(value, state["best"], args.early_stopping_mode):
+                        state["best"], state["bad_evals"] = value, 0
+                    else:
+                        state["bad_evals"] += 1
+                        if state["bad_evals"] >= args.early_stopping_patience:
+                            state["stopped_early"] = True
+                            if accelerator.is_main_process:
+                                print(f"early stopping at step {step}: {args.early_stopping_metric} has not "
+                                      f"improved for {state['bad_evals']} validations (best {state['best']:.4g})")
+
+            if args.save_every and step % args.save_every == 0 and step < total_steps:
+                last_checkpoint = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(), args.keep_last)
+            if any_process(accelerator, interrupt["hit"]):
+                path = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(), args.keep_last)
+                progress.close()
+                raise Interrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved to {path}; "
+                                  f"run again with --resume to continue")
+    progress.close()
+    final_eval = run_eval()
+    final_dir = save_final_atomically(accelerator, task, model, args.output_dir, tokenizer)
+    seconds = time.perf_counter() - started
+    if args.report_to:
+        accelerator.end_training()
+    return TrainResult(steps=step, final_dir=final_dir, last_metrics=last_row, eval_metrics=final_eval or eval_row,
+                       seconds=seconds, tokens_per_second=last_row.get("tokens_per_s", 0.0),
+                       stopped_early=state["stopped_early"])

@@ -1,0 +1,44 @@
+"""Optimizer and learning-rate schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import get_scheduler
+
+from ..errors import ConfigError
+from .args import TrainArgs
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases and norms (the usual convention)."""
+    named = trainable_parameters(model)
+    if not named:
+        raise ConfigError("model", "has no trainable parameters")
+    decay = [p for n, p in named if p.ndim >= 2]
+    no_decay = [p for n, p in named if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if args.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("optimizer", "adamw_8bit needs bitsandbytes (pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(groups, lr=args.learning_rate)
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def warmup_steps(args: TrainArgs, total_steps: int) -> int:
+    if args.warmup_steps > 0:
+        return args.warmup_steps
+    return int(math.ceil(args.warmup_ratio * total_steps))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainArgs, total_steps: int):
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[args.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps(args, total_steps),
+                         num_training_steps=max(total_steps, 1))
