@@ -38,3 +38,21 @@ class TrainArgs:
     log_every: int = help_field(1, "log metrics every N steps")
     report_to: list[str] = help_field([], "also log to: tensorboard, wandb, mlflow (when installed)")
     progress: bool = help_field(True, "show a progress bar")
+
+
+@dataclass
+class ModelArgs:
+    """Which model to start from, how to load it, and the parameter-efficient method."""
+
+    model: str = help_field("smollm2-135m", "hub id, local/run directory, .gguf file, or alias (smollm2-135m, tiny-random)")
+    dtype: str = help_field("auto", "weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, bfloat16, float16")
+    attn_implementation: str = help_field("sdpa", "attention kernel", choices=["sdpa", "eager", "flash_attention_2", "flex_attention"])
+    peft: str = help_field("none", "parameter-efficient method", choices=["none", "lora", "dora", "qlora", "prefix", "ia3"])
+    lora_r: int = help_field(16, "LoRA rank")
+    lora_alpha: float = help_field(32.0, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = help_field(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = help_field(["all-linear"], "modules to adapt (all-linear: every linear layer but the head)")
+    template: str = help_field("auto", "prompt template: auto (the tokenizer's chat template if any), chat, basic, conversational, with_input, alpaca",
+                               choices=["auto", "chat", "basic", "conversational", "with_input", "alpaca"])
+    max_length: int = help_field(1024, "longest sequence in tokens")
+    length_policy: str = help_field("drop", "what to do with longer examples (counted and reported)", choices=["error", "truncate", "drop"])

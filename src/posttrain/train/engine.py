@@ -145,10 +145,21 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def default_save_final(accelerator, tokenizer=None) -> Callable[[torch.nn.Module, Path], None]:
+    from accelerate.utils import DistributedType
+
+    from ..models.saving import save_model_files
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
     def save(model: torch.nn.Module, directory: Path) -> None:
-        state_dict = accelerator.get_state_dict(model)
+        # Sharded engines must gather the full state dict on every process first.
+        state_dict = accelerator.get_state_dict(model) if sharded else None
         if accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict)
+            unwrapped = accelerator.unwrap_model(model)
+            if state_dict is not None:
+                unwrapped.save_pretrained(directory, state_dict=state_dict)
+            else:
+                save_model_files(unwrapped, directory)
             if tokenizer is not None:
                 tokenizer.save_pretrained(directory)
     return save

@@ -1,0 +1,137 @@
+"""Batched generation with the KV cache: left padding, n samples per prompt, stop strings.
+
+Works on token ids, so callers decide how prompts are rendered (chat template or
+a plain template) and RL recipes get the exact ids they will train on.
+Prompts are sorted by length before batching so each batch pads as little as
+possible; results come back in the original order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    response_ids: list[int]  # up to and including eos; cut after a stop string
+    text: str  # decoded response without special tokens, cut before a stop string
+    finish_reason: str  # "eos", "stop" or "length"
+    logprobs: list[float] | None = None  # log p(token) under the model at temperature 1
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to a [B, T] id tensor and its attention mask (generation continues on the right)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int], pad_id: int) -> tuple[list[int], bool]:
+    """Keep tokens up to and including the first eos; drop right padding after it."""
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: i + 1], True
+    while tokens and tokens[-1] == pad_id and pad_id not in eos_ids:
+        tokens = tokens[:-1]
+    return tokens, False
+
+
+def cut_at_stop(tokens: list[int], decode: Callable[[list[int]], str], stop: list[str]) -> tuple[list[int], str, bool]:
+    """Shortest token prefix whose text contains a stop string; the text is cut before it."""
+    text = decode(tokens)
+    hits = [(text.find(s), s) for s in stop if s and s in text]
+    if not hits:
+        return tokens, text, False
+    position, _ = min(hits)
+    for end in range(1, len(tokens) + 1):  # responses are short; a linear scan is fine
+        if any(s in decode(tokens[:end]) for s in stop if s):
+            return tokens[:end], text[:position], True
+    return tokens, text[:position], True
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(value)
+    return ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams,
+             batch_size: int = 8, return_logprobs: bool = False) -> list[Generation]:
+    """Sample `params.n` responses for each prompt (token ids). Returns prompt-major order."""
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = eos_token_ids(model, tokenizer)
+    greedy = params.temperature <= 0
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: dict[tuple[int, int], Generation] = {}
+    was_training = model.training
+    model.eval()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(params.seed)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ids, mask = left_pad([prompts[i] for i in chunk], pad_id)
+            kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=not greedy, pad_token_id=pad_id,
+                          eos_token_id=sorted(eos), num_return_sequences=params.n,
+                          return_dict_in_generate=True, output_logits=return_logprobs)
+            if not greedy:
+                kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            if params.stop:
+                kwargs.update(stop_strings=params.stop, tokenizer=tokenizer)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            new_tokens = out.sequences[:, ids.shape[1]:].tolist()
+            token_logprobs = None
+            if return_logprobs:
+                logits = torch.stack(out.logits, dim=1).float()  # [B*n, new, V]
+                chosen = out.sequences[:, ids.shape[1]:].unsqueeze(-1)
+                token_logprobs = (logits.gather(-1, chosen).squeeze(-1) - torch.logsumexp(logits, dim=-1)).tolist()
+            for row, tokens in enumerate(new_tokens):
+                prompt_index, sample_index = chunk[row // params.n], row % params.n
+                results[(prompt_index, sample_index)] = _finish(
+                    prompt_index, sample_index, list(prompts[prompt_index]), tokens, tokenizer, eos, pad_id,
+                    params, None if token_logprobs is None else token_logprobs[row])
+    finally:
+        torch.random.set_rng_state(generator_state)
+        model.train(was_training)
+    return [results[(p, s)] for p in range(len(prompts)) for s in range(params.n)]
+
+
+def _finish(prompt_index, sample_index, prompt_ids, tokens, tokenizer, eos, pad_id, params, logprobs) -> Generation:
+    tokens, hit_eos = cut_at_eos(tokens, eos, pad_id)
+    decode = lambda t: tokenizer.decode(t, skip_special_tokens=True)
+    tokens, text, hit_stop = cut_at_stop(tokens, decode, params.stop) if params.stop else (tokens, decode(tokens), False)
+    reason = "stop" if hit_stop else "eos" if hit_eos else "length"
+    return Generation(prompt_index, sample_index, prompt_ids, tokens, text, reason,
+                      None if logprobs is None else logprobs[: len(tokens)])

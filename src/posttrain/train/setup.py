@@ -1,0 +1,38 @@
+"""Set-up steps every training recipe shares: the run directory and the model to train."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import save_config
+from .args import ModelArgs
+
+
+def prepare_run_dir(cfg: Any) -> Path:
+    """Create the run directory and write the resolved config (`config.yaml`) into it."""
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointing: bool = False,
+                         modules_to_save: list[str] | None = None, quiet: bool = False):
+    """Load `cfg.model` and wrap it in the chosen PEFT method; returns the model in train mode."""
+    from ..models import load_model
+    from ..models.peft import apply_peft, trainable_parameter_summary
+
+    extra = {"load_in_4bit": True} if cfg.peft == "qlora" else {}
+    model = load_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, seed=seed, **extra)
+    if cfg.peft != "none":
+        target = cfg.lora_target_modules
+        target = target[0] if target == ["all-linear"] else target
+        model = apply_peft(model, cfg.peft, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=target, modules_to_save=modules_to_save,
+                           gradient_checkpointing=gradient_checkpointing)
+    model.train()
+    if not quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"model {cfg.model}: {trainable_parameter_summary(model)['text']}")
+    return model

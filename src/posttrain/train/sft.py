@@ -1,0 +1,151 @@
+"""Supervised fine-tuning: `posttrain sft`.
+
+Reads one or more instruction datasets in any supported shape, mixes them
+(proportional, weighted, or temperature-scaled), tokenises with loss only on
+assistant answers, optionally packs several examples per row, and trains the
+model (full or with a PEFT adapter) with the shared engine.
+
+The loss is the token mean of the negative log-likelihood over every assistant
+token in the global batch. Logits are computed only at the positions that
+predict a response token (`response_logprobs`), so prompt positions never pay
+for a vocabulary projection.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import help_field, parse_config
+from ..errors import ConfigError
+from .args import ModelArgs, TrainArgs
+from .engine import LossOutput, TrainTask, run_training
+from .setup import load_trainable_model, prepare_run_dir
+
+
+@dataclass
+class SFTConfig(ModelArgs, TrainArgs):
+    output_dir: str = help_field("runs/sft", "run directory: config, metrics.jsonl, checkpoints/, final/")
+    learning_rate: float = help_field(2e-5, "peak learning rate (LoRA usually wants 1e-4 to 3e-4)")
+    data: list[str] = help_field([], "training data: one or more files, dataset directories or hub ids")
+    data_weights: list[float] = help_field([], "sampling weight per dataset (default: proportional to size)")
+    mixing_temperature: float = help_field(0.0, "temperature-scaled mixing, p_i ~ n_i^(1/T) (0: off)")
+    mix_total: int = help_field(0, "examples in the mixture per epoch (0: the sum of the dataset sizes)")
+    curriculum: str = help_field("shuffle", "order of the mixture", choices=["shuffle", "dataset", "length"])
+    eval_data: str | None = help_field(None, "validation data (default: eval_fraction of the training data)")
+    packing: bool = help_field(False, "pack several examples into each max_length row (attention stays per example)")
+    limit: int = help_field(0, "use only the first N examples of each dataset (0: all)")
+
+
+def tokenize_dataset(path: str, tokenizer, template, cfg: SFTConfig) -> list:
+    from ..data import load_records, tokenize_conversations
+
+    records = load_records(path, kind="sft", limit=cfg.limit or None)
+    examples, stats = tokenize_conversations(records, tokenizer, template, cfg.max_length, cfg.length_policy)
+    print(f"{path}: {stats.summary()}")
+    if not examples:
+        raise ConfigError("data", f"{path}: no example is left after the length policy ({stats.summary()})")
+    return examples
+
+
+def build_mixture(datasets: list[list], cfg: SFTConfig) -> list:
+    """Flatten several tokenised datasets into one training list, as the mixing options say."""
+    from ..data import mix
+
+    if cfg.data_weights and len(cfg.data_weights) != len(datasets):
+        raise ConfigError("data_weights", f"{len(cfg.data_weights)} weights for {len(datasets)} datasets")
+    picks = mix([len(d) for d in datasets], weights=cfg.data_weights or None,
+                temperature=cfg.mixing_temperature or None, total=cfg.mix_total or None, seed=cfg.seed,
+                order=cfg.curriculum, lengths=[[len(e) for e in d] for d in datasets])
+    return [datasets[d][i] for d, i in picks]
+
+
+def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    if fraction <= 0:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, int(round(len(examples) * fraction)))
+    held = set(order[:cut])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def response_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return batch["labels"] != -100
+
+
+def nll_sum(model, batch: dict[str, torch.Tensor]) -> LossOutput:
+    """Sum of -log p(token) over the batch's trained tokens (the engine divides by their count)."""
+    from ..models.logprobs import response_logprobs
+
+    inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+    token_logprobs = response_logprobs(model, batch["input_ids"], response_mask=response_mask(batch), **inputs).logprobs
+    return LossOutput(loss_sum=-token_logprobs.sum())
+
+
+def collate_fn(tokenizer, packed: bool):
+    from ..data import pad_collate, packed_collate
+
+    if packed:
+        return lambda packs: packed_collate(packs, tokenizer.pad_token_id)
+    return lambda examples: pad_collate(examples, tokenizer.pad_token_id)
+
+
+def trained_tokens(example) -> int:
+    # Pack.add already masks the first token of each example; labels equal ids where trained.
+    return sum(1 for label in example.labels[1:] if label != -100)
+
+
+def make_evaluator(eval_examples: list, collate, batch_size: int):
+    def evaluate(model) -> dict[str, float]:
+        total, count = 0.0, 0
+        for start in range(0, len(eval_examples), batch_size):
+            chunk = eval_examples[start:start + batch_size]
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            total += float(nll_sum(model, batch).loss_sum)
+            count += sum(trained_tokens(e) for e in chunk)
+        loss = total / max(count, 1)
+        return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
+    return evaluate
+
+
+def train_sft(cfg: SFTConfig):
+    """Run SFT as configured; returns the engine's `TrainResult`."""
+    from ..data import get_template, pack_examples
+    from ..models import load_tokenizer
+
+    if not cfg.data:
+        raise ConfigError("data", "give at least one training file (--data FILE)")
+    prepare_run_dir(cfg)
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    template = get_template(cfg.template, tokenizer)
+    train = build_mixture([tokenize_dataset(path, tokenizer, template, cfg) for path in cfg.data], cfg)
+    if cfg.eval_data:
+        held_out = tokenize_dataset(cfg.eval_data, tokenizer, template, cfg)
+    else:
+        train, held_out = split_eval(train, cfg.eval_fraction, cfg.seed)
+    if cfg.packing:
+        packs = pack_examples(train, cfg.max_length)
+        print(f"packed {len(train)} examples into {len(packs)} rows of at most {cfg.max_length} tokens")
+        train = packs
+    collate = collate_fn(tokenizer, cfg.packing)
+    model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
+    task = TrainTask(
+        model=model, train_examples=train, collate=collate, compute_loss=nll_sum,
+        item_count=trained_tokens, token_count=len,
+        evaluate=make_evaluator(held_out, collate_fn(tokenizer, False), cfg.batch_size) if held_out else None,
+        name="sft")
+    result = run_training(task, cfg, tokenizer=tokenizer)
+    print(f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.last_metrics.get('loss', float('nan')):.4f}"
+          + (f", eval loss {result.eval_metrics['eval/loss']:.4f}" if "eval/loss" in result.eval_metrics else "")
+          + f"; model in {result.final_dir}")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_config(SFTConfig, argv, prog="posttrain sft", description=__doc__.splitlines()[0])
+    train_sft(cfg)
+    return 0
