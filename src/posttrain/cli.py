@@ -19,6 +19,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("posttrain.generate:main", "batched sampling from one or more models over a prompts file"),
     "export": ("posttrain.models.export:main", "merge a LoRA adapter into its base and save a HF directory"),
     "data check": ("posttrain.data.check:main", "validate a data file: shapes, counts, length statistics"),
+    "ab": ("posttrain.ab.command:main", "A/B analysis of feedback logs: rates, tests, power, ship/keep/collect"),
+    "data agreement": ("posttrain.quality.agreement:main", "inter-annotator agreement: Cohen/Fleiss kappa, Krippendorff alpha"),
+    "data bias": ("posttrain.quality.bias:main", "position, length and model bias of pairwise labels, with tests"),
+    "data validate": ("posttrain.quality.validate:main", "completeness, consistency, diversity and balance of a data file"),
+    "data filter": ("posttrain.quality.filter:main", "drop low-quality, duplicate or unsafe rows (--safety, --redact)"),
+    "data dedup": ("posttrain.quality.dedup:main", "exact/near duplicates and train/eval contamination"),
+    "serve": ("posttrain.serve.commands:serve_main", "run the annotation + feedback web app (FastAPI, SQLite)"),
+    "serve token": ("posttrain.serve.commands:token_main", "create a login token for an annotator (or --admin)"),
+    "serve import": ("posttrain.serve.commands:import_main", "load pairwise items to annotate from JSONL"),
+    "serve export": ("posttrain.serve.commands:export_main", "export labels as preference/annotation JSONL, feedback for ab"),
+    "judge": ("posttrain.judge.command:main", "LLM-as-judge: pairwise verdicts (with position swap) or rubric scores"),
 }
 
 

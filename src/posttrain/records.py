@@ -51,6 +51,13 @@ class Record:
 
 
 @dataclass
+class Prompt(Record):
+    """A prompt to answer (generation, judging, RL); `extra` keeps e.g. the reference answer."""
+
+    prompt: list[Message]
+
+
+@dataclass
 class Conversation(Record):
     """An SFT example: messages ending with (and containing) assistant turns to learn."""
 

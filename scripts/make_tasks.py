@@ -1,0 +1,166 @@
+"""Write the verifiable task sets shipped in src/posttrain/resources/tasks/ (deterministic).
+
+    .venv/bin/python scripts/make_tasks.py [--out DIR]
+
+Three tasks, each with a train split and a held-out test split that shares no prompt with it.
+Every row is a prompt-only record for RL / best-of-n: `prompt` (text), the fields its
+verifier reads, and `task`, `id`, `level`. The verifier is the built-in reward named in
+`posttrain.rollout.rewards.TASKS`:
+
+  arithmetic  "What is 17 + 25?"              answer: 42                   reward "math"
+  sorting     "Sort ... 7, 2, 9"              answer: [2, 7, 9]            reward "sort"
+  code        "Write a function add(a, b)"    tests: ["assert add(1, 2) == 3", ...]  reward "code"
+
+Difficulty is aimed at SmolLM2-135M-Instruct: weak but not hopeless (single- and two-digit
+addition and subtraction, a few three-operand sums; sorting 3-5 numbers below 20), so that
+GRPO or best-of-n + SFT has signal to work with. Prompts ask for an "Answer: ..." line, which
+the verifiers prefer but do not require.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent.parent / "src" / "posttrain" / "resources" / "tasks"
+SIZES = {"arithmetic": (1000, 200), "sorting": (1000, 200)}
+
+
+# ------------------------------------------------------------------------ arithmetic
+
+def arithmetic_problem(rng: random.Random) -> tuple[str, int, str]:
+    """(expression, value, level). Levels: 1d (one-digit +/-), 2d (two-digit +/-), 3op (a+b-c)."""
+    level = rng.choices(["1d", "2d", "3op"], weights=[4, 4, 2])[0]
+    if level == "1d":
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+    elif level == "2d":
+        a, b = rng.randint(10, 99), rng.randint(1, 99)
+    else:
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        op1, op2 = rng.choice("+-"), rng.choice("+-")
+        expr = f"{a} {op1} {b} {op2} {c}"
+        return expr, eval(expr), level  # noqa: S307 - our own digits and +/-
+    op = rng.choice("+-")
+    if op == "-" and b > a:  # keep answers non-negative: the small model is not ready for negatives
+        a, b = b, a
+    return f"{a} {op} {b}", a + b if op == "+" else a - b, level
+
+
+def arithmetic_row(rng: random.Random) -> dict:
+    expr, value, level = arithmetic_problem(rng)
+    prompt = f"What is {expr}? End your reply with a line 'Answer: N' where N is the result."
+    return {"prompt": prompt, "answer": value, "task": "arithmetic", "level": level}
+
+
+# --------------------------------------------------------------------------- sorting
+
+def sorting_row(rng: random.Random) -> dict:
+    size = rng.choice([3, 3, 4, 4, 5])
+    numbers = rng.sample(range(0, 20), size)
+    shown = ", ".join(str(n) for n in numbers)
+    prompt = (f"Sort these numbers from smallest to largest: {shown}. "
+              f"End your reply with a line 'Answer: ' followed by the sorted numbers, separated by commas.")
+    return {"prompt": prompt, "answer": sorted(numbers), "task": "sorting", "level": f"{size}"}
+
+
+# ------------------------------------------------------------------------------ code
+
+# (signature, what it does, tests, a reference body). Kept tiny: one-liners a small model might write.
+CODE_PROBLEMS = [
+    ("add(a, b)", "returns the sum of a and b", ["add(1, 2) == 3", "add(-1, 1) == 0", "add(10, 5) == 15"],
+     "return a + b"),
+    ("square(x)", "returns x multiplied by itself", ["square(3) == 9", "square(0) == 0", "square(-4) == 16"],
+     "return x * x"),
+    ("is_even(n)", "returns True if n is even and False otherwise",
+     ["is_even(4) == True", "is_even(7) == False", "is_even(0) == True"], "return n % 2 == 0"),
+    ("maximum(xs)", "returns the largest number in the list xs",
+     ["maximum([1, 5, 3]) == 5", "maximum([-2, -7]) == -2", "maximum([4]) == 4"], "return max(xs)"),
+    ("reverse_string(s)", "returns the string s reversed",
+     ["reverse_string('abc') == 'cba'", "reverse_string('') == ''", "reverse_string('a') == 'a'"], "return s[::-1]"),
+    ("count_vowels(s)", "returns how many vowels (a, e, i, o, u) the lowercase string s contains",
+     ["count_vowels('hello') == 2", "count_vowels('xyz') == 0", "count_vowels('aeiou') == 5"],
+     "return sum(c in 'aeiou' for c in s)"),
+    ("factorial(n)", "returns n! for a non-negative integer n",
+     ["factorial(0) == 1", "factorial(5) == 120", "factorial(3) == 6"], "return 1 if n == 0 else n * factorial(n - 1)"),
+    ("first_element(xs)", "returns the first element of the list xs",
+     ["first_element([3, 4]) == 3", "first_element(['a']) == 'a'"], "return xs[0]"),
+    ("sum_list(xs)", "returns the sum of the numbers in the list xs",
+     ["sum_list([1, 2, 3]) == 6", "sum_list([]) == 0", "sum_list([-1, 1]) == 0"], "return sum(xs)"),
+    ("double(x)", "returns two times x", ["double(2) == 4", "double(0) == 0", "double(-3) == -6"], "return 2 * x"),
+    ("is_positive(x)", "returns True if x is greater than zero, else False",
+     ["is_positive(5) == True", "is_positive(0) == False", "is_positive(-2) == False"], "return x > 0"),
+    ("length(s)", "returns the number of characters in the string s", ["length('abc') == 3", "length('') == 0"],
+     "return len(s)"),
+    ("minimum(xs)", "returns the smallest number in the list xs",
+     ["minimum([4, 2, 8]) == 2", "minimum([0]) == 0", "minimum([-1, -5]) == -5"], "return min(xs)"),
+    ("to_upper(s)", "returns the string s in upper case", ["to_upper('abc') == 'ABC'", "to_upper('A1b') == 'A1B'"],
+     "return s.upper()"),
+    ("average(xs)", "returns the mean of the non-empty list of numbers xs",
+     ["average([1, 2, 3]) == 2", "average([4]) == 4", "average([1, 2]) == 1.5"], "return sum(xs) / len(xs)"),
+    ("last_element(xs)", "returns the last element of the list xs",
+     ["last_element([1, 2, 3]) == 3", "last_element(['x']) == 'x'"], "return xs[-1]"),
+    ("absolute(x)", "returns the absolute value of x without using abs",
+     ["absolute(-3) == 3", "absolute(4) == 4", "absolute(0) == 0"], "return -x if x < 0 else x"),
+    ("count_char(s, c)", "returns how many times the character c appears in the string s",
+     ["count_char('banana', 'a') == 3", "count_char('abc', 'z') == 0"], "return s.count(c)"),
+    ("is_palindrome(s)", "returns True if the string s reads the same backwards",
+     ["is_palindrome('racecar') == True", "is_palindrome('ab') == False", "is_palindrome('') == True"],
+     "return s == s[::-1]"),
+    ("fizzbuzz(n)", "returns 'Fizz' if n is divisible by 3, 'Buzz' if by 5, 'FizzBuzz' if by both, else str(n)",
+     ["fizzbuzz(3) == 'Fizz'", "fizzbuzz(10) == 'Buzz'", "fizzbuzz(15) == 'FizzBuzz'", "fizzbuzz(7) == '7'"],
+     "return 'FizzBuzz' if n % 15 == 0 else 'Fizz' if n % 3 == 0 else 'Buzz' if n % 5 == 0 else str(n)"),
+]
+CODE_TEST_EVERY = 4  # every 4th problem is held out
+
+
+def code_rows() -> tuple[list[dict], list[dict]]:
+    train, test = [], []
+    for index, (signature, does, tests, body) in enumerate(CODE_PROBLEMS):
+        prompt = (f"Write a Python function `{signature}` that {does}. "
+                  f"Reply with only the code in a ```python block.")
+        row = {"prompt": prompt, "tests": [f"assert {t}" for t in tests], "task": "code", "level": "1",
+               "entry_point": signature.split("(")[0], "solution": f"def {signature}:\n    {body}\n"}
+        (test if index % CODE_TEST_EVERY == CODE_TEST_EVERY - 1 else train).append(row)
+    return train, test
+
+
+# ------------------------------------------------------------------------------ main
+
+def split_unique(make, rng: random.Random, n_train: int, n_test: int) -> tuple[list[dict], list[dict]]:
+    """Draw rows until each split is full; a prompt never appears twice or in both splits."""
+    seen: set[str] = set()
+    splits: list[list[dict]] = [[], []]
+    for split, size in ((1, n_test), (0, n_train)):  # held-out first, so its difficulty mix is not skimmed
+        while len(splits[split]) < size:
+            row = make(rng)
+            if row["prompt"] not in seen:
+                seen.add(row["prompt"])
+                splits[split].append(row)
+    return splits[0], splits[1]
+
+
+def write(path: Path, rows: list[dict], prefix: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for index, row in enumerate(rows):
+            handle.write(json.dumps({"id": f"{prefix}-{index:04d}", **row}) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    sets = {
+        "arithmetic": split_unique(arithmetic_row, random.Random(1234), *SIZES["arithmetic"]),
+        "sorting": split_unique(sorting_row, random.Random(5678), *SIZES["sorting"]),
+        "code": code_rows(),
+    }
+    for name, (train, test) in sets.items():
+        write(args.out / f"{name}_train.jsonl", train, f"{name}-train")
+        write(args.out / f"{name}_test.jsonl", test, f"{name}-test")
+        print(f"{name}: {len(train)} train, {len(test)} test -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

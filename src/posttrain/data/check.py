@@ -1,0 +1,133 @@
+"""`posttrain data check FILE`: validate a data file and print what is in it.
+
+    posttrain data check data.jsonl
+    posttrain data check data.jsonl --kind sft --tokenizer smollm2-135m --max-length 512
+
+Prints the row count, the count of each shape (and kind), and length
+statistics: characters always, tokens when `--tokenizer` is given (min, mean,
+p50, p95, max, and how many rows are over `--max-length`). The first bad row
+stops the check with the usual one-line error and exit code 2.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..config import help_field, parse_config
+from ..errors import ConfigError
+from ..records import Conversation, PreferencePair, Ranked, Record, Unpaired
+from .formats import KINDS, SHAPES, iter_records
+from .templates import TEMPLATE_NAMES, get_template
+from .tokenize import encode, tokenize_conversation, tokenize_prompt_response
+
+
+@dataclass
+class DataCheckConfig:
+    file: str = help_field("", "data file (.jsonl/.json/.csv/.parquet), save_to_disk directory, or hub id")
+    kind: str | None = help_field(None, "require every row to be this kind of data", choices=KINDS)
+    split: str | None = help_field(None, "split of a dataset directory or hub dataset (default: train)")
+    tokenizer: str | None = help_field(None, "count tokens with this model's tokenizer (alias, directory or hub id)")
+    template: str = help_field("auto", "prompt template used when counting tokens", choices=TEMPLATE_NAMES)
+    max_length: int | None = help_field(None, "report how many rows are longer than this many tokens")
+
+
+@dataclass
+class CheckResult:
+    rows: int
+    shapes: Counter
+    kinds: Counter
+    chars: list[int]
+    tokens: list[int] | None
+
+    def over(self, max_length: int) -> int:
+        return sum(1 for n in self.tokens or [] if n > max_length)
+
+
+def record_texts(record: Record) -> tuple[str, list[str]]:
+    """(prompt text, response texts) of a record, for character counts."""
+    if isinstance(record, Conversation):
+        return "".join(m["content"] for m in record.messages if m["role"] != "assistant"), [
+            "".join(m["content"] for m in record.messages if m["role"] == "assistant")]
+    prompt = "".join(m["content"] for m in record.prompt)
+    if isinstance(record, PreferencePair):
+        return prompt, [record.chosen, record.rejected]
+    if isinstance(record, Ranked):
+        return prompt, list(record.responses)
+    assert isinstance(record, Unpaired)
+    return prompt, [record.completion]
+
+
+def record_chars(record: Record) -> int:
+    """Characters of the prompt plus the longest response (what one training sequence holds)."""
+    prompt, responses = record_texts(record)
+    return len(prompt) + max(len(r) for r in responses)
+
+
+def record_tokens(record: Record, tokenizer: Any, template: Any) -> int:
+    """Tokens of the prompt plus the longest response, as the trainers tokenise them."""
+    if isinstance(record, Conversation):
+        return len(tokenize_conversation(record, tokenizer, template))
+    _, responses = record_texts(record)
+    prompt_ids = encode(tokenizer, template.prompt(record.prompt, record.extra))
+    longest = max(len(tokenize_prompt_response(record.prompt, r, tokenizer, template, record.extra)[1])
+                  for r in responses)
+    return len(prompt_ids) + longest
+
+
+def check_data(source: str, kind: str | None = None, split: str | None = None, tokenizer: Any = None,
+               template: str = "auto") -> CheckResult:
+    """Validate every row of `source`; count shapes and measure lengths."""
+    shapes: Counter = Counter()
+    chars: list[int] = []
+    tokens: list[int] | None = [] if tokenizer is not None else None
+    chosen_template = get_template(template, tokenizer) if tokenizer is not None else None
+    for shape, record in iter_records(source, kind, split):
+        shapes[shape] += 1
+        chars.append(record_chars(record))
+        if tokens is not None:
+            tokens.append(record_tokens(record, tokenizer, chosen_template))
+    kinds = Counter({k: sum(n for s, n in shapes.items() if SHAPES[s][0] == k) for k in KINDS})
+    return CheckResult(sum(shapes.values()), shapes, +kinds, chars, tokens)
+
+
+def describe(values: Sequence[int]) -> str:
+    """`min 3  mean 7.5  p50 7  p95 12  max 14`."""
+    array = np.asarray(values, dtype=np.float64)
+    p50, p95 = np.percentile(array, [50, 95])
+    return (f"min {int(array.min())}  mean {array.mean():.1f}  p50 {p50:.0f}  p95 {p95:.0f}  "
+            f"max {int(array.max())}")
+
+
+def format_report(source: str, result: CheckResult, cfg: DataCheckConfig, template_name: str | None) -> str:
+    lines = [f"{source}: {result.rows} rows, all valid"]
+    lines.append("  shapes: " + ", ".join(f"{shape} {n}" for shape, n in result.shapes.most_common()))
+    lines.append("  kinds: " + ", ".join(f"{kind} {n}" for kind, n in result.kinds.most_common()))
+    lines.append("  characters (prompt + longest response): " + describe(result.chars))
+    if result.tokens is not None:
+        lines.append(f"  tokens ({cfg.tokenizer}, template {template_name}): " + describe(result.tokens))
+        if cfg.max_length is not None:
+            lines.append(f"  over max_length {cfg.max_length}: {result.over(cfg.max_length)} of {result.rows}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_config(DataCheckConfig, argv, prog="posttrain data check",
+                       description="Validate a data file: shapes, counts, length statistics.", positional="file")
+    if not cfg.file:
+        raise ConfigError("file", "give the data file to check: posttrain data check FILE")
+    if cfg.max_length is not None and cfg.tokenizer is None:
+        raise ConfigError("max_length", "counting rows over a max length needs --tokenizer")
+    tokenizer = None
+    template_name = None
+    if cfg.tokenizer is not None:
+        # The command layer may reach up to models; the data library itself does not.
+        from ..models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        template_name = get_template(cfg.template, tokenizer).name
+    result = check_data(cfg.file, cfg.kind, cfg.split, tokenizer, cfg.template)
+    print(format_report(cfg.file, result, cfg, template_name))
+    return 0

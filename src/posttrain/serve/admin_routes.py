@@ -1,0 +1,70 @@
+"""Admin-only routes: a progress page, item import and exports over HTTP.
+
+They need a token created with `posttrain serve token --admin`. The same
+operations exist on the command line (`serve import`, `serve export`), which
+work on the database file directly.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..errors import InputError
+from .assign import overview
+from .export import export_rows
+from .items import insert_items, item_from_row
+from .web import User, api_admin, db, json_body, page_user, render
+
+router = APIRouter()
+
+
+@router.get("/admin")
+def admin_page(user: User = Depends(page_user), conn: sqlite3.Connection = Depends(db)) -> Response:
+    if not user.is_admin:
+        return render("message.html", status=403, user=user, title="Admins only",
+                      message="This page needs an admin token (posttrain serve token --admin).")
+    return render("admin.html", user=user, stats=overview(conn))
+
+
+@router.get("/api/admin/stats")
+def api_stats(user: User = Depends(api_admin), conn: sqlite3.Connection = Depends(db)) -> Any:
+    return overview(conn)
+
+
+@router.post("/api/admin/items")
+def api_import(body: Any = Depends(json_body), user: User = Depends(api_admin),
+               conn: sqlite3.Connection = Depends(db)) -> Any:
+    """`{"items": [row, ...], "k": 3}` with rows as for `posttrain serve import`."""
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        return JSONResponse({"detail": "expected {\"items\": [...], \"k\": N}"}, status_code=422)
+    k = body.get("k", 3)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        return JSONResponse({"detail": "k must be a positive integer"}, status_code=422)
+    try:
+        items = [item_from_row(row if isinstance(row, dict) else {}, "request", index + 1)
+                 for index, row in enumerate(body["items"])]
+    except InputError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+    added, skipped = insert_items(conn, items, k)
+    return {"added": added, "already_present": skipped}
+
+
+_KINDS = {"preferences": ("preferences", 0), "ties": ("preferences", 1), "annotations": ("annotations", 0),
+          "feedback": ("feedback", 0)}
+
+
+@router.get("/api/admin/export/{kind}")
+def api_export(kind: str, request: Request, aggregate: str = "majority", min_labels: int = 1,
+               user: User = Depends(api_admin), conn: sqlite3.Connection = Depends(db)) -> Response:
+    """JSONL (`application/x-ndjson`): preferences | ties | annotations | feedback."""
+    if kind not in _KINDS or aggregate not in ("majority", "each"):
+        return JSONResponse({"detail": f"unknown export; kinds: {', '.join(_KINDS)}; "
+                                       "aggregate: majority or each"}, status_code=404)
+    base, part = _KINDS[kind]
+    rows = export_rows(conn, base, aggregate, min_labels)[part]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return Response(text, media_type="application/x-ndjson")

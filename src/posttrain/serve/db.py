@@ -1,0 +1,186 @@
+"""The SQLite store behind `posttrain serve`: schema, connections, transactions, tokens.
+
+One database file holds everything: users (annotators and admins, with hashed
+tokens), pairwise items, assignments, labels, chat conversations and feedback.
+
+Concurrency model (why it is safe with many clients):
+- WAL journal mode: readers never block the one writer and vice versa.
+- Every request opens its own connection (`connect`), so no connection is
+  shared between threads.
+- Every write runs inside `write_transaction`, which starts with
+  `BEGIN IMMEDIATE`: the write lock is taken *before* we read what we are about
+  to change, so two requests cannot both see "item 7 needs one more label" and
+  both take it. Waiting writers queue on `busy_timeout` instead of failing.
+- All SQL uses `?` placeholders; no user text is ever formatted into SQL.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import PosttrainError
+
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    token_hash  TEXT NOT NULL UNIQUE,
+    is_admin    INTEGER NOT NULL DEFAULT 0,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    seq         INTEGER PRIMARY KEY,          -- import order
+    item_id     TEXT NOT NULL UNIQUE,
+    prompt      TEXT NOT NULL,                -- JSON message list
+    response_a  TEXT NOT NULL,
+    response_b  TEXT NOT NULL,
+    k           INTEGER NOT NULL,             -- labels wanted for this item
+    extra       TEXT NOT NULL DEFAULT '{}',   -- JSON: the input row's other fields
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    id          TEXT PRIMARY KEY,             -- random; the idempotency key of a submission
+    item_seq    INTEGER NOT NULL REFERENCES items(seq),
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    swapped     INTEGER NOT NULL,             -- 1: response_b was shown on the left as "A"
+    status      TEXT NOT NULL DEFAULT 'open', -- open | done | released
+    created_at  TEXT NOT NULL,
+    expires_at  REAL NOT NULL,                -- unix time; an open slot is held until then
+    UNIQUE (item_seq, user_id)                -- nobody gets the same item twice
+);
+CREATE INDEX IF NOT EXISTS assignments_by_item ON assignments(item_seq, status);
+CREATE INDEX IF NOT EXISTS assignments_by_user ON assignments(user_id, status);
+CREATE TABLE IF NOT EXISTS labels (
+    id            INTEGER PRIMARY KEY,
+    assignment_id TEXT NOT NULL UNIQUE REFERENCES assignments(id),
+    item_seq      INTEGER NOT NULL REFERENCES items(seq),
+    user_id       INTEGER NOT NULL REFERENCES users(id),
+    choice        TEXT NOT NULL,              -- A | B | tie, relative to the item's response_a/b
+    criteria      TEXT NOT NULL DEFAULT '{}', -- JSON {criterion: A|B|tie}, same frame as choice
+    reasoning     TEXT NOT NULL DEFAULT '',
+    confidence    INTEGER NOT NULL,
+    created_at    TEXT NOT NULL,
+    UNIQUE (item_seq, user_id)
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id          TEXT PRIMARY KEY,
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    variant     TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id              INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    role            TEXT NOT NULL,
+    content         TEXT NOT NULL,
+    created_at      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+CREATE TABLE IF NOT EXISTS feedback (
+    id          INTEGER PRIMARY KEY,
+    message_id  INTEGER NOT NULL UNIQUE REFERENCES messages(id),  -- one (latest) verdict per reply
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    variant     TEXT NOT NULL,
+    thumbs      INTEGER,                      -- 1 | -1 | NULL
+    rating      INTEGER,                      -- 1..5 | NULL
+    text        TEXT NOT NULL DEFAULT '',
+    timestamp   TEXT NOT NULL
+);
+"""
+
+
+def now_iso() -> str:
+    """UTC time as ISO 8601 with an explicit offset (parses with `datetime.fromisoformat`)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A new connection in autocommit mode (we issue BEGIN/COMMIT ourselves).
+
+    `check_same_thread=False` only lets a connection be closed from another
+    thread; each connection is still used by one request at a time.
+    """
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a crash loses at most the last commit
+    return conn
+
+
+def init_db(path: str | Path) -> None:
+    """Create the file and tables if needed and switch the file to WAL mode (persistent)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise PosttrainError(f"{path}: could not switch SQLite to WAL mode (got {mode!r})")
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()
+
+
+def open_existing(path: str | Path) -> sqlite3.Connection:
+    """Connect to a database that must already exist (CLI commands that only read)."""
+    if not Path(path).exists():
+        raise PosttrainError(f"{path}: database not found (create it with `posttrain serve token` or `serve import`)")
+    init_db(path)  # cheap and idempotent: adds tables a newer version introduced
+    return connect(path)
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# ---------------------------------------------------------------------------- tokens
+
+def hash_token(token: str) -> str:
+    """SHA-256 of the token. Tokens are 192 random bits, so a fast hash is enough
+    (there is nothing to brute-force); we never store the token itself."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_user(conn: sqlite3.Connection, name: str, admin: bool = False, replace: bool = False) -> str:
+    """Create (or with `replace`, re-key) a user and return the new plain-text token."""
+    name = name.strip()
+    if not name:
+        raise PosttrainError("annotator name must not be empty")
+    token = secrets.token_urlsafe(24)
+    with write_transaction(conn):
+        existing = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+        if existing and not replace:
+            raise PosttrainError(f"user '{name}' already has a token; pass --replace to issue a new one "
+                                 "(the old one stops working)")
+        if existing:
+            conn.execute("UPDATE users SET token_hash = ?, is_admin = ? WHERE id = ?",
+                         (hash_token(token), int(admin), existing["id"]))
+        else:
+            conn.execute("INSERT INTO users (name, token_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
+                         (name, hash_token(token), int(admin), now_iso()))
+    return token
+
+
+def user_for_token(conn: sqlite3.Connection, token: str | None) -> sqlite3.Row | None:
+    """The user row a token belongs to, or None."""
+    if not token:
+        return None
+    return conn.execute("SELECT id, name, is_admin FROM users WHERE token_hash = ?",
+                        (hash_token(token),)).fetchone()

@@ -1,0 +1,199 @@
+"""Deployment feedback: chat with a model variant, then rate its replies.
+
+- Variants are `NAME=MODEL` strings (`A=smollm2-135m`, `B=runs/dpo/final`,
+  `A=echo` for a model-free stand-in). A user's variant is a pure function of
+  the experiment name and the user name (a hash), so it is sticky across
+  sessions and server restarts and needs no stored state.
+- Model calls sit behind `ChatBackend.reply(messages) -> str`; tests use
+  `EchoBackend`, real runs `ModelBackend` (which loads through
+  `posttrain.models.load_model` on first use).
+- Feedback is one row per rated reply (rating again updates it, so retries and
+  second thoughts never create duplicates): thumbs (1 / -1), rating (1-5), text.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import threading
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from ..records import Message
+from .db import now_iso, write_transaction
+
+MAX_MESSAGE_CHARS = 8_000
+
+
+class FeedbackError(ValueError):
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class ChatBackend(Protocol):
+    """Anything that turns a conversation into the assistant's next reply."""
+
+    def reply(self, messages: list[Message]) -> str: ...
+
+
+class EchoBackend:
+    """A model-free backend for tests and demos: repeats the last user turn."""
+
+    def __init__(self, prefix: str = "You said: "):
+        self.prefix = prefix
+
+    def reply(self, messages: list[Message]) -> str:
+        last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return self.prefix + last
+
+
+class ModelBackend:
+    """A causal LM through `posttrain.models`, loaded lazily, one generation at a time."""
+
+    def __init__(self, model_name: str, max_new_tokens: int = 128, temperature: float = 0.7):
+        self.model_name, self.max_new_tokens, self.temperature = model_name, max_new_tokens, temperature
+        self._lock = threading.Lock()  # one generate() at a time: the model is not re-entrant and CPU-bound
+        self._model = self._tokenizer = None
+
+    def _load(self) -> None:
+        from ..models import load_model, load_tokenizer  # heavy; only when a real model is used
+
+        self._tokenizer = load_tokenizer(self.model_name)
+        self._model = load_model(self.model_name)
+        self._model.eval()
+
+    def reply(self, messages: list[Message]) -> str:
+        import torch
+
+        with self._lock:
+            if self._model is None:
+                self._load()
+            tokenizer, model = self._tokenizer, self._model
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+            sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {
+                "do_sample": False}
+            with torch.no_grad():
+                out = model.generate(**ids, max_new_tokens=self.max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling)
+            new_tokens = out[0, ids["input_ids"].shape[1]:]
+            return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+def parse_variants(specs: list[str]) -> dict[str, str]:
+    """`["A=model-x", "B=model-y"]` -> {"A": "model-x", "B": "model-y"} (order kept)."""
+    variants: dict[str, str] = {}
+    for spec in specs:
+        name, sep, model = spec.partition("=")
+        if not sep or not name.strip() or not model.strip():
+            raise ConfigError("variants", f"expected NAME=MODEL, got {spec!r}")
+        if name.strip() in variants:
+            raise ConfigError("variants", f"variant {name.strip()!r} is given twice")
+        variants[name.strip()] = model.strip()
+    if not variants:
+        raise ConfigError("variants", "give at least one NAME=MODEL")
+    return variants
+
+
+def make_backend(model: str, max_new_tokens: int = 128, temperature: float = 0.7) -> ChatBackend:
+    """`echo` (or `echo:PREFIX`) -> EchoBackend; anything else is a model name for `load_model`."""
+    if model == "echo" or model.startswith("echo:"):
+        return EchoBackend(model[5:] if model.startswith("echo:") else "You said: ")
+    return ModelBackend(model, max_new_tokens, temperature)
+
+
+def assign_variant(user: str, variants: list[str], experiment: str = "default") -> str:
+    """Sticky A/B split: sha256("experiment:user") mod the number of variants."""
+    digest = hashlib.sha256(f"{experiment}:{user}".encode("utf-8")).digest()
+    return variants[int.from_bytes(digest[:8], "big") % len(variants)]
+
+
+# ---------------------------------------------------------------------------- storage
+
+def conversation(conn: sqlite3.Connection, user_id: int, conversation_id: str | None) -> sqlite3.Row | None:
+    """The user's conversation by id, or their latest one when no id is given."""
+    if conversation_id:
+        return conn.execute("SELECT * FROM conversations WHERE id = ? AND user_id = ?",
+                            (conversation_id, user_id)).fetchone()
+    return conn.execute("SELECT * FROM conversations WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                        (user_id,)).fetchone()
+
+
+def start_conversation(conn: sqlite3.Connection, user_id: int, variant: str, model: str) -> str:
+    conversation_id = secrets.token_hex(12)
+    with write_transaction(conn):
+        conn.execute("INSERT INTO conversations (id, user_id, variant, model, created_at) VALUES (?, ?, ?, ?, ?)",
+                     (conversation_id, user_id, variant, model, now_iso()))
+    return conversation_id
+
+
+def messages_with_feedback(conn: sqlite3.Connection, conversation_id: str) -> list[dict[str, Any]]:
+    """Messages in order, each assistant reply with its current feedback (if any)."""
+    rows = conn.execute(
+        "SELECT m.id, m.role, m.content, f.thumbs, f.rating, f.text AS feedback_text FROM messages m "
+        "LEFT JOIN feedback f ON f.message_id = m.id WHERE m.conversation_id = ? ORDER BY m.id",
+        (conversation_id,)).fetchall()
+    return [dict(row) for row in rows]
+
+
+def send_message(conn: sqlite3.Connection, backend: ChatBackend, conversation_id: str, text: Any) -> tuple[int, str]:
+    """Store the user's turn, ask the backend (outside any transaction), store the reply.
+
+    Returns (reply message id, reply text).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise FeedbackError("message must be non-empty text")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise FeedbackError(f"message is longer than {MAX_MESSAGE_CHARS} characters")
+    with write_transaction(conn):
+        conn.execute("INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, 'user', ?, ?)",
+                     (conversation_id, text, now_iso()))
+    history = [{"role": r["role"], "content": r["content"]} for r in conn.execute(
+        "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))]
+    reply = backend.reply(history)  # may take seconds: no lock is held here
+    with write_transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, 'assistant', ?, ?)",
+            (conversation_id, reply, now_iso()))
+    return int(cursor.lastrowid), reply
+
+
+def _optional_int(value: Any, name: str, allowed: set[int]) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise FeedbackError(f"{name} must be one of {sorted(allowed)}") from None
+    if number not in allowed or isinstance(value, bool):
+        raise FeedbackError(f"{name} must be one of {sorted(allowed)}")
+    return number
+
+
+def record_feedback(conn: sqlite3.Connection, user_id: int, message_id: Any, thumbs: Any = None,
+                    rating: Any = None, text: Any = "") -> int:
+    """Upsert the user's verdict on one assistant reply; returns the feedback row id."""
+    thumbs = _optional_int(thumbs, "thumbs", {1, -1})
+    rating = _optional_int(rating, "rating", {1, 2, 3, 4, 5})
+    text = "" if text is None else text
+    if not isinstance(text, str) or len(text) > MAX_MESSAGE_CHARS:
+        raise FeedbackError(f"text must be at most {MAX_MESSAGE_CHARS} characters")
+    if thumbs is None and rating is None and not text.strip():
+        raise FeedbackError("give a thumbs up/down, a rating or a comment")
+    try:
+        message_id = int(message_id)
+    except (TypeError, ValueError):
+        raise FeedbackError("no such reply", status=404) from None
+    with write_transaction(conn):
+        target = conn.execute(
+            "SELECT c.variant FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE m.id = ? AND m.role = 'assistant' AND c.user_id = ?", (message_id, user_id)).fetchone()
+        if target is None:
+            raise FeedbackError("no such reply", status=404)
+        conn.execute(
+            "INSERT INTO feedback (message_id, user_id, variant, thumbs, rating, text, timestamp) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(message_id) DO UPDATE SET "
+            "thumbs = excluded.thumbs, rating = excluded.rating, text = excluded.text, timestamp = excluded.timestamp",
+            (message_id, user_id, target["variant"], thumbs, rating, text, now_iso()))
+        return conn.execute("SELECT id FROM feedback WHERE message_id = ?", (message_id,)).fetchone()[0]

@@ -1,0 +1,112 @@
+"""Pairwise items: reading them from JSONL rows and storing them.
+
+Two row shapes are accepted (the prompt is a string or a message list):
+
+    {"prompt": ..., "response_a": "...", "response_b": "..."}   # neutral pair
+    {"prompt": ..., "chosen": "...", "rejected": "..."}         # re-label an existing pair
+
+For a chosen/rejected row, `response_a` is the chosen text and `response_b` the
+rejected one, and `extra.original_choice = "A"` keeps the old verdict so you can
+measure how often annotators agree with it. Annotators never see which is
+which: the display order is randomised per assignment.
+
+`id` or `item_id` in the row names the item; otherwise the id is a hash of the
+content, so importing the same file twice adds nothing the second time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..errors import InputError
+from ..jsonl import read_jsonl
+from ..records import Message, user_prompt
+from .db import now_iso, write_transaction
+
+
+@dataclass
+class Item:
+    item_id: str
+    prompt: list[Message]
+    response_a: str
+    response_b: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _prompt_messages(value: Any, path: str | None, line: int | None) -> list[Message]:
+    if isinstance(value, str) and value.strip():
+        return user_prompt(value)
+    if isinstance(value, list) and value and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise InputError(path, line, "prompt", "expected a non-empty string or a list of {role, content} messages")
+
+
+def _text(row: dict[str, Any], name: str, path: str | None, line: int | None) -> str:
+    value = row.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(path, line, name, "expected a non-empty string")
+    return value
+
+
+def content_id(prompt: list[Message], response_a: str, response_b: str) -> str:
+    blob = json.dumps([prompt, response_a, response_b], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def item_from_row(row: dict[str, Any], path: str | None = None, line: int | None = None) -> Item:
+    """Validate one input row; errors name FILE:LINE and the field."""
+    if "prompt" not in row:
+        raise InputError(path, line, "prompt", "missing (rows need prompt + response_a/response_b "
+                                               "or prompt + chosen/rejected)")
+    prompt = _prompt_messages(row["prompt"], path, line)
+    if "response_a" in row or "response_b" in row:
+        a, b = _text(row, "response_a", path, line), _text(row, "response_b", path, line)
+        used = {"prompt", "response_a", "response_b"}
+        extra: dict[str, Any] = {}
+    elif "chosen" in row or "rejected" in row:
+        a, b = _text(row, "chosen", path, line), _text(row, "rejected", path, line)
+        used = {"prompt", "chosen", "rejected"}
+        extra = {"original_choice": "A"}
+    else:
+        raise InputError(path, line, "response_a", "missing (rows need response_a/response_b or chosen/rejected)")
+    raw_id = row.get("item_id", row.get("id"))
+    if raw_id is not None and not isinstance(raw_id, (str, int)):
+        raise InputError(path, line, "item_id" if "item_id" in row else "id", "expected a string or an integer")
+    item_id = str(raw_id) if raw_id is not None else content_id(prompt, a, b)
+    extra.update({k: v for k, v in row.items() if k not in used | {"id", "item_id"}})
+    return Item(item_id=item_id, prompt=prompt, response_a=a, response_b=b, extra=extra)
+
+
+def read_items(path: str) -> list[Item]:
+    """All items of a JSONL file (validated before anything is stored)."""
+    items = [item_from_row(row, path, line) for line, row in read_jsonl(path)]
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.item_id in seen:
+            raise InputError(path, None, "item_id", f"duplicate item id {item.item_id!r} "
+                                                    f"(rows {seen[item.item_id] + 1} and {index + 1} of the file)")
+        seen[item.item_id] = index
+    return items
+
+
+def insert_items(conn: sqlite3.Connection, items: Iterable[Item], k: int) -> tuple[int, int]:
+    """Store items wanting `k` labels each, in one transaction. Returns (added, already present)."""
+    if k < 1:
+        raise InputError(None, None, "k", "must be at least 1")
+    added = skipped = 0
+    created = now_iso()
+    with write_transaction(conn):
+        for item in items:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO items (item_id, prompt, response_a, response_b, k, extra, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (item.item_id, json.dumps(item.prompt, ensure_ascii=False), item.response_a, item.response_b,
+                 k, json.dumps(item.extra, ensure_ascii=False), created))
+            added += cursor.rowcount
+            skipped += 1 - cursor.rowcount
+    return added, skipped

@@ -1,0 +1,160 @@
+"""What every route shares: settings, the per-request database connection,
+authentication, form parsing and HTML rendering.
+
+Authentication: a request carries a token either as `Authorization: Bearer T`
+(API clients) or in the `posttrain_token` cookie set by the login form
+(HttpOnly, SameSite=Strict, so other sites cannot make the browser send it).
+Pages redirect to /login without a valid token; /api routes answer 401.
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, quote, urlsplit
+
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader
+
+from .assign import DEFAULT_CRITERIA, DEFAULT_LEASE_SECONDS
+from .db import connect, user_for_token
+from .feedback import ChatBackend
+
+COOKIE = "posttrain_token"
+MAX_FORM_BYTES = 256 * 1024
+HERE = Path(__file__).parent
+
+_templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
+                         trim_blocks=True, lstrip_blocks=True)
+
+
+@dataclass
+class Settings:
+    """Everything a running app needs to know (built by `posttrain serve` or by tests)."""
+
+    db: str
+    variants: dict[str, str] = field(default_factory=lambda: {"A": "echo", "B": "echo"})
+    backends: dict[str, ChatBackend] = field(default_factory=dict)
+    experiment: str = "default"
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    criteria: tuple[str, ...] = DEFAULT_CRITERIA
+    secure_cookies: bool = False  # set when served over https
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    is_admin: bool
+
+
+class LoginRequired(Exception):
+    """Raised by page routes; the app turns it into a redirect to /login."""
+
+    def __init__(self, next_url: str = "/"):
+        self.next_url = next_url
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def db(request: Request) -> Iterator[sqlite3.Connection]:
+    """One connection per request, closed when the response is done."""
+    conn = connect(settings(request).db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def request_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE)
+
+
+def _user(request: Request) -> User | None:
+    token = request_token(request)
+    if not token:
+        return None
+    conn = connect(settings(request).db)
+    try:
+        row = user_for_token(conn, token)
+    finally:
+        conn.close()
+    return User(row["id"], row["name"], bool(row["is_admin"])) if row else None
+
+
+def page_user(request: Request) -> User:
+    """Dependency for HTML pages: the logged-in user, or a redirect to the login form."""
+    user = _user(request)
+    if user is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise LoginRequired(target)
+    return user
+
+
+def api_user(request: Request) -> User:
+    """Dependency for /api routes: the token's user, or 401."""
+    user = _user(request)
+    if user is None:
+        raise HTTPException(401, "missing or invalid token", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def api_admin(request: Request) -> User:
+    user = api_user(request)
+    if not user.is_admin:
+        raise HTTPException(403, "admin token required")
+    return user
+
+
+async def form(request: Request) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body as {name: last value}.
+
+    Parsed by hand (the forms here are small and flat), which spares the app
+    the python-multipart dependency. Cross-site posts are refused by Origin.
+    """
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, "cross-site form post refused")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, "form too large")
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "form is not UTF-8") from None
+    return {name: values[-1] for name, values in fields.items()}
+
+
+async def json_body(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > 32 * MAX_FORM_BYTES:
+        raise HTTPException(413, "body too large")
+    try:
+        import json
+
+        return json.loads(body or b"null")
+    except ValueError:
+        raise HTTPException(400, "body is not valid JSON") from None
+
+
+def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render a template; every `{{ value }}` is HTML-escaped (autoescape is on)."""
+    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
+
+
+def safe_next(url: str | None) -> str:
+    """Only same-site paths are allowed as the post-login target (no open redirects)."""
+    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
+        return "/"
+    return url
+
+
+def login_url(next_url: str) -> str:
+    return "/login?next=" + quote(next_url, safe="")
