@@ -238,11 +238,18 @@ def user_text(instruction: str, input_text: str) -> str:
 def make_examples(rng: random.Random, facts: dict, count: int, exclude: set[str] = frozenset()) -> list[dict]:
     seen: set[str] = set(exclude)
     examples = []
+    turn = 0
     while len(examples) < count:
-        generator = GENERATORS[len(examples) % len(GENERATORS)]  # round robin: every kind equally often
-        instruction, input_text, value, reason = generator(rng, facts)
-        key = user_text(instruction, input_text)
-        if key in seen:
+        # Round robin, so every kind of question is about equally common; a generator
+        # with few distinct questions left (days of the week) just gives its turn away.
+        generator = GENERATORS[turn % len(GENERATORS)]
+        turn += 1
+        for _ in range(50):
+            instruction, input_text, value, reason = generator(rng, facts)
+            key = user_text(instruction, input_text)
+            if key not in seen:
+                break
+        else:
             continue
         seen.add(key)
         examples.append({"instruction": instruction, "input": input_text, "output": answer(value, reason),
@@ -295,10 +302,10 @@ def main() -> None:
     held: list[dict] = []
     train_keys = {user_text(e["instruction"], e["input"]) for e in train}
     held_rng = random.Random(args.seed + 1)
-    for generator in fact_generators + fact_generators[:4]:
+    for generator in fact_generators + [gen_capital, gen_opposite, gen_letters, gen_legs]:
         instruction, input_text, value, _ = _unique(generator, held_rng, held_facts, train_keys, held)
         held.append({"prompt": user_text(instruction, input_text), "answer": str(value), "category": generator.__name__[4:]})
-    for generator in [gen_add, gen_sub, gen_mul, gen_parity, gen_next_day, gen_larger, gen_minutes]:
+    for generator in [gen_add, gen_sub, gen_mul, gen_parity, gen_larger, gen_minutes, gen_input_add]:
         instruction, input_text, value, _ = _unique(generator, held_rng, train_facts, train_keys, held)
         held.append({"prompt": user_text(instruction, input_text), "answer": str(value), "category": generator.__name__[4:]})
 
@@ -314,10 +321,13 @@ def main() -> None:
 def _unique(generator, rng: random.Random, facts: dict, taken: set[str], held: list[dict]) -> tuple:
     """Draw from `generator` until the prompt is new (not in training, not already held out)."""
     used = taken | {h["prompt"] for h in held}
-    while True:
+    answers = {h["answer"] for h in held}
+    for _ in range(1000):
         item = generator(rng, facts)
-        if user_text(item[0], item[1]) not in used:
+        # New prompt, and a new answer too, so the held-out set asks about 20 different things.
+        if user_text(item[0], item[1]) not in used and str(item[2]) not in answers:
             return item
+    raise SystemExit(f"{generator.__name__}: no question left that is not in training")
 
 
 def write_samples(out: Path, train: list[dict], rng: random.Random) -> None:

@@ -58,7 +58,7 @@ def test_keep_when_a_guardrail_regresses(tmp_path, capsys):
 
 
 def test_keep_when_the_interval_rules_out_the_mde(tmp_path, capsys):
-    log = write(tmp_path / "log.jsonl", rows_for("A", 5000, 5000) + rows_for("B", 5010, 4990))
+    log = write(tmp_path / "log.jsonl", rows_for("A", 2500, 2500) + rows_for("B", 2505, 2495))
     code, out, _ = run_cli(capsys, log, "--mde", "0.03")
     assert "B: KEEP" in out and "rules out an improvement of 0.03" in out
     assert "primary metric not given; using thumbs" in out
@@ -70,7 +70,7 @@ def test_collect_more_data_reports_the_needed_size(tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["recommendation"]["decision"] == "collect more data"
     needed = result["power_analysis"]["B"]["required_n"]
-    assert f"needs about {needed} votes per variant (have 50)" in out
+    assert f"needs about {needed:,} votes per variant (have 50)" in out
 
 
 def test_peeking_correction_changes_the_decision(tmp_path, capsys):
@@ -116,14 +116,9 @@ def test_named_logs_and_pairwise_preferences(tmp_path, capsys):
     assert "3 row(s) with thumbs 0" in out
 
 
-def test_three_variants_split_alpha():
-    import tempfile, os
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "log.jsonl")
-        write_rows = rows_for("A", 50, 50) + rows_for("B", 60, 40) + rows_for("C", 52, 48)
-        with open(path, "w") as handle:
-            handle.write("".join(json.dumps(r) + "\n" for r in write_rows))
-        result = analyze(read_feedback([path]), Settings(alpha=0.05))
+def test_three_variants_split_alpha(tmp_path):
+    log = write(tmp_path / "log.jsonl", rows_for("A", 50, 50) + rows_for("B", 60, 40) + rows_for("C", 52, 48))
+    result = analyze(read_feedback([log]), Settings(alpha=0.05))
     assert result["treatments"] == ["B", "C"] and result["primary_threshold"] == pytest.approx(0.025)
     assert set(result["recommendations"]) == {"B", "C"}
 
@@ -178,3 +173,43 @@ def test_missing_file_and_single_variant(tmp_path, capsys):
     log = write(tmp_path / "one.jsonl", rows_for("A", 5, 5))
     code, _, err = run_cli(capsys, log)
     assert code == 2 and "need at least two variants, found ['A']" in err
+
+
+def test_tiny_samples_never_decide(tmp_path, capsys):
+    log = write(tmp_path / "log.jsonl", rows_for("A", 0, 10) + rows_for("B", 10, 0))
+    code, out, _ = run_cli(capsys, log)
+    assert "COLLECT MORE DATA" in out and "need at least 20 per variant" in out
+
+
+def _cmp(metric, difference, p, n=100, ci=None, threshold=0.05):
+    return {"metric": metric, "difference": difference, "p_value": p, "significant": p < threshold,
+            "threshold": threshold, "n_control": n, "n_treatment": n, "ci": ci or [difference - 0.05, difference + 0.05]}
+
+
+@pytest.mark.parametrize("primary,guards,decision", [
+    (_cmp("thumbs", 0.1, 0.001), [_cmp("rating", 0.2, 0.3)], "ship"),
+    (_cmp("thumbs", 0.1, 0.001), [_cmp("rating", -0.3, 0.01)], "keep"),      # guardrail regression
+    (_cmp("thumbs", -0.1, 0.001), [], "keep"),                                 # significantly worse
+    (_cmp("thumbs", 0.01, 0.4), [_cmp("success", -0.1, 0.02)], "keep"),       # inconclusive + harm
+    (_cmp("thumbs", 0.0, 0.9, ci=[-0.01, 0.015]), [], "keep"),                # rules out the MDE (0.02)
+    (_cmp("thumbs", 0.01, 0.4, ci=[-0.02, 0.04]), [], "collect more data"),   # could still be +0.02
+])
+def test_decision_rules(primary, guards, decision):
+    from posttrain.ab.analysis import decide
+
+    assert decide(primary, guards, {"required_n": 5000, "unit": "votes", "current_n": 100}, 0.02, "thumbs")[0] \
+        == decision
+
+
+def test_rows_as_the_web_app_exports_them(tmp_path):
+    # the shape of `posttrain serve export --kind feedback` rows
+    common = {"model": "tiny-random", "conversation_id": 1, "message_id": 2, "prompt": "hi", "response": "hello"}
+    rows = [{"variant": "A", "user": "alice", "thumbs": 1, "rating": None, "text": "",
+             "timestamp": "2025-05-01T12:00:00.123456+00:00", **common},
+            {"variant": "B", "user": "bob", "thumbs": None, "rating": 4, "text": "good", "timestamp":
+             "2025-05-01T12:00:01.000000+00:00", **common},
+            {"variant": "B", "user": "carol", "thumbs": None, "rating": None, "text": "just a comment",
+             "timestamp": "2025-05-01T12:00:02.000000+00:00", **common}]
+    log = read_feedback([write(tmp_path / "export.jsonl", rows)])
+    assert [(r.variant, r.thumbs, r.rating) for r in log.rows] == [("A", 1, None), ("B", None, 4), ("B", None, None)]
+    assert log.rows[1].timestamp - log.rows[0].timestamp == pytest.approx(0.876544)

@@ -159,3 +159,15 @@ def test_filter_bad_input(tmp_path, capsys, row, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()  # nothing half-written
+
+
+def test_filter_yaml_config_and_flags_override(tmp_path):
+    data = _write(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "one two three"},
+                                          {"prompt": "q", "completion": "one two three four five six"}])
+    config = tmp_path / "filter.yaml"
+    config.write_text("checks: [length]\nmin_words: 5\ndedup: false\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["data", "filter", data, "--config", str(config), "--output", str(out)]) == 0
+    assert [r["prompt"] for r in _read(out)] == ["q"]
+    assert main(["data", "filter", data, "--config", str(config), "--output", str(out), "--min-words", "2"]) == 0
+    assert [r["prompt"] for r in _read(out)] == ["p", "q"]

@@ -73,7 +73,7 @@ def test_bad_tokens_do_not_log_in(env, token):
 
 def test_login_only_redirects_within_the_site(env):
     _, app, tokens = env
-    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "/\t/evil.example"):
         response = client_for(app).post("/login", data={"token": tokens["ann"], "next": target})
         assert response.headers["location"] == "/"
 
@@ -228,3 +228,34 @@ def test_admin_import_stats_and_exports(env):
     assert client.get("/api/admin/export/bogus", headers=admin).status_code == 404
     admin_page = client.get("/admin", cookies={"posttrain_token": tokens["boss"]})
     assert admin_page.status_code == 200 and '<td id="stat-labels">4</td>' in admin_page.text
+
+
+def test_a_failing_model_is_an_error_message_not_a_crash(env):
+    db, _, tokens = env
+
+    class Broken:
+        def reply(self, messages):
+            raise RuntimeError("CUDA out of memory")
+
+    app = create_app(Settings(db=str(db), variants={"A": "x", "B": "y"}, backends={"A": Broken(), "B": Broken()}))
+    client = client_for(app, tokens["ann"])
+    response = client.post("/chat/send", data={"message": "hello?"})
+    assert response.status_code == 502
+    assert "the model could not answer: CUDA out of memory" in response.text
+    assert "hello?" in response.text  # the user's turn is kept
+    api = client.post("/api/chat", json={"message": "again"}, headers=bearer(tokens["bob"]))
+    assert api.status_code == 502 and "CUDA out of memory" in api.json()["detail"]
+
+
+def test_sql_injection_through_the_forms_is_stored_as_text(env):
+    db, app, tokens = env
+    evil = "'); DELETE FROM labels; DROP TABLE users; --"
+    client = client_for(app, tokens["ann"])
+    aid = assignment_id(client.get("/annotate").text)
+    client.post("/annotate", data={"assignment_id": aid, "choice": "A", "confidence": "3", "reasoning": evil})
+    client.post("/annotate", data={"assignment_id": f"{aid}' OR '1'='1", "choice": "A", "confidence": "3"})
+    client.post("/chat/send", data={"message": evil})
+    conn = connect(db)
+    assert [tuple(r) for r in conn.execute("SELECT reasoning FROM labels")] == [(evil,)]
+    assert conn.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 3
+    assert conn.execute("SELECT COUNT(*) FROM messages WHERE content = ?", (evil,)).fetchone()[0] == 1

@@ -21,7 +21,8 @@ Error control:
 - Guardrails are tested at the plain alpha: a harm is flagged more readily than a
   win is claimed.
 
-Decision per treatment:
+Decision per treatment (with fewer than MIN_OBSERVATIONS = 20 primary observations
+on either side it is always "collect more data"):
 - ship: the primary metric is significantly better and no guardrail is significantly worse;
 - keep: the primary is significantly worse, or a guardrail is significantly worse,
   or the interval on the primary difference excludes an improvement as large as `mde`;
@@ -47,6 +48,9 @@ from .stats import (bootstrap_diff_interval, bootstrap_mean_interval, chi_square
 METRICS = ("thumbs", "rating", "success", "preference")
 DEFAULT_MDE = {"thumbs": 0.02, "success": 0.02, "rating": 0.1, "preference": 0.05}
 DECISIONS = ("ship", "keep", "collect more data")
+# Below this many observations per variant (judgements for preference) the normal
+# approximations and bootstrap intervals are not trustworthy: no ship/keep decision.
+MIN_OBSERVATIONS = 20
 
 
 @dataclass
@@ -197,6 +201,10 @@ def decide(primary: dict[str, Any] | None, guardrails: list[dict[str, Any]], pow
     """(decision, reason) for one treatment, following the rules in the module docstring."""
     if primary is None:
         return "collect more data", f"no {primary_name} data for both variants yet"
+    smallest = min(primary["n_control"], primary["n_treatment"])
+    if smallest < MIN_OBSERVATIONS:
+        return "collect more data", (f"only {smallest} {primary_name} observation(s) on one side; the tests and "
+                                     f"intervals need at least {MIN_OBSERVATIONS} per variant")
     regressions = [g for g in guardrails if g["significant"] and g["difference"] < 0]
     harm = ", ".join(f"{g['metric']} ({g['difference']:+.3g}, p={g['p_value']:.3g})" for g in regressions)
     effect = f"{primary_name} {primary['difference']:+.3g} (p={primary['p_value']:.3g} < {primary['threshold']:.3g})"
@@ -212,7 +220,7 @@ def decide(primary: dict[str, Any] | None, guardrails: list[dict[str, Any]], pow
     if primary["ci"][1] < mde:
         return "keep", f"{not_sig} and its interval rules out an improvement of {mde:g} or more"
     need = power_info.get("required_n") if power_info else None
-    more = (f"; detecting {mde:+g} needs about {need} {power_info['unit']} (have {power_info['current_n']})"
+    more = (f"; detecting {mde:+g} needs about {need:,} {power_info['unit']} (have {power_info['current_n']:,})"
             if need else "")
     return "collect more data", not_sig + more
 

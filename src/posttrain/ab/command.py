@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
+from ..evaluate.results import json_safe
 from ..jsonl import append_jsonl, write_json
 from .analysis import METRICS, Settings, analyze
 from .report import format_report
@@ -58,7 +59,7 @@ def run(cfg: ABConfig) -> dict:
                         n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     result = analyze(log, settings)
     if cfg.output:
-        write_json(cfg.output, result)
+        write_json(cfg.output, json_safe(result))
     if cfg.record_look:
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
         append_jsonl(split_log_spec(cfg.logs[0])[1], {"event": "look", "timestamp": stamp})

@@ -26,6 +26,8 @@ def _side(result: dict[str, Any], comparison: dict[str, Any], variant: str, side
 
 def comparison_table(result: dict[str, Any], treatment: str) -> str:
     control = result["control"]
+    if not result["comparisons"][treatment]:
+        return f"no metric has data for both {control} and {treatment}"
     rows = [("metric", "role", control, treatment, "difference", "interval", "p", "test")]
     for c in result["comparisons"][treatment]:
         mark = "*" if c["significant"] else " "
@@ -41,9 +43,10 @@ def power_line(info: dict[str, Any] | None) -> str | None:
         return None
     now = info["mde_at_current_n"]
     detect = f"detectable now: {now:+.3g}" if now is not None else "nothing detectable yet"
-    need = f"{info['required_n']:,} {info['unit']}" if info["required_n"] else "not reachable"
+    need = (f"detecting {info['target_mde']:+g} needs {info['required_n']:,} {info['unit']}" if info["required_n"]
+            else f"an improvement of {info['target_mde']:+g} is impossible from this baseline")
     return (f"power ({info['metric']}, alpha {info['alpha']:.3g}, power {info['power']:g}): {detect} at "
-            f"n={info['current_n']:,}; detecting {info['target_mde']:+g} needs {need}")
+            f"n={info['current_n']:,}; {need}")
 
 
 def bradley_terry_lines(bt: dict[str, Any] | None) -> list[str]:

@@ -29,7 +29,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 CORRECTIONS = ("obrien-fleming", "bonferroni")
 GRID_POINTS = 1001
@@ -73,7 +73,7 @@ def obrien_fleming_boundaries(fractions: Sequence[float], alpha: float = 0.05) -
         else:
             def crossing(c: float, grid=grid, density=density, step_sd=step_sd, t=t) -> float:
                 b = c * math.sqrt(t)
-                tail = stats.norm.sf((b - grid) / step_sd) + stats.norm.cdf((-b - grid) / step_sd)
+                tail = special.ndtr((grid - b) / step_sd) + special.ndtr((-b - grid) / step_sd)
                 return float(np.trapezoid(density * tail, grid)) - increment
 
             c = BOUNDARY_CAP if increment <= 0 or crossing(BOUNDARY_CAP) > 0 else \
@@ -84,7 +84,8 @@ def obrien_fleming_boundaries(fractions: Sequence[float], alpha: float = 0.05) -
         if grid is None:
             density = stats.norm.pdf(new_grid, scale=math.sqrt(t))
         else:
-            kernel = stats.norm.pdf((new_grid[:, None] - grid[None, :]) / step_sd) / step_sd
+            gap = (new_grid[:, None] - grid[None, :]) / step_sd
+            kernel = np.exp(-0.5 * gap * gap) / (step_sd * math.sqrt(2 * math.pi))  # normal pdf
             density = np.trapezoid(kernel * density[None, :], grid, axis=1)
         grid, previous_t = new_grid, t
     return boundaries

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
-from ..records import Conversation, PreferencePair, Ranked, Record, Unpaired
-from .formats import KINDS, SHAPES, iter_records
+from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Unpaired
+from .formats import KINDS, iter_records
 from .templates import TEMPLATE_NAMES, get_template
 from .tokenize import encode, tokenize_conversation, tokenize_prompt_response
 
@@ -32,6 +32,10 @@ class DataCheckConfig:
     tokenizer: str | None = help_field(None, "count tokens with this model's tokenizer (alias, directory or hub id)")
     template: str = help_field("auto", "prompt template used when counting tokens", choices=TEMPLATE_NAMES)
     max_length: int | None = help_field(None, "report how many rows are longer than this many tokens")
+
+
+RECORD_KINDS = {Conversation: "sft", PreferencePair: "preference", Ranked: "ranked", Unpaired: "unpaired",
+                Prompt: "prompt"}
 
 
 @dataclass
@@ -52,6 +56,8 @@ def record_texts(record: Record) -> tuple[str, list[str]]:
         return "".join(m["content"] for m in record.messages if m["role"] != "assistant"), [
             "".join(m["content"] for m in record.messages if m["role"] == "assistant")]
     prompt = "".join(m["content"] for m in record.prompt)
+    if isinstance(record, Prompt):
+        return prompt, []
     if isinstance(record, PreferencePair):
         return prompt, [record.chosen, record.rejected]
     if isinstance(record, Ranked):
@@ -63,7 +69,7 @@ def record_texts(record: Record) -> tuple[str, list[str]]:
 def record_chars(record: Record) -> int:
     """Characters of the prompt plus the longest response (what one training sequence holds)."""
     prompt, responses = record_texts(record)
-    return len(prompt) + max(len(r) for r in responses)
+    return len(prompt) + max((len(r) for r in responses), default=0)
 
 
 def record_tokens(record: Record, tokenizer: Any, template: Any) -> int:
@@ -72,8 +78,8 @@ def record_tokens(record: Record, tokenizer: Any, template: Any) -> int:
         return len(tokenize_conversation(record, tokenizer, template))
     _, responses = record_texts(record)
     prompt_ids = encode(tokenizer, template.prompt(record.prompt, record.extra))
-    longest = max(len(tokenize_prompt_response(record.prompt, r, tokenizer, template, record.extra)[1])
-                  for r in responses)
+    longest = max((len(tokenize_prompt_response(record.prompt, r, tokenizer, template, record.extra)[1])
+                   for r in responses), default=0)
     return len(prompt_ids) + longest
 
 
@@ -81,16 +87,17 @@ def check_data(source: str, kind: str | None = None, split: str | None = None, t
                template: str = "auto") -> CheckResult:
     """Validate every row of `source`; count shapes and measure lengths."""
     shapes: Counter = Counter()
+    kinds: Counter = Counter()
     chars: list[int] = []
     tokens: list[int] | None = [] if tokenizer is not None else None
     chosen_template = get_template(template, tokenizer) if tokenizer is not None else None
     for shape, record in iter_records(source, kind, split):
         shapes[shape] += 1
+        kinds[RECORD_KINDS[type(record)]] += 1
         chars.append(record_chars(record))
         if tokens is not None:
             tokens.append(record_tokens(record, tokenizer, chosen_template))
-    kinds = Counter({k: sum(n for s, n in shapes.items() if SHAPES[s][0] == k) for k in KINDS})
-    return CheckResult(sum(shapes.values()), shapes, +kinds, chars, tokens)
+    return CheckResult(sum(shapes.values()), shapes, kinds, chars, tokens)
 
 
 def describe(values: Sequence[int]) -> str:

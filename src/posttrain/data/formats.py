@@ -12,7 +12,13 @@ messages            messages                                     sft           C
 sharegpt            conversations (from/value or role/content)   sft           Conversation
 alpaca              instruction, [input], output                 sft           Conversation
 prompt_completion   prompt, completion                           sft           Conversation
+prompt              prompt (or question / problem) alone         prompt        Prompt
 ==================  ===========================================  ============  =================
+
+A row that has a field only one shape uses (say `chosen`) but lacks the
+others is taken as that shape, so the error names the missing field rather
+than saying "unknown shape". With `kind="prompt"` every row that holds a
+prompt is accepted and only its prompt is kept (see `prompts.parse_prompt`).
 
 Prompts may be text or message lists; responses may be text or a list holding
 one assistant message (TRL's "conversational" shapes). A preference row whose
@@ -28,7 +34,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from ..errors import InputError
-from ..records import Conversation, Message, PreferencePair, Ranked, Record, Unpaired, user_prompt
+from ..records import Conversation, Message, PreferencePair, Prompt, Ranked, Record, Unpaired, user_prompt
 from .readers import Row, read_rows, split_location
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -45,8 +51,10 @@ SHAPES: dict[str, tuple[str, str]] = {
     "sharegpt": ("sft", "conversations"),
     "alpaca": ("sft", "instruction, [input], output"),
     "prompt_completion": ("sft", "prompt, completion"),
+    "prompt": ("prompt", "prompt, question or problem alone"),
 }
-KINDS = ("sft", "preference", "ranked", "unpaired")
+KINDS = ("sft", "preference", "ranked", "unpaired", "prompt")
+PROMPT_ONLY_FIELDS = ("prompt", "question", "problem")
 
 
 class _Row:
@@ -78,12 +86,23 @@ def check_text(row: _Row, name: str, value: Any, allow_empty: bool = False) -> s
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number",
+    return {dict: "an object", list: "a list", str: "text", bool: "a boolean", int: "a number", float: "a number",
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def detect_shape(row: Row) -> str | None:
-    """The shape name of a row (see the module table), or None when no shape fits."""
+    """The shape name of a row (see the module table), or None when no shape fits.
+
+    A row with a telltale field of a shape but missing others counts as that shape.
+    """
+    return _complete_shape(row) or _guess_shape(row) or _prompt_only(row)
+
+
+def _prompt_only(row: Row) -> str | None:
+    return "prompt" if any(row.get(name) is not None for name in PROMPT_ONLY_FIELDS) else None
+
+
+def _complete_shape(row: Row) -> str | None:
     has = lambda name: row.get(name) is not None  # noqa: E731
     if has("chosen") and has("rejected"):
         return "preference"
@@ -312,6 +331,12 @@ def _from_unpaired(row: _Row) -> Unpaired:
     return Unpaired(prompt, completion, label, source=row.source, extra=extra)
 
 
+def _from_prompt(row: _Row) -> Prompt:
+    from .prompts import parse_prompt  # prompts.py builds on this module
+
+    return parse_prompt(row.row, row.source)
+
+
 NORMALISERS: dict[str, Callable[[_Row], Record]] = {
     "preference": _from_preference,
     "ranked": _from_ranked,
@@ -320,6 +345,7 @@ NORMALISERS: dict[str, Callable[[_Row], Record]] = {
     "sharegpt": _from_sharegpt,
     "alpaca": _from_alpaca,
     "prompt_completion": _from_prompt_completion,
+    "prompt": _from_prompt,
 }
 
 
@@ -328,7 +354,11 @@ def parse_row(row: Row, source: str | None = None, kind: str | None = None) -> t
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
     located = _Row(row, source)
-    shape = detect_shape(row) or _guess_shape(row)
+    shape = detect_shape(row)
+    if kind == "prompt":
+        from .prompts import parse_prompt  # prompts.py builds on this module
+
+        return shape or "prompt", parse_prompt(row, source)
     if shape is None:
         fields = ", ".join(sorted(map(str, row))) or "none"
         raise located.error(None, f"unknown shape (fields: {fields}); known shapes: {known_shapes_text()}")
@@ -351,7 +381,8 @@ def load_records(source: str | os.PathLike, kind: str | None = None, split: str 
     """Read and normalise every row of `source`; the first bad row raises `InputError`.
 
     kind: "sft" (Conversation), "preference" (PreferencePair), "ranked" (Ranked),
-    "unpaired" (Unpaired), or None to accept any shape. `limit` keeps the first N.
+    "unpaired" (Unpaired), "prompt" (Prompt: the prompt of any row that has one),
+    or None to accept any shape. `limit` keeps the first N.
     """
     records: list[Record] = []
     for _, record in iter_records(source, kind, split):

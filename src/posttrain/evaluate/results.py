@@ -96,18 +96,18 @@ def write_results(path: str | os.PathLike, run: str, metrics: Sequence[MetricRes
                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the results document atomically and return it."""
     doc = results_document(run, metrics, meta)
-    write_json(path, _finite(doc))
+    write_json(path, json_safe(doc))
     return doc
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no NaN: write None instead so other tools can read the file."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

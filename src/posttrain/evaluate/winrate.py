@@ -72,6 +72,7 @@ def win_rate(outcomes: Sequence[str], confidence: float = 0.95, method: str = "w
              n_resamples: int = 2000, item_ids: Sequence[str] | None = None, name: str = "win_rate",
              inconsistent: int | None = None) -> MetricResult:
     """Win-rate with ties counted as half, and its interval ("wilson" or "bootstrap")."""
+    outcomes = list(outcomes)
     scores = outcome_scores(outcomes)
     n = len(scores)
     if n == 0:

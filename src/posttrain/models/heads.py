@@ -154,8 +154,12 @@ def load_reward_model(name_or_path: str, **load_kwargs: Any):
         return ScalarHeadModel.from_pretrained(name_or_path, **load_kwargs)
     from transformers import AutoModelForSequenceClassification
 
-    from .loading import _first_line, resolve_device, resolve_dtype
+    from .loading import _first_line, _missing, check_hub_available, looks_like_path, resolve_device, resolve_dtype
 
+    if not Path(name_or_path).expanduser().exists():
+        if looks_like_path(str(name_or_path)):
+            raise _missing(str(name_or_path))
+        check_hub_available(str(name_or_path))
     device = resolve_device(load_kwargs.get("device"))
     dtype = resolve_dtype(load_kwargs.get("dtype", "auto"), device)
     try:

@@ -25,6 +25,7 @@ target at the end of every response).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -231,6 +232,7 @@ def _from_pretrained(path: Path, label: str, **kwargs: Any):
 def _from_hub(name: str, **kwargs: Any):
     from transformers import AutoModelForCausalLM
 
+    check_hub_available(name)
     try:
         return AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any hub/network failure becomes one line
@@ -239,14 +241,66 @@ def _from_hub(name: str, **kwargs: Any):
             f"and loading it from the Hugging Face hub failed (offline?): {_first_line(exc)}") from None
 
 
+def check_hub_available(name: str) -> None:
+    """Fail in a second, with one line, when the hub cannot be reached (the hub client
+    would otherwise retry for minutes) unless the files are in the local HF cache."""
+    if _in_hf_cache(name):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name, list(BUILTIN_ALIASES), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or not _hub_reachable():
+        raise PosttrainError(f"model '{name}' is not a built-in alias ({', '.join(BUILTIN_ALIASES)}) or a local path, "
+                             f"and the Hugging Face hub is not reachable (offline){hint}")
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connection to the hub within `timeout` seconds (DNS included: a failing
+    resolver can block for longer than any socket timeout, so it runs in a thread)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    port = urlparse(endpoint).port or 443
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
 def _load_adapter(path: Path, **kwargs: Any):
     """Base model (recursively resolved: an alias, a dir, a hub id) + the PEFT adapter, trainable."""
     from peft import PeftModel
 
+    from .peft import quiet_peft_warnings
+
     base_name = adapter_base_name(path)
     base = load_model(base_name, **kwargs)
     try:
-        model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+        with quiet_peft_warnings():
+            model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
         return model.eval()  # like every other load; adapter weights stay trainable
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise PosttrainError(f"cannot load adapter {path} on base '{base_name}': {_first_line(exc)}") from None
@@ -286,6 +340,8 @@ def load_tokenizer(name_or_path: str, *, padding_side: str | None = None, trust_
             source = str(gguf_checkpoint(path))
         else:
             source = str(path) if path is not None else name_or_path
+        if kind == "hub":
+            check_hub_available(name_or_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001 - missing files, bad json, offline hub

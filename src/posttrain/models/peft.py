@@ -14,7 +14,9 @@ Methods (`PEFT_METHODS`):
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import warnings
+from typing import Any, Callable, Iterator
 
 from ..errors import PosttrainError
 
@@ -61,6 +63,14 @@ _CONFIG_BUILDERS: dict[str, Callable[..., Any]] = {
 }
 
 
+@contextlib.contextmanager
+def quiet_peft_warnings() -> Iterator[None]:
+    """Hide a FutureWarning PEFT triggers inside transformers (a renamed API), nothing else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
+
+
 def is_quantized_4bit(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False))
 
@@ -92,7 +102,8 @@ def apply_peft(model, method: str = "lora", r: int = 16, alpha: float = 32, drop
                                       modules_to_save=modules_to_save, num_virtual_tokens=num_virtual_tokens)
     was_training = model.training
     try:
-        wrapped = get_peft_model(model, config)
+        with quiet_peft_warnings():
+            wrapped = get_peft_model(model, config)
     except ValueError as exc:  # e.g. target modules not found in the model
         first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise PosttrainError(f"cannot apply {method}: {first}") from None
@@ -125,4 +136,5 @@ def merge_adapter(model):
         return model
     if not hasattr(model, "merge_and_unload"):
         raise PosttrainError("this adapter type cannot be merged into the base weights (e.g. prefix tuning)")
-    return model.merge_and_unload()
+    with quiet_peft_warnings():
+        return model.merge_and_unload()

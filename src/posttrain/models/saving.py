@@ -23,7 +23,10 @@ def save_model_files(model, directory: str | Path) -> None:
     kwargs = {}
     if getattr(model, "peft_config", None) is not None and hasattr(model, "get_base_model"):
         kwargs["save_embedding_layers"] = _embeddings_trained(model)
-    model.save_pretrained(str(directory), **kwargs)
+    from .peft import quiet_peft_warnings
+
+    with quiet_peft_warnings():
+        model.save_pretrained(str(directory), **kwargs)
 
 
 def _embeddings_trained(model) -> bool:

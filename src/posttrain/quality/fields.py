@@ -123,9 +123,9 @@ def learn_responses(row: Row, path: str | None = None, line: int | None = None) 
         return [_response(row["chosen"], path, line, "chosen")]
     if "label" in row and "completion" in row and isinstance(row["label"], bool):
         return [_response(row["completion"], path, line, "completion")] if row["label"] else []
-    if "responses" in row and _best_index(row) is not None:
-        responses = responses_of(row, path, line)
-        best = _best_index(row)
+    best = _best_index(row)
+    if isinstance(row.get("responses"), list) and best is not None:
+        responses = [_response(v, path, line, f"responses[{i}]") for i, v in enumerate(row["responses"])]
         if not 0 <= best < len(responses):
             raise InputError(path, line, "ranking", f"index {best} is out of range for {len(responses)} responses")
         return [responses[best]]
@@ -133,8 +133,10 @@ def learn_responses(row: Row, path: str | None = None, line: int | None = None) 
 
 
 def _best_index(row: Row) -> int | None:
-    if isinstance(row.get("ranking"), list) and row["ranking"]:
-        return int(row["ranking"][0])
+    """Index of the best of ranked `responses` (first of `ranking`, or highest of `scores`)."""
+    ranking = row.get("ranking")
+    if isinstance(ranking, list) and ranking:
+        return ranking[0] if isinstance(ranking[0], int) and not isinstance(ranking[0], bool) else None
     scores = row.get("scores")
     if isinstance(scores, list) and scores and all(isinstance(s, (int, float)) for s in scores):
         return max(range(len(scores)), key=lambda i: scores[i])

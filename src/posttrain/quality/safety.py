@@ -180,7 +180,8 @@ _MAKE = r"(?:make|build|create|construct|assemble|manufacture|synthesi[sz]e|cook
 HARM_PATTERNS: dict[str, list[str]] = {
     "weapons": [
         rf"\b{_MAKE}\b.{{0,60}}\b(?:(?<!bath )(?<!seed )(?<!photo )bomb|explosives?|ied|pipe ?bomb|molotov|napalm"
-        r"|detonator|nerve agent|sarin|vx gas|chemical weapon|bio-?weapon|biological weapon|ricin|anthrax|ghost gun|untraceable (?:gun|firearm)|silencer)",
+        r"|detonator|nerve agent|sarin|vx gas|chemical weapon|bio-?weapon|biological weapon|ricin|anthrax|ghost gun"
+        r"|untraceable (?:gun|firearm)|silencer)",
         r"\b(?:convert|modify)\b.{0,40}\b(?:semi[- ]?auto\w*|ar-?15|rifle|gun)\b.{0,30}\b(?:full[- ]?auto|automatic)",
     ],
     "drugs": [

@@ -71,6 +71,7 @@ def make_filesystem_readonly(workdir):
     workdir = os.path.realpath(workdir)
     if libc.mount(workdir.encode(), workdir.encode(), None, MS_BIND, None) != 0:
         return ["<bind of the working directory failed>"]
+    os.chdir(workdir)  # our cwd still points into the mount underneath; step onto the new one
     failed = []
     with open("/proc/self/mountinfo") as handle:
         mounts = [line.split() for line in handle]
@@ -93,6 +94,10 @@ _PROCESS = {"os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "o
             "os.startfile", "pty.spawn"}
 _INTROSPECT = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
                "sys.settrace", "sys.setprofile"}
+# Modules that reach around the hook: raw C calls, fork+exec without os.fork, interpreters
+# without our hook (audit hooks are per interpreter).
+_BLOCKED_IMPORTS = {"_ctypes": "native code", "_testcapi": "native code", "_testinternalcapi": "native code",
+                    "_posixsubprocess": "process creation", "_xxsubinterpreters": "process creation"}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 # event -> indices of path arguments that must stay inside the working directory, and of dir_fd
 _PATH_EVENTS = {"os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.mkdir": ((0,), 2), "os.chmod": ((0,), 2),
@@ -124,8 +129,11 @@ def install_guard(workdir, send):
         base = readlink(f"/proc/self/fd/{dir_fd}") if isinstance(dir_fd, int) and dir_fd >= 0 else getcwd()
         return realpath(join(base, path))
 
+    own_fds = f"/proc/{own}/fd/"  # e.g. /dev/stdout: descriptors this process already holds
+
     def inside(path):
-        return path is None or path == root or path.startswith(root + os.sep) or path == "/dev/null"
+        return (path is None or path == root or path.startswith(root + os.sep) or path == "/dev/null"
+                or path.startswith(own_fds))
 
     def hook(event, args):
         if event == "open":
@@ -133,7 +141,7 @@ def install_guard(workdir, send):
             target = resolve(path)
             if target is None:
                 return
-            writing = bool(flags & _WRITE_FLAGS) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
+            writing = bool((flags or 0) & _WRITE_FLAGS) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
             if writing and not inside(target):
                 deny("write outside sandbox", target)
             if target.startswith("/proc/") and target.split("/")[2].isdigit() and target.split("/")[2] != own:
@@ -149,8 +157,10 @@ def install_guard(workdir, send):
                 deny("signal to another process", f"{event}{tuple(args)}")
         elif event.startswith("ctypes."):
             deny("native code", event)
-        elif event == "import" and args[0] in ("_posixsubprocess", "_ctypes", "_xxsubinterpreters"):
-            deny("native code" if "ctypes" in args[0] else "process creation", f"import {args[0]}")
+        elif event == "import" and args[0] in _BLOCKED_IMPORTS:
+            deny(_BLOCKED_IMPORTS[args[0]], f"import {args[0]}")
+        elif event == "resource.prlimit" and args[0] not in (0, os.getpid()):
+            deny("limits of another process", f"prlimit on pid {args[0]}")
         elif event in _INTROSPECT:
             deny("introspection", event)
         elif event in _PATH_EVENTS:
@@ -241,16 +251,24 @@ def child(spec, token, out_w, err_w, result_w):
     if uid is not None:
         # The stdlib may live where the throwaway uid cannot read (e.g. /root/.pyenv): keep
         # directory descriptors opened as root and import through /proc/self/fd/N instead.
-        paths = []
+        # Packages already imported (encodings, json, ...) search their own __path__: remap too.
+        remap = {}
         for entry in sys.path:
             try:
-                paths.append(f"/proc/self/fd/{os.open(entry, os.O_RDONLY | os.O_DIRECTORY)}")
+                remap[entry] = f"/proc/self/fd/{os.open(entry, os.O_RDONLY | os.O_DIRECTORY)}"
             except OSError:
                 pass
+        for fd in (1, 2):  # so that reopening /dev/stdout works for the program
+            os.fchown(fd, uid, uid)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-        sys.path[:] = paths
+        sys.path[:] = list(remap.values())
+        for module in list(sys.modules.values()):
+            search = getattr(module, "__path__", None)
+            if isinstance(search, list):
+                for old, new in remap.items():
+                    search[:] = [new + p[len(old):] if p == old or p.startswith(old + os.sep) else p for p in search]
         sys.path_importer_cache.clear()
     for which, soft, hard in limits:
         current_hard = resource.getrlimit(which)[1]

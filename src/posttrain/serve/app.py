@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.datastructures import MutableHeaders
 
 from . import admin_routes, annotate_routes, chat_routes
 from .db import connect, init_db, user_for_token
@@ -30,17 +31,34 @@ SECURITY_HEADERS = {
 STATIC = {"app.css": "text/css", "app.js": "text/javascript"}
 
 
+class SecurityHeaders:
+    """Plain ASGI middleware adding SECURITY_HEADERS to every response (cheaper than
+    `@app.middleware("http")`, which wraps each response in extra streams and tasks)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(settings: Settings) -> FastAPI:
     init_db(settings.db)
     app = FastAPI(title="posttrain serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, exc: LoginRequired) -> Response:

@@ -41,10 +41,14 @@ def serve_main(argv: list[str]) -> int:
     import uvicorn
 
     from .app import create_app
-    from .feedback import make_backend
+    from .feedback import ModelBackend, make_backend
     from .web import Settings
 
     backends = {name: make_backend(model, cfg.max_new_tokens, cfg.temperature) for name, model in variants.items()}
+    for name, backend in backends.items():
+        if isinstance(backend, ModelBackend):
+            print(f"posttrain serve: loading variant {name} ({variants[name]})", file=sys.stderr, flush=True)
+            backend.load()  # fail now, with the loader's one-line message, rather than on the first chat
     app = create_app(Settings(db=cfg.db, variants=variants, backends=backends, experiment=cfg.experiment,
                               lease_seconds=cfg.lease_minutes * 60, secure_cookies=cfg.secure_cookies))
     print(f"posttrain serve: http://{cfg.host}:{cfg.port}/  (database {cfg.db}; "

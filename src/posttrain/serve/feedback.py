@@ -56,7 +56,14 @@ class ModelBackend:
         self._lock = threading.Lock()  # one generate() at a time: the model is not re-entrant and CPU-bound
         self._model = self._tokenizer = None
 
+    def load(self) -> None:
+        """Load now (`posttrain serve` does this at start-up, so a bad model name fails fast)."""
+        with self._lock:
+            self._load()
+
     def _load(self) -> None:
+        if self._model is not None:
+            return
         from ..models import load_model, load_tokenizer  # heavy; only when a real model is used
 
         self._tokenizer = load_tokenizer(self.model_name)
@@ -67,11 +74,11 @@ class ModelBackend:
         import torch
 
         with self._lock:
-            if self._model is None:
-                self._load()
+            self._load()
             tokenizer, model = self._tokenizer, self._model
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)
+            encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True)
+            ids = {name: tensor.to(model.device) for name, tensor in encoded.items()}
             sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {
                 "do_sample": False}
             with torch.no_grad():
@@ -151,7 +158,10 @@ def send_message(conn: sqlite3.Connection, backend: ChatBackend, conversation_id
                      (conversation_id, text, now_iso()))
     history = [{"role": r["role"], "content": r["content"]} for r in conn.execute(
         "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))]
-    reply = backend.reply(history)  # may take seconds: no lock is held here
+    try:
+        reply = backend.reply(history)  # may take seconds: no database lock is held here
+    except Exception as exc:  # the user's turn is kept; they can send again
+        raise FeedbackError(f"the model could not answer: {exc}", status=502) from exc
     with write_transaction(conn):
         cursor = conn.execute(
             "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, 'assistant', ?, ?)",

@@ -8,13 +8,14 @@ Pages redirect to /login without a valid token; /api routes answer 401.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader
 
@@ -77,37 +78,32 @@ def request_token(request: Request) -> str | None:
     return request.cookies.get(COOKIE)
 
 
-def _user(request: Request) -> User | None:
-    token = request_token(request)
-    if not token:
-        return None
-    conn = connect(settings(request).db)
-    try:
-        row = user_for_token(conn, token)
-    finally:
-        conn.close()
+def _user(request: Request, conn: sqlite3.Connection) -> User | None:
+    row = user_for_token(conn, request_token(request))
     return User(row["id"], row["name"], bool(row["is_admin"])) if row else None
 
 
-def page_user(request: Request) -> User:
-    """Dependency for HTML pages: the logged-in user, or a redirect to the login form."""
-    user = _user(request)
+def page_user(request: Request, conn: sqlite3.Connection = Depends(db)) -> User:
+    """Dependency for HTML pages: the logged-in user, or a redirect to the login form.
+
+    It shares the request's connection with the route (FastAPI caches `db` per request).
+    """
+    user = _user(request, conn)
     if user is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target)
     return user
 
 
-def api_user(request: Request) -> User:
+def api_user(request: Request, conn: sqlite3.Connection = Depends(db)) -> User:
     """Dependency for /api routes: the token's user, or 401."""
-    user = _user(request)
+    user = _user(request, conn)
     if user is None:
         raise HTTPException(401, "missing or invalid token", headers={"WWW-Authenticate": "Bearer"})
     return user
 
 
-def api_admin(request: Request) -> User:
-    user = api_user(request)
+def api_admin(user: User = Depends(api_user)) -> User:
     if not user.is_admin:
         raise HTTPException(403, "admin token required")
     return user
@@ -137,8 +133,6 @@ async def json_body(request: Request) -> Any:
     if len(body) > 32 * MAX_FORM_BYTES:
         raise HTTPException(413, "body too large")
     try:
-        import json
-
         return json.loads(body or b"null")
     except ValueError:
         raise HTTPException(400, "body is not valid JSON") from None
@@ -151,7 +145,8 @@ def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 def safe_next(url: str | None) -> str:
     """Only same-site paths are allowed as the post-login target (no open redirects)."""
-    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
+    # Browsers drop tabs/newlines inside URLs ("/\t/evil" becomes "//evil"), so refuse them too.
+    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url or not url.isprintable():
         return "/"
     return url
 

@@ -265,7 +265,7 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             step = int(state.pop("step"))
             if accelerator.is_main_process:
                 truncate_metrics(log.path, step)
-                print(f"resumed from {checkpoint} at step {step}")
+                print(f"resumed from {checkpoint} at step {step}", flush=True)
     elif accelerator.is_main_process:
         log.path.unlink(missing_ok=True)
 

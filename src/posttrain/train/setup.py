@@ -9,11 +9,22 @@ from ..config import save_config
 from .args import ModelArgs
 
 
+def is_main_process() -> bool:
+    """True on the process that writes files and prints (rank 0 under torchrun/accelerate)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(message: str) -> None:
+    """Print once per run, not once per process."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def prepare_run_dir(cfg: Any) -> Path:
     """Create the run directory and write the resolved config (`config.yaml`) into it."""
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         save_config(cfg, run_dir / "config.yaml")
     return run_dir
 
@@ -24,6 +35,10 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
     from ..models import load_model
     from ..models.peft import apply_peft, trainable_parameter_summary
 
+    from accelerate.utils import set_seed
+
+    # Seed before building anything random (adapter init), so a run is a function of its seed.
+    set_seed(seed)
     extra = {"load_in_4bit": True} if cfg.peft == "qlora" else {}
     model = load_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, seed=seed, **extra)
     if cfg.peft != "none":
@@ -33,6 +48,6 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
                            target_modules=target, modules_to_save=modules_to_save,
                            gradient_checkpointing=gradient_checkpointing)
     model.train()
-    if not quiet and int(os.environ.get("RANK", "0")) == 0:
-        print(f"model {cfg.model}: {trainable_parameter_summary(model)['text']}")
+    if not quiet:
+        say(f"model {cfg.model}: {trainable_parameter_summary(model)['text']}")
     return model

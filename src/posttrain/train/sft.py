@@ -22,7 +22,7 @@ from ..config import help_field, parse_config
 from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, run_training
-from .setup import load_trainable_model, prepare_run_dir
+from .setup import load_trainable_model, prepare_run_dir, say
 
 
 @dataclass
@@ -44,7 +44,7 @@ def tokenize_dataset(path: str, tokenizer, template, cfg: SFTConfig) -> list:
 
     records = load_records(path, kind="sft", limit=cfg.limit or None)
     examples, stats = tokenize_conversations(records, tokenizer, template, cfg.max_length, cfg.length_policy)
-    print(f"{path}: {stats.summary()}")
+    say(f"{path}: {stats.summary()}")
     if not examples:
         raise ConfigError("data", f"{path}: no example is left after the length policy ({stats.summary()})")
     return examples
@@ -129,7 +129,7 @@ def train_sft(cfg: SFTConfig):
         train, held_out = split_eval(train, cfg.eval_fraction, cfg.seed)
     if cfg.packing:
         packs = pack_examples(train, cfg.max_length)
-        print(f"packed {len(train)} examples into {len(packs)} rows of at most {cfg.max_length} tokens")
+        say(f"packed {len(train)} examples into {len(packs)} rows of at most {cfg.max_length} tokens")
         train = packs
     collate = collate_fn(tokenizer, cfg.packing)
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
@@ -139,7 +139,7 @@ def train_sft(cfg: SFTConfig):
         evaluate=make_evaluator(held_out, collate_fn(tokenizer, False), cfg.batch_size) if held_out else None,
         name="sft")
     result = run_training(task, cfg, tokenizer=tokenizer)
-    print(f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.last_metrics.get('loss', float('nan')):.4f}"
+    say(f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.last_metrics.get('loss', float('nan')):.4f}"
           + (f", eval loss {result.eval_metrics['eval/loss']:.4f}" if "eval/loss" in result.eval_metrics else "")
           + f"; model in {result.final_dir}")
     return result
