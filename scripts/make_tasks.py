@@ -11,9 +11,9 @@ verifier reads, and `task`, `id`, `level`. The verifier is the built-in reward n
   sorting     "Sort ... 7, 2, 9"              answer: [2, 7, 9]            reward "sort"
   code        "Write a function add(a, b)"    tests: ["assert add(1, 2) == 3", ...]  reward "code"
 
-Difficulty is aimed at SmolLM2-135M-Instruct: weak but not hopeless (single- and two-digit
+Difficulty is aimed at SmolLM2-135M-Instruct: weak but not hopeless (one- and two-digit
 addition and subtraction, a few three-operand sums; sorting 3-5 numbers below 20), so that
-GRPO or best-of-n + SFT has signal to work with. Prompts ask for an "Answer: ..." line, which
+GRPO or best-of-n + SFT has signal to work with (baseline accuracies: docs/rewards.md). Prompts ask for an "Answer: ..." line, which
 the verifiers prefer but do not require.
 """
 from __future__ import annotations
@@ -30,17 +30,16 @@ SIZES = {"arithmetic": (1000, 200), "sorting": (1000, 200)}
 # ------------------------------------------------------------------------ arithmetic
 
 def arithmetic_problem(rng: random.Random) -> tuple[str, int, str]:
-    """(expression, value, level). Levels: 1d (one-digit +/-), 2d (two-digit +/-), 3op (a+b-c)."""
-    level = rng.choices(["1d", "2d", "3op"], weights=[4, 4, 2])[0]
-    if level == "1d":
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-    elif level == "2d":
-        a, b = rng.randint(10, 99), rng.randint(1, 99)
-    else:
+    """(expression, value, level). Levels, easiest first: 1d (one-digit +/-), 2d1d (two-digit
+    +/- one-digit), 2d (two-digit +/- two-digit), 3op (three one-digit operands)."""
+    level = rng.choices(["1d", "2d1d", "2d", "3op"], weights=[3, 4, 2, 1])[0]
+    if level == "3op":
         a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
         op1, op2 = rng.choice("+-"), rng.choice("+-")
         expr = f"{a} {op1} {b} {op2} {c}"
         return expr, eval(expr), level  # noqa: S307 - our own digits and +/-
+    a = rng.randint(1, 9) if level == "1d" else rng.randint(10, 99)
+    b = rng.randint(10, 99) if level == "2d" else rng.randint(1, 9)
     op = rng.choice("+-")
     if op == "-" and b > a:  # keep answers non-negative: the small model is not ready for negatives
         a, b = b, a
@@ -128,16 +127,19 @@ def code_rows() -> tuple[list[dict], list[dict]]:
 # ------------------------------------------------------------------------------ main
 
 def split_unique(make, rng: random.Random, n_train: int, n_test: int) -> tuple[list[dict], list[dict]]:
-    """Draw rows until each split is full; a prompt never appears twice or in both splits."""
+    """Draw distinct rows (no prompt twice), then send every k-th to the held-out split, so both
+    splits have the same mix of levels even where a level's pool of distinct prompts runs out."""
     seen: set[str] = set()
-    splits: list[list[dict]] = [[], []]
-    for split, size in ((1, n_test), (0, n_train)):  # held-out first, so its difficulty mix is not skimmed
-        while len(splits[split]) < size:
-            row = make(rng)
-            if row["prompt"] not in seen:
-                seen.add(row["prompt"])
-                splits[split].append(row)
-    return splits[0], splits[1]
+    rows: list[dict] = []
+    while len(rows) < n_train + n_test:
+        row = make(rng)
+        if row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            rows.append(row)
+    every = (n_train + n_test) // n_test
+    test = [row for i, row in enumerate(rows) if i % every == every - 1][:n_test]
+    held = {id(row) for row in test}
+    return [row for row in rows if id(row) not in held], test
 
 
 def write(path: Path, rows: list[dict], prefix: str) -> None:

@@ -53,12 +53,17 @@ def completion_body(content: str, model: str = "stub") -> dict[str, Any]:
 
 
 def backend_handler(backend: Any) -> Callable[[dict], str]:
-    """A handler that answers with `backend.complete` (e.g. a LocalChatBackend on tiny-random)."""
+    """A handler that answers with `backend.complete` (e.g. a LocalChatBackend on tiny-random).
+
+    Requests arrive on several server threads; a lock runs one generation at a time.
+    """
+    lock = threading.Lock()
 
     def handle(request: dict) -> str:
         body = request["json"]
-        [reply] = backend.complete([body["messages"]], max_tokens=int(body.get("max_tokens") or 16),
-                                   temperature=float(body.get("temperature") or 0.0))
+        with lock:
+            [reply] = backend.complete([body["messages"]], max_tokens=int(body.get("max_tokens") or 16),
+                                       temperature=float(body.get("temperature") or 0.0))
         return reply or ""
 
     return handle

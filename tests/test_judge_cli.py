@@ -176,6 +176,27 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, rows, args, message):
     assert not (tmp_path / "pairs.judged.jsonl").exists()
 
 
+def test_reward_model_flag_uses_reward_scorer(tmp_path, monkeypatch):
+    """--reward-model wires posttrain.rollout.score.RewardScorer in (replaced here by a fake)."""
+    import posttrain.rollout.score as score_module
+
+    class FakeScorer:
+        def __init__(self, model_dir, **kwargs):
+            assert model_dir == "runs/my-rm"
+
+        def score(self, prompts, responses):
+            return [float("GOOD" in r) for r in responses]
+
+    monkeypatch.setattr(score_module, "RewardScorer", FakeScorer)
+    source = write_rows(tmp_path / "pairs.jsonl", PAIRS)
+    assert main(["judge", source, "--reward-model", "runs/my-rm", "--tie-threshold", "0.5"]) == 0
+    rows = read_rows(tmp_path / "pairs.judged.jsonl")
+    assert [r["winner"] for r in rows] == ["A", "A", "B", "tie"]
+    assert rows[0]["judge"] == "reward_model(my-rm)" and rows[0]["score_a"] == 1.0
+    code = main(["judge", source, "--reward-model", "runs/my-rm", "--swap"])
+    assert code == 2
+
+
 def test_local_tiny_random_end_to_end(tmp_path, capsys):
     """The local path runs: chat template, left-padded batched greedy generation, parsing (garbage)."""
     source = write_rows(tmp_path / "pairs.jsonl", [
@@ -206,3 +227,18 @@ def test_http_stub_serving_a_local_model(tmp_path):
     rows = read_rows(tmp_path / "resp.judged.jsonl")
     assert rows[0]["reasoning"] == direct[0]  # the HTTP path returned exactly what the model generated
     assert model_backend.stats.requests == 3
+
+
+@pytest.mark.slow
+def test_trained_reward_model_as_judge(tmp_path):
+    """Train a tiny reward model for two steps with `posttrain rm`, then judge with it."""
+    prefs = write_rows(tmp_path / "prefs.jsonl", [{"prompt": p["prompt"], "chosen": "yes", "rejected": "no"}
+                                                  for p in PAIRS])
+    assert main(["rm", "--model", "tiny-random", "--data", prefs, "--max-steps", "2", "--batch-size", "2",
+                 "--output-dir", str(tmp_path / "rm"), "--no-progress"]) == 0
+    source = write_rows(tmp_path / "pairs.jsonl", PAIRS)
+    assert main(["judge", source, "--reward-model", str(tmp_path / "rm"), "--device", "cpu"]) == 0
+    rows = read_rows(tmp_path / "pairs.judged.jsonl")
+    assert len(rows) == 4 and all(r["winner"] in ("A", "B", "tie") for r in rows)
+    for r in rows:  # the verdict follows the two scores
+        assert r["winner"] == ("A" if r["score_a"] > r["score_b"] else "B" if r["score_b"] > r["score_a"] else "tie")

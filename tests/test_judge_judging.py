@@ -128,12 +128,13 @@ def test_format_question():
 def test_reward_judge_with_fake_scorer():
     scorer = lambda prompt, response: float(len(response))  # longer is "better"
     judge = RewardJudge(scorer, tie_threshold=1.0)
-    items = [(user_prompt("q"), "a much longer answer", "short"), (user_prompt("q"), "abc", "abcd"),
-             (user_prompt("q"), "x", "xyz")]
+    items = [PairItem(user_prompt("q"), "a much longer answer", "short", extra={"id": 7}),
+             PairItem(user_prompt("q"), "abc", "abcd"), PairItem(user_prompt("q"), "x", "xyz")]
     judgements = judge.judge_pairs(items)
     assert [j.winner for j in judgements] == ["A", "tie", "B"]  # |3 - 4| <= 1 is a tie
     assert judgements[0].extra["score_a"] == 20.0 and judgements[0].extra["score_b"] == 5.0
-    points = judge.judge_points([(user_prompt("q"), "four")])
+    assert judgements[0].extra["id"] == 7 and judge.stats.requests == 6
+    points = judge.judge_points([PointItem(user_prompt("q"), "four")])
     assert points[0].score == 4.0
     batched = RewardJudge(score_batch=lambda prompts, responses: [len(r) for r in responses])
     assert [j.winner for j in batched.judge_pairs(items)] == ["A", "B", "B"]

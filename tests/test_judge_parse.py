@@ -25,6 +25,8 @@ from posttrain.judge.templates import load_template, parse_template, shipped_tem
     ('{"winner": "tie"}', "tie"),
     ("B is more accurate.\n\nB", "B"),
     ("Answer A", "A"),
+    ("I think Answer A is better than Answer B.", "A"),
+    ("Response (B) is clearly preferable here.", "B"),
 ])
 def test_pairwise_formats(text, expected):
     assert parse_pairwise(text) == expected
@@ -32,7 +34,7 @@ def test_pairwise_formats(text, expected):
 
 @pytest.mark.parametrize("text", [
     "", None, "lorem ipsum dolor", "Both answers have merit.", '{"winner": "maybe"}', "[[D]]",
-    "I think Answer A is better",  # no explicit verdict format: unparseable, not a guess
+    "A is better",  # no label word before the letter: too weak to read as a verdict
 ])
 def test_pairwise_unparseable(text):
     assert parse_pairwise(text) is None

@@ -113,6 +113,8 @@ def test_answer_format_reward():
     ("The sorted list is [2, 7, 9].", [2, 7, 9]),
     ("Here you go:\n0 4 11", [0, 4, 11]),
     ("Answer: -2, 0.5, 3", [Fraction(-2), Fraction(1, 2), Fraction(3)]),
+    ("Sorted:\n1. 9\n2. 4\n3. 3\n4. 19", [9, 4, 3, 19]),  # numbered items, not their numbering
+    ("- 2\n- 5\n- 11.", [2, 5, 11]),
     ("nothing", None),
 ])
 def test_extract_number_list(text, numbers):

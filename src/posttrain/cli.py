@@ -16,6 +16,8 @@ from .errors import PosttrainError
 # command words -> ("module:function", one-line help). Two-word commands are groups.
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("posttrain.train.sft:main", "supervised fine-tuning (full or LoRA), with dataset mixing"),
+    "dpo": ("posttrain.train.dpo:main", "preference optimisation: DPO, cDPO, IPO, hinge, robust, RPO, SimPO, ORPO, or a mix"),
+    "kto": ("posttrain.train.kto:main", "KTO on unpaired desirable/undesirable examples (or split preference pairs)"),
     "generate": ("posttrain.generate:main", "batched sampling from one or more models over a prompts file"),
     "export": ("posttrain.models.export:main", "merge a LoRA adapter into its base and save a HF directory"),
     "data check": ("posttrain.data.check:main", "validate a data file: shapes, counts, length statistics"),
@@ -30,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve import": ("posttrain.serve.commands:import_main", "load pairwise items to annotate from JSONL"),
     "serve export": ("posttrain.serve.commands:export_main", "export labels as preference/annotation JSONL, feedback for ab"),
     "judge": ("posttrain.judge.command:main", "LLM-as-judge: pairwise verdicts (with position swap) or rubric scores"),
+    "rm": ("posttrain.train.reward:main", "train a reward model on preference pairs and K-way rankings (full or LoRA)"),
+    "score": ("posttrain.rollout.score:main", "score responses in a JSONL file with a trained reward model"),
 }
 
 

@@ -41,6 +41,9 @@ _EXPORTS = {
     "mix": "mixing",
     "temperature_weights": "mixing",
     "allocate": "mixing",
+    "encode": "tokenize",
+    "load_prompts": "prompts",
+    "parse_prompt": "prompts",
     "demo_data_path": "resources",
 }
 

@@ -6,7 +6,8 @@
 Prints the row count, the count of each shape (and kind), and length
 statistics: characters always, tokens when `--tokenizer` is given (min, mean,
 p50, p95, max, and how many rows are over `--max-length`). The first bad row
-stops the check with the usual one-line error and exit code 2.
+stops the check with the usual one-line error and exit code 2; so does the
+first row over `--max-length` with `--length-policy error`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..errors import ConfigError
 from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Unpaired
 from .formats import KINDS, iter_records
 from .templates import TEMPLATE_NAMES, get_template
-from .tokenize import encode, tokenize_conversation, tokenize_prompt_response
+from .tokenize import encode, too_long_error, tokenize_conversation, tokenize_prompt_response
 
 
 @dataclass
@@ -32,6 +33,8 @@ class DataCheckConfig:
     tokenizer: str | None = help_field(None, "count tokens with this model's tokenizer (alias, directory or hub id)")
     template: str = help_field("auto", "prompt template used when counting tokens", choices=TEMPLATE_NAMES)
     max_length: int | None = help_field(None, "report how many rows are longer than this many tokens")
+    length_policy: str = help_field("report", "rows over max_length: count them (report) or stop with an error",
+                                    choices=["report", "error"])
 
 
 RECORD_KINDS = {Conversation: "sft", PreferencePair: "preference", Ranked: "ranked", Unpaired: "unpaired",
@@ -84,8 +87,12 @@ def record_tokens(record: Record, tokenizer: Any, template: Any) -> int:
 
 
 def check_data(source: str, kind: str | None = None, split: str | None = None, tokenizer: Any = None,
-               template: str = "auto") -> CheckResult:
-    """Validate every row of `source`; count shapes and measure lengths."""
+               template: str = "auto", max_length: int | None = None, length_policy: str = "report") -> CheckResult:
+    """Validate every row of `source`; count shapes and measure lengths.
+
+    With `length_policy="error"` the first row over `max_length` tokens raises
+    the same `InputError` training would raise under the "error" policy.
+    """
     shapes: Counter = Counter()
     kinds: Counter = Counter()
     chars: list[int] = []
@@ -96,7 +103,11 @@ def check_data(source: str, kind: str | None = None, split: str | None = None, t
         kinds[RECORD_KINDS[type(record)]] += 1
         chars.append(record_chars(record))
         if tokens is not None:
-            tokens.append(record_tokens(record, tokenizer, chosen_template))
+            length = record_tokens(record, tokenizer, chosen_template)
+            if length_policy == "error" and max_length is not None and length > max_length:
+                field = "messages" if isinstance(record, Conversation) else "prompt"
+                raise too_long_error(record.source, field, length, max_length)
+            tokens.append(length)
     return CheckResult(sum(shapes.values()), shapes, kinds, chars, tokens)
 
 
@@ -135,6 +146,6 @@ def main(argv: list[str]) -> int:
 
         tokenizer = load_tokenizer(cfg.tokenizer)
         template_name = get_template(cfg.template, tokenizer).name
-    result = check_data(cfg.file, cfg.kind, cfg.split, tokenizer, cfg.template)
+    result = check_data(cfg.file, cfg.kind, cfg.split, tokenizer, cfg.template, cfg.max_length, cfg.length_policy)
     print(format_report(cfg.file, result, cfg, template_name))
     return 0

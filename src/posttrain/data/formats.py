@@ -271,7 +271,8 @@ def _from_preference(row: _Row) -> PreferencePair:
         for name, messages in (("chosen", chosen_messages), ("rejected", rejected_messages)):
             rest = messages[shared:]
             if len(rest) != 1 or rest[0]["role"] != "assistant":
-                raise row.error(name, f"after the shared prompt expected one assistant message, got {len(rest)} messages")
+                raise row.error(name, "after the shared prompt expected one assistant message, "
+                                      f"got {len(rest)} messages")
         chosen, rejected = chosen_messages[shared]["content"], rejected_messages[shared]["content"]
     else:
         prompt = _prompt(row)
@@ -279,10 +280,12 @@ def _from_preference(row: _Row) -> PreferencePair:
     if chosen == rejected:
         raise row.error("rejected", "is identical to 'chosen'")
     margin = row.row.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin)):
+    is_number = isinstance(margin, (int, float)) and not isinstance(margin, bool)
+    if margin is not None and not (is_number and math.isfinite(margin)):
         raise row.error("margin", f"expected a finite number, got {margin!r}")
     extra = _extra(row.row, ("prompt", "chosen", "rejected", "margin", "system"))
-    return PreferencePair(prompt, chosen, rejected, None if margin is None else float(margin), source=row.source, extra=extra)
+    margin = None if margin is None else float(margin)
+    return PreferencePair(prompt, chosen, rejected, margin, source=row.source, extra=extra)
 
 
 def _from_ranked(row: _Row) -> Ranked:

@@ -249,7 +249,8 @@ def _read_hub_dataset(name: str, split: str | None) -> Iterator[tuple[str, Row]]
     try:
         loaded = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
     except Exception as exc:  # network errors, missing repos, bad configs
-        raise PosttrainError(f"{name}: no such file, and loading it as a hub dataset failed: {_first_line(exc)}") from None
+        raise PosttrainError(f"{name}: no such file, and loading it as a hub dataset failed: "
+                             f"{_first_line(exc)}") from None
     dataset = _pick_split(name, loaded, split)
     for number, row in enumerate(dataset, start=1):
         yield location(name, number), dict(row)

@@ -247,6 +247,7 @@ def get_template(name: str, tokenizer: Any = None) -> Template:
     if name == "chat":
         if tokenizer is None or not has_chat_template(tokenizer):
             builtin = ", ".join(BUILTIN_TEMPLATES)
-            raise ConfigError("template", f"'chat' needs a tokenizer with a chat template; this one has none (use one of {builtin})")
+            raise ConfigError("template", "'chat' needs a tokenizer with a chat template; this one has none "
+                              f"(use one of {builtin})")
         return ChatTemplate(tokenizer)
     return BUILTIN_TEMPLATES[name](tokenizer)

@@ -95,7 +95,7 @@ def _check_policy(policy: str) -> None:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
 
 
-def _too_long(source: str | None, field_name: str, length: int, max_length: int) -> InputError:
+def too_long_error(source: str | None, field_name: str, length: int, max_length: int) -> InputError:
     path, line = split_location(source)
     return InputError(path, line, field_name, f"example is {length} tokens, longer than max_length {max_length}"
                       " (use the 'truncate' or 'drop' length policy, or raise max_length)")
@@ -127,7 +127,7 @@ def apply_length_policy(prompt: list[int], responses: list[list[int]], max_lengt
     if max_length is None or length <= max_length:
         return prompt, responses
     if policy == "error":
-        raise _too_long(source, field_name, length, max_length)
+        raise too_long_error(source, field_name, length, max_length)
     if policy == "drop":
         if stats is not None:
             stats.dropped += 1

@@ -2,6 +2,7 @@
 
     posttrain judge --input pairs.jsonl --mode pairwise --swap --judge-model smollm2-135m
     posttrain judge --input pairs.jsonl --judge-url http://localhost:8000/v1 --judge-model my-judge
+    posttrain judge --input pairs.jsonl --reward-model runs/rm --tie-threshold 0.1
 
 Writes OUTPUT (Judgement records, one per pair or per response) atomically, and
 OUTPUT.summary.json with the counts. While running, finished rows are appended to
@@ -23,6 +24,7 @@ from ..jsonl import append_jsonl, write_json, write_jsonl
 from .backends import ChatBackend
 from .inputs import read_items
 from .judging import LLMJudge, summarize
+from .reward_judge import RewardJudge
 from .templates import load_template
 
 DEFAULT_LOCAL_JUDGE = "smollm2-135m"
@@ -36,8 +38,10 @@ class JudgeConfig:
     swap: bool = help_field(False, "pairwise: judge both orders; disagreement becomes a tie")
     judge_url: str | None = help_field(None, "OpenAI-compatible endpoint (server root, /v1 or the full /v1/chat/completions URL)")
     judge_model: str | None = help_field(None, f"model name sent to --judge-url, or a local model (default {DEFAULT_LOCAL_JUDGE})")
+    reward_model: str | None = help_field(None, "judge with a trained reward model (a `posttrain rm` run dir) instead of an LLM")
+    tie_threshold: float = help_field(0.0, "reward model: a score difference within this is a tie")
     api_key_env: str = help_field("OPENAI_API_KEY", "environment variable holding the API key for --judge-url")
-    template: str | None = help_field(None, "template name (pairwise, pointwise, educational_value) or a .yaml path")
+    template: str | None = help_field(None, "template name (pairwise, pairwise_short, pointwise, educational_value) or a .yaml path")
     rubric: str | None = help_field(None, "text replacing the template's {rubric}")
     max_tokens: int = help_field(512, "longest judge reply, in tokens")
     temperature: float = help_field(0.0, "judge sampling temperature (0 = greedy)")
@@ -69,6 +73,12 @@ def validate(cfg: JudgeConfig) -> None:
         raise ConfigError("temperature", "must be 0 or more")
     if cfg.swap and cfg.mode == "pointwise":
         raise ConfigError("swap", "only applies to --mode pairwise")
+    if cfg.reward_model and (cfg.judge_url or cfg.judge_model):
+        raise ConfigError("reward_model", "give either --reward-model or --judge-url/--judge-model, not both")
+    if cfg.reward_model and cfg.swap:
+        raise ConfigError("swap", "a reward model scores each answer on its own, so position swap does not apply")
+    if cfg.tie_threshold < 0:
+        raise ConfigError("tie_threshold", "must be 0 or more")
 
 
 def output_paths(cfg: JudgeConfig) -> tuple[str, str, str]:
@@ -91,6 +101,15 @@ def build_backend(cfg: JudgeConfig) -> ChatBackend:
 
     return LocalChatBackend.from_name(cfg.judge_model or DEFAULT_LOCAL_JUDGE, batch_size=cfg.batch_size,
                                       device=cfg.device)
+
+
+def build_reward_judge(cfg: JudgeConfig) -> RewardJudge:
+    """A trained reward model (`posttrain rm` output) as a pairwise/pointwise judge."""
+    from ..rollout.score import RewardScorer
+
+    scorer = RewardScorer(cfg.reward_model, device=cfg.device or "auto", batch_size=cfg.batch_size)
+    return RewardJudge(score_batch=scorer.score, tie_threshold=cfg.tie_threshold,
+                       name=f"reward_model({Path(cfg.reward_model).name})")
 
 
 def load_partial(path: str, settings: dict[str, Any]) -> dict[int, list[dict]]:
@@ -123,8 +142,12 @@ def _finished(records: list[dict]) -> bool:
     return all(r.get("judge_status") != "failed" for r in records)
 
 
-def run_judge(cfg: JudgeConfig, backend: ChatBackend | None = None, log=print) -> dict[str, Any]:
-    """Judge `cfg.input`, write the output and summary files, and return the summary."""
+def run_judge(cfg: JudgeConfig, backend: ChatBackend | RewardJudge | None = None, log=print) -> dict[str, Any]:
+    """Judge `cfg.input`, write the output and summary files, and return the summary.
+
+    `backend` overrides what the config names: a `ChatBackend` (judged with the
+    template) or a `RewardJudge`.
+    """
     validate(cfg)
     template = load_template(cfg.template, cfg.mode)
     rows = read_items(cfg.input, cfg.mode, cfg.limit)  # every row is checked before any judging
@@ -132,7 +155,8 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | None = None, log=print) -
     if not cfg.resume and os.path.exists(partial):
         os.unlink(partial)
     owns_backend = backend is None
-    backend = backend or build_backend(cfg)
+    if backend is None:
+        backend = build_reward_judge(cfg) if cfg.reward_model else build_backend(cfg)
     settings = {"input": os.path.abspath(cfg.input), "mode": cfg.mode, "template": template.name,
                 "swap": cfg.swap, "judge": backend.name, "rubric": cfg.rubric}
     done = {line: recs for line, recs in load_partial(partial, settings).items() if _finished(recs)}
@@ -145,8 +169,8 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | None = None, log=print) -
         import torch
 
         torch.manual_seed(cfg.seed)
-    judge = LLMJudge(backend, template, swap=cfg.swap, rubric=cfg.rubric, max_tokens=cfg.max_tokens,
-                     temperature=cfg.temperature)
+    judge = backend if isinstance(backend, RewardJudge) else LLMJudge(
+        backend, template, swap=cfg.swap, rubric=cfg.rubric, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
     try:
         for start in range(0, len(pending), cfg.chunk_size):
             chunk = pending[start:start + cfg.chunk_size]
@@ -165,7 +189,7 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | None = None, log=print) -
     write_jsonl(output, final)
     summary = summarize(final, cfg.mode)
     stats = backend.stats.as_dict()
-    summary.update({"judge": backend.name, "template": template.name, "swap": cfg.swap,
+    summary.update({"judge": backend.name, "template": None if judge is backend else template.name, "swap": cfg.swap,
                     "resumed_rows": len(rows) - len(pending), "requests": stats["requests"],
                     "failed_requests": stats["failed"], "retries": stats["retries"],
                     "failure_reasons": stats["failure_reasons"], "output": output})
@@ -179,7 +203,8 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | None = None, log=print) -
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """A few human-readable lines for the terminal."""
-    lines = [f"judge {summary['judge']} (template {summary['template']}): {summary['judgements']} judgements"]
+    via = f" (template {summary['template']})" if summary["template"] else ""
+    lines = [f"judge {summary['judge']}{via}: {summary['judgements']} judgements"]
     if summary["mode"] == "pairwise":
         lines.append(f"  A {summary['A']}   B {summary['B']}   tie {summary['tie']}   "
                      f"unparseable {summary['unparseable']}   failed {summary['failed']}")

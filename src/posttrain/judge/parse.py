@@ -9,7 +9,8 @@ Pairwise, in order of preference:
   2. double brackets: `[[A]]`, `[[B]]`, `[[C]]` (C = tie), `[[tie]]` (the last one counts)
   3. a labelled verdict: `Winner: B`, `**Final verdict:** tie`, `The better response is A`
   4. `it's a tie` / `it is a draw`
-  5. a last line that is only a label: `A`, `Answer B.`, `Tie`
+  5. `Answer A is better` / `Response B is preferred` (the last such statement counts)
+  6. a last line that is only a label: `A`, `Answer B.`, `Tie`
 
 Pointwise scores, in order: JSON `{"score": 7}`, `[[7]]`, `Score: 7/10` / `Rating: 7 out of 10`,
 a bare fraction `7/10`, a last line that is only a number. A fraction whose
@@ -33,6 +34,8 @@ _LABELLED = re.compile(
     r"(A|B|tie|draw)\b",
     re.IGNORECASE,
 )
+_BETTER = re.compile(r"\b(?:assistant|answer|response|output)\s+\(?(A|B)\)?\s+is\s+(?:clearly\s+|much\s+|slightly\s+)?"
+                     r"(?:better|superior|preferred|preferable)\b", re.IGNORECASE)
 _TIE_PHRASE = re.compile(r"\b(?:it'?s|it\s+is|this\s+is)\s+a\s+(?:tie|draw)\b", re.IGNORECASE)
 _BARE_LABEL = re.compile(r"^(?:(?:assistant|answer|response|output|model)\s*)?\(?(a|b|tie|draw)\)?$")
 
@@ -90,6 +93,9 @@ def parse_pairwise(text: str | None) -> str | None:
         return normalize_label(labelled[-1])
     if _TIE_PHRASE.search(text):
         return "tie"
+    better = _BETTER.findall(text)
+    if better:
+        return normalize_label(better[-1])
     bare = _BARE_LABEL.match(_last_line(text))
     return normalize_label(bare.group(1)) if bare else None
 

@@ -246,17 +246,29 @@ def answer_format_reward() -> RewardFn:
 # -------------------------------------------------------------------------- sorting
 
 
+_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+([-\u2212]?\d+(?:\.\d+)?)\s*[.,]?\s*$")
+
+
 def extract_number_list(text: str) -> list[Fraction] | None:
     """The list a response commits to: the numbers after the last "answer" marker (to the end of
-    that line), else inside the last `[...]`, else on the last non-empty line."""
+    that line), else inside the last `[...]`, else a trailing bulleted or numbered list with one
+    number per item ("1. 9" / "- 9"), else the numbers on the last non-empty line."""
     markers = list(_MARKER.finditer(text))
+    lines = [line for line in text.splitlines() if line.strip()]
+    items: list[str] = []
+    for line in reversed(lines):
+        match = _LIST_ITEM.match(line)
+        if not match:
+            break
+        items.insert(0, match.group(1))
     if markers:
-        rest = text[markers[-1].end():].strip()
-        span = rest.split("\n", 1)[0]
+        span = text[markers[-1].end():].strip().split("\n", 1)[0]
+    elif brackets := re.findall(r"\[([^\[\]]*)\]", text):
+        span = brackets[-1]
+    elif len(items) >= 2:
+        span = " ".join(items)
     else:
-        brackets = re.findall(r"\[([^\[\]]*)\]", text)
-        lines = [line for line in text.splitlines() if line.strip()]
-        span = brackets[-1] if brackets else (lines[-1] if lines else "")
+        span = lines[-1] if lines else ""
     numbers = [parse_number(n) for n in re.findall(r"[-\u2212]?\d+(?:\.\d+)?", span)]
     return [n for n in numbers if n is not None] or None
 

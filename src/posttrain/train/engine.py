@@ -61,6 +61,10 @@ class TrainTask:
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
     save_final: Callable[[torch.nn.Module, Path], None] | None = None
     name: str = "train"
+    # Called before each optimizer step with the model and the examples of every micro-batch of
+    # the global batch (all processes; micro-batch m runs on process m // grad_accum), for
+    # statistics over the whole global batch that every micro-batch's loss needs (KTO's z0).
+    prepare_step: Callable[[torch.nn.Module, list[list[Any]]], None] | None = None
 
 
 @dataclass
@@ -300,6 +304,8 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
                 raise TrainingError(f"step {step + 1}: the batch has nothing to learn from (no response tokens)")
             mine = micro[rank * args.grad_accum:(rank + 1) * args.grad_accum]
             model.train()
+            if task.prepare_step is not None:
+                task.prepare_step(model, [[examples[i] for i in ids] for ids in micro])
             sums: dict[str, float] = {"loss": 0.0}
             for j, ids in enumerate(mine):
                 batch = to_device(task.collate([examples[i] for i in ids]), accelerator.device)

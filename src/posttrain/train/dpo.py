@@ -1,0 +1,191 @@
+"""Preference optimisation, the DPO family: `posttrain dpo --loss NAME`.
+
+Reads prompt/chosen/rejected pairs, tokenises them (a bad row or an over-long
+pair is an error, or is dropped and counted, as the policies say), gets
+reference log-probs (`--reference`, see reference.py), and trains with any
+loss of `posttrain.losses.PREFERENCE_LOSSES`, or a weighted mix of several
+(`--loss sigmoid hinge --loss-weights 0.7 0.3`).
+
+Per micro-batch: chosen and rejected of every pair go through the policy in
+ONE forward pass (preference_batch.py: padded, padding-free, and optionally
+with the prompt computed once for both responses); log-probs are gathered on
+response tokens only. The loss is the mean over pairs of the global batch: the
+recipe returns the sum of per-pair losses and the engine divides by the pair
+count (`item_count` = 1 per pair), so splitting a batch over micro-batches or
+processes does not change it.
+
+Logged per step (means over the step's pairs): loss, rewards/chosen,
+rewards/rejected, rewards/margins (chosen - rejected), rewards/accuracies
+(fraction with chosen > rejected), logps/chosen, logps/rejected (summed
+response log-probs under the policy), logits/chosen, logits/rejected (mean
+logit over response tokens and the vocabulary), with grad_norm and lr from the
+engine; the same with an eval/ prefix on the held-out split.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..config import help_field, parse_config
+from ..errors import ConfigError
+from .args import ModelArgs, TrainArgs
+from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
+from .preference_batch import BatchLayout, check_layout
+from .preference_data import INVALID_POLICIES, load_data, load_pairs, write_report
+from .reference import STRATEGIES, build_reference, describe, model_identity, resolve_strategy, summary_line
+from .setup import load_trainable_model, prepare_run_dir
+
+
+def _loss_names() -> list[str]:
+    from ..losses import PREFERENCE_LOSSES
+
+    return list(PREFERENCE_LOSSES)
+
+
+@dataclass
+class DPOConfig(ModelArgs, TrainArgs):
+    output_dir: str = help_field("runs/dpo", "run directory: config, metrics.jsonl, checkpoints/, final/")
+    learning_rate: float = help_field(1e-6, "peak learning rate (LoRA usually wants 5e-6 to 5e-5)")
+    data: str = help_field("", "preference data (prompt, chosen, rejected): a file, dataset directory or hub id")
+    eval_data: str | None = help_field(None, "validation pairs (default: eval_fraction of the training data)")
+    limit: int = help_field(0, "use only the first N rows of each file (0: all)")
+    loss: list[str] = help_field(["sigmoid"], "loss, or several to mix (see docs/dpo.md)", choices=_loss_names())
+    loss_weights: list[float] = help_field([], "one weight per --loss when mixing (default: 1 each)")
+    beta: float | None = help_field(None, "temperature of the implicit reward (default: 0.1; 2.0 for simpo)")
+    label_smoothing: float = help_field(0.1, "cdpo/robust: assumed rate of flipped labels")
+    simpo_gamma: float = help_field(1.0, "simpo: target reward margin")
+    orpo_lambda: float = help_field(0.1, "orpo: weight of the odds-ratio term")
+    rpo_alpha: float = help_field(1.0, "rpo: weight of the NLL term on chosen")
+    reference: str = help_field("auto", "reference log-probs: auto, copy, adapter, cached (see docs/dpo.md)",
+                                choices=list(STRATEGIES))
+    ref_model: str | None = help_field(None, "reference model (default: the starting model)")
+    prefix_sharing: bool = help_field(False, "compute each prompt once for chosen and rejected (4D mask)")
+    padding_free: bool = help_field(False, "all sequences of a micro-batch in one row, no padding")
+    invalid_rows: str = help_field("error", "rows that cannot be trained on (chosen == rejected, empty "
+                                   "response, ...): stop, or drop and count them", choices=list(INVALID_POLICIES))
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def loss_components(cfg: DPOConfig) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(`{name: weight}`, per-component options) for `mixed_preference_loss`."""
+    if len(set(cfg.loss)) != len(cfg.loss):
+        raise ConfigError("loss", f"a loss is named twice: {' '.join(cfg.loss)}")
+    weights = cfg.loss_weights or [1.0] * len(cfg.loss)
+    if len(weights) != len(cfg.loss):
+        raise ConfigError("loss_weights", f"{len(weights)} weights for {len(cfg.loss)} losses")
+    if any(w < 0 for w in weights):
+        raise ConfigError("loss_weights", "weights must not be negative")
+    options = {"cdpo": {"label_smoothing": cfg.label_smoothing}, "robust": {"label_smoothing": cfg.label_smoothing},
+               "simpo": {"gamma": cfg.simpo_gamma}, "orpo": {"lam": cfg.orpo_lambda}, "rpo": {"alpha": cfg.rpo_alpha}}
+    if cfg.beta is not None:
+        for name in cfg.loss:
+            if name != "orpo":  # ORPO has no beta
+                options.setdefault(name, {})["beta"] = cfg.beta
+    return dict(zip(cfg.loss, weights)), {k: v for k, v in options.items() if k in cfg.loss}
+
+
+def needs_reference(names: list[str]) -> bool:
+    """True when any chosen loss takes reference log-probs (simpo and orpo do not)."""
+    from ..losses import PREFERENCE_LOSSES
+
+    return any("ref_chosen_logps" in inspect.signature(PREFERENCE_LOSSES[n]).parameters for n in names)
+
+
+def pair_metrics(chosen_rewards, rejected_rewards, policy, b: int) -> dict[str, torch.Tensor]:
+    """Per-pair sums of the logged metrics (the engine divides by the global pair count)."""
+    c, r = chosen_rewards.detach(), rejected_rewards.detach()
+    logps = policy.logps.detach()
+    return {"rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/margins": (c - r).sum(),
+            "rewards/accuracies": (c > r).float().sum(),
+            "logps/chosen": logps[:b].sum(), "logps/rejected": logps[b:].sum(),
+            "logits/chosen": policy.mean_logits[:b].sum(), "logits/rejected": policy.mean_logits[b:].sum()}
+
+
+def make_loss(components: dict[str, float], options: dict[str, dict[str, float]], reference):
+    """`compute_loss(model, batch) -> LossOutput` for a `BatchLayout.pairs` batch."""
+    from ..losses import mixed_preference_loss
+    from .preference_batch import sequence_logps
+
+    def compute_loss(model, batch) -> LossOutput:
+        b = batch["example_index"].shape[0]
+        policy = sequence_logps(model, batch, mean_logits=True)
+        inputs = dict(policy_chosen_logps=policy.logps[:b], policy_rejected_logps=policy.logps[b:],
+                      chosen_lengths=policy.lengths[:b], rejected_lengths=policy.lengths[b:])
+        if reference is not None:
+            ref = reference.logps(model, batch, (0, 1)).to(policy.logps.dtype)
+            inputs.update(ref_chosen_logps=ref[:b], ref_rejected_logps=ref[b:])
+        out = mixed_preference_loss(components, component_kwargs=options, **inputs)
+        return LossOutput(out.losses.sum(), pair_metrics(out.chosen_rewards, out.rejected_rewards, policy, b))
+    return compute_loss
+
+
+def make_evaluator(examples: list, collate, compute_loss, batch_size: int):
+    """Validation: the loss and every metric, averaged over the held-out pairs."""
+    def evaluate(model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        sums: dict[str, float] = {}
+        for start in range(0, len(examples), batch_size):
+            out = compute_loss(model, to_device(collate(examples[start:start + batch_size]), device))
+            for key, value in {"loss": out.loss_sum, **out.metric_sums}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        return {key: value / len(examples) for key, value in sums.items()}
+    return evaluate
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def train_dpo(cfg: DPOConfig):
+    """Run DPO-family training as configured; returns the engine's `TrainResult`."""
+    from ..data import get_template
+    from ..models import load_tokenizer
+
+    components, options = loss_components(cfg)
+    mask_style = check_layout(cfg)
+    strategy = resolve_strategy(cfg.reference, needs_reference=needs_reference(cfg.loss), peft=cfg.peft,
+                                ref_model=cfg.ref_model, data_paths=[cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
+    prepare_run_dir(cfg)
+    accelerator = make_accelerator(cfg)
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    template = get_template(cfg.template, tokenizer)
+    train, held_out, files, reports = load_data(cfg, tokenizer, template, load_pairs)
+
+    model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
+    dtype = next(model.parameters()).dtype
+    layout = BatchLayout(tokenizer.pad_token_id, padding_free=cfg.padding_free, prefix_sharing=cfg.prefix_sharing,
+                         mask_style=mask_style, mask_dtype=dtype)
+
+    def score(reference, chunk):  # [B, 2] reference log-probs of (chosen, rejected), for the cache
+        batch = to_device(layout.pairs(chunk), accelerator.device)
+        return reference.logps(model, batch, (0, 1)).view(2, -1).T
+
+    key_parts = {"recipe": "dpo", "reference": model_identity(cfg.ref_model or cfg.model, cfg.seed),
+                 "dtype": str(dtype), "mixed_precision": accelerator.mixed_precision, "template": template.name,
+                 "max_length": cfg.max_length, "length_policy": cfg.length_policy}
+    reference = build_reference(strategy, cfg, model, accelerator, datasets=files, score=score,
+                                token_fields=("prompt_ids", "chosen_ids", "rejected_ids"), key_parts=key_parts)
+    print(f"reference: {summary_line(reference)}")
+    write_report(cfg.output_dir, reports, describe(reference))
+
+    compute_loss = make_loss(components, options, reference)
+    task = TrainTask(model=model, train_examples=train, collate=layout.pairs, compute_loss=compute_loss,
+                     item_count=lambda example: 1, token_count=layout.pair_tokens,
+                     evaluate=make_evaluator(held_out, layout.pairs, compute_loss, cfg.batch_size) if held_out else None,
+                     name="dpo")
+    result = run_training(task, cfg, accelerator=accelerator, tokenizer=tokenizer)
+    last, evals = result.last_metrics, result.eval_metrics
+    print(f"done: {result.steps} steps in {result.seconds:.0f}s; loss {last.get('loss', float('nan')):.4f}, "
+          f"margin {last.get('rewards/margins', float('nan')):.4f}, accuracy {last.get('rewards/accuracies', float('nan')):.3f}"
+          + (f"; eval margin {evals['eval/rewards/margins']:.4f}, eval accuracy {evals['eval/rewards/accuracies']:.3f}"
+             if "eval/rewards/margins" in evals else "") + f"; model in {result.final_dir}")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_config(DPOConfig, argv, prog="posttrain dpo", description=__doc__.splitlines()[0])
+    train_dpo(cfg)
+    return 0

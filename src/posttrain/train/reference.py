@@ -1,0 +1,379 @@
+"""Reference log-probs for the preference recipes (`--reference`).
+
+DPO-style losses compare the policy with a frozen reference model pi_ref. Four
+ways to get log pi_ref(y | x) for the sequences of a batch:
+
+- `copy`: a separate frozen model (`--ref-model`, default the starting model),
+  loaded once, in eval mode. One more model in memory and one more forward per
+  batch. Works for every setup.
+- `adapter`: the policy itself with its PEFT adapter switched off
+  (`models.reference.adapter_disabled`). No second copy in memory; one more
+  forward per batch. Needs `--peft`; the base under the adapter is the
+  reference, so `--ref-model` cannot be used.
+- `cached`: the reference log-probs of every example are computed ONCE, in a
+  first pass before training, and stored in a file beside the dataset:
+  `<data dir>/.posttrain-cache/<data file name>.ref-<key>.safetensors`. A
+  second epoch, an evaluation, or a rerun reads them instead of running the
+  reference at all: no reference model in memory and no reference forward
+  during training. The first pass runs the starting model (the policy before
+  its first update, with the adapter switched off under PEFT; or `--ref-model`,
+  loaded for the pass and freed).
+- `auto`: `cached` when the training (and eval) data are local files or
+  directories, else `adapter` with `--peft`, else `copy`. Reference-free losses
+  (simpo, orpo) use no reference whatever this says.
+
+The cache key is a SHA-256 over: the reference model's identity (an alias and
+its seed, or the path with the size and modification time of its files, or a
+hub id), the dtype, the data file's content hash, the template, max_length,
+the length policy, and the token ids of every example. Any change gives a new
+key and so a new file name: a stale cache is never read. Files are written
+atomically (temporary file, then rename) by the main process, after every
+process has computed its share (examples `rank::world`) and the shares were
+gathered. If the dataset's directory is not writable, the cache goes to the
+run directory instead (and is then only reused by runs with that directory).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .preference_batch import sequence_logps
+
+STRATEGIES = ("auto", "copy", "adapter", "cached")
+CACHE_FORMAT = "posttrain-reference-logps-v1"
+CACHE_DIR_NAME = ".posttrain-cache"
+
+# Number of first passes run in this process (tests check that a rerun does not add one).
+cache_passes = 0
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` without dropout inside the block; its train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def pick(values: torch.Tensor, batch: dict[str, Any], columns: Sequence[int]) -> torch.Tensor:
+    """Rows of a `[N, K]` table for the batch's examples, columns one after another: `[len(columns) * B]`."""
+    rows = values[batch["example_index"].to(values.device)]
+    return torch.cat([rows[:, c] for c in columns])
+
+
+class Reference:
+    """Reference log-probs `[S]` for the S scored sequences of a batch (in the batch's order)."""
+
+    name = "reference"
+
+    def logps(self, policy: torch.nn.Module, batch: dict[str, Any], columns: Sequence[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": self.name}
+
+
+class CopyReference(Reference):
+    """A separate frozen model (eval mode, no gradients)."""
+
+    name = "copy"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = freeze(model)
+
+    def logps(self, policy, batch, columns):
+        with torch.no_grad():
+            return sequence_logps(self.model, batch).logps
+
+
+class AdapterReference(Reference):
+    """The policy with its PEFT adapter switched off: the base model under the adapter."""
+
+    name = "adapter"
+
+    def __init__(self, policy: torch.nn.Module):
+        self.policy = policy  # the unwrapped PEFT model (DDP wrappers do not expose disable_adapter)
+
+    def logps(self, policy, batch, columns):
+        from ..models.reference import adapter_disabled
+
+        with torch.no_grad(), eval_mode(self.policy), adapter_disabled(self.policy):
+            return sequence_logps(self.policy, batch).logps
+
+
+@dataclass
+class CacheInfo:
+    path: str
+    key: str
+    hit: bool
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "key": self.key, "hit": self.hit, "rows": self.rows}
+
+
+@dataclass
+class CachedReference(Reference):
+    """Reference log-probs read from a `[N, K]` table; `example.index` picks the row."""
+
+    table: torch.Tensor
+    caches: list[CacheInfo] = field(default_factory=list)
+    name: str = "cached"
+
+    def logps(self, policy, batch, columns):
+        return pick(self.table, batch, columns).to(batch["input_ids"].device)
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": self.name, "caches": [c.to_dict() for c in self.caches]}
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def resolve_strategy(strategy: str, *, needs_reference: bool, peft: str, ref_model: str | None,
+                     data_paths: Sequence[str]) -> str | None:
+    """The strategy to use ("copy", "adapter", "cached"), or None for reference-free losses."""
+    if strategy not in STRATEGIES:
+        raise ConfigError("reference", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if not needs_reference:
+        return None
+    if strategy == "adapter":
+        if peft == "none":
+            raise ConfigError("reference", "'adapter' needs a PEFT adapter on the policy (--peft lora, ...); "
+                                           "use 'copy' or 'cached' for full fine-tuning")
+        if ref_model:
+            raise ConfigError("ref_model", "with --reference adapter the reference is the base under the adapter; "
+                                           "use --reference copy or cached for another reference model")
+    local = all(os.path.exists(p) for p in data_paths)
+    if strategy == "cached" and not local:
+        missing = next(p for p in data_paths if not os.path.exists(p))
+        raise ConfigError("reference", f"'cached' stores reference log-probs beside the dataset, but {missing!r} is "
+                                       "not a local file or directory; use 'copy' or 'adapter'")
+    if strategy != "auto":
+        return strategy
+    if local:
+        return "cached"
+    return "adapter" if peft != "none" and not ref_model else "copy"
+
+
+# --------------------------------------------------------------------------- cache keys
+
+
+def _hash_path(digest, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def data_fingerprint(path: str) -> str:
+    """SHA-256 of a data file's bytes, or of every file (names and bytes) under a dataset directory."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    if root.is_dir():
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(root)).encode())
+            _hash_path(digest, file)
+    else:
+        _hash_path(digest, root)
+    return digest.hexdigest()
+
+
+def model_identity(name: str, seed: int) -> str:
+    """What identifies a reference model's weights, for the cache key."""
+    from ..models.loading import BUILTIN_ALIASES, TINY_RANDOM
+
+    if name in BUILTIN_ALIASES:
+        return f"alias:{name}" + (f":seed={seed}" if name == TINY_RANDOM else "")
+    path = Path(name).expanduser()
+    if path.exists():
+        files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file())
+        stats = ";".join(f"{p.relative_to(path) if path.is_dir() else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                         for p in files if not p.name.startswith("."))
+        return f"path:{path.resolve()}|{stats}"
+    return f"hub:{name}"
+
+
+def token_fingerprint(examples: Sequence[Any], fields: Sequence[str]) -> str:
+    """SHA-256 of the token ids of every example (the fields in order)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        for name in fields:
+            digest.update(b"|" + ",".join(map(str, getattr(example, name))).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    text = "\n".join(f"{k}={parts[k]}" for k in sorted(parts))
+    return hashlib.sha256(f"{CACHE_FORMAT}\n{text}".encode()).hexdigest()
+
+
+def cache_file(data_path: str, key: str, fallback_dir: str | Path) -> Path:
+    """`<data dir>/.posttrain-cache/<name>.ref-<key16>.safetensors`; `fallback_dir` when that is not writable."""
+    data = Path(data_path).resolve()
+    directory = data.parent / CACHE_DIR_NAME
+    writable = os.access(directory if directory.exists() else data.parent, os.W_OK)
+    if not writable:
+        directory = Path(fallback_dir) / "reference-cache"
+    return directory / f"{data.name}.ref-{key[:16]}.safetensors"
+
+
+def read_cache(path: Path, key: str, rows: int) -> torch.Tensor | None:
+    """The cached table, or None when the file is missing, unreadable or not for this key and size."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            table = handle.get_tensor("logps")
+    except Exception:  # noqa: BLE001 - a damaged cache is simply recomputed
+        return None
+    if meta.get("key") != key or meta.get("format") != CACHE_FORMAT or table.shape[0] != rows:
+        return None
+    return table
+
+
+def write_cache(path: Path, key: str, table: torch.Tensor, description: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    from ..jsonl import atomic_write
+
+    data = save({"logps": table.contiguous().cpu()}, metadata={"key": key, "format": CACHE_FORMAT, **description})
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+# --------------------------------------------------------------------------- the first pass
+
+
+def compute_table(score: Callable[[list], torch.Tensor], examples: Sequence[Any], batch_size: int,
+                  accelerator) -> torch.Tensor:
+    """`[N, K]` reference log-probs: each process scores examples `rank::world`, then all are gathered.
+
+    `score(chunk)` returns `[len(chunk), K]` (no gradients needed).
+    """
+    from accelerate.utils import gather_object
+
+    global cache_passes
+    cache_passes += 1
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(examples), world))
+    rows: list[tuple[int, list[float]]] = []
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            ids = mine[start:start + batch_size]
+            values = score([examples[i] for i in ids]).float().cpu()
+            rows += [(i, values[j].tolist()) for j, i in enumerate(ids)]
+    if world > 1:
+        rows = gather_object(rows)
+    rows.sort()
+    return torch.tensor([values for _, values in rows], dtype=torch.float32)
+
+
+def load_or_compute(data_path: str, examples: Sequence[Any], key_parts: dict[str, Any], token_fields: Sequence[str],
+                    score: Callable[[list], torch.Tensor], *, batch_size: int, accelerator,
+                    fallback_dir: str | Path) -> tuple[torch.Tensor, CacheInfo]:
+    """The reference table of one data file: read from its cache, or computed and written there."""
+    key = cache_key({**key_parts, "data": data_fingerprint(data_path),
+                     "tokens": token_fingerprint(examples, token_fields)})
+    path = cache_file(data_path, key, fallback_dir)
+    table = read_cache(path, key, len(examples))
+    if table is not None:
+        return table, CacheInfo(str(path), key, True, len(examples))
+    table = compute_table(score, examples, batch_size, accelerator)
+    if accelerator.is_main_process:
+        write_cache(path, key, table, {k: str(v) for k, v in key_parts.items()})
+    accelerator.wait_for_everyone()
+    return table, CacheInfo(str(path), key, False, len(examples))
+
+
+# --------------------------------------------------------------------------- putting it together
+
+
+class FrozenPolicy(Reference):
+    """The untouched policy itself (no gradients, eval mode): the reference before the first update."""
+
+    name = "policy-at-start"
+
+    def __init__(self, policy: torch.nn.Module):
+        self.policy = policy
+
+    def logps(self, policy, batch, columns):
+        with torch.no_grad(), eval_mode(self.policy):
+            return sequence_logps(self.policy, batch).logps
+
+
+def load_reference_model(cfg, device) -> torch.nn.Module:
+    """`cfg.ref_model` (default `cfg.model`) loaded like the policy, frozen, on `device`."""
+    from ..models import load_model
+
+    model = load_model(cfg.ref_model or cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+                       seed=cfg.seed)
+    return freeze(model).to(device)
+
+
+def build_reference(strategy: str | None, cfg, policy: torch.nn.Module, accelerator, *,
+                    datasets: Sequence[tuple[str, Sequence[Any]]], score: Callable[[Reference, list], torch.Tensor],
+                    token_fields: Sequence[str], key_parts: dict[str, Any]) -> Reference | None:
+    """The reference for a run (None for reference-free losses).
+
+    `datasets`: (path, every kept example of that file). For "cached", each
+    file's table is read or computed with `score(live_reference, chunk) -> [len(chunk), K]`,
+    the tables are stacked, and each example's `.index` is shifted to its row
+    in the stack (train and eval examples of one file share its table).
+    """
+    if strategy is None:
+        return None
+    if strategy == "adapter":
+        return AdapterReference(policy)
+    if strategy == "copy":
+        return CopyReference(load_reference_model(cfg, accelerator.device))
+    if cfg.ref_model:
+        live: Reference = CopyReference(load_reference_model(cfg, accelerator.device))
+    elif cfg.peft != "none":
+        live = AdapterReference(policy)
+    else:
+        live = FrozenPolicy(policy)
+    policy.to(accelerator.device)
+    tables, infos, offset = [], [], 0
+    for path, examples in datasets:
+        with accelerator.autocast():
+            table, info = load_or_compute(path, examples, key_parts, token_fields, lambda chunk: score(live, chunk),
+                                          batch_size=cfg.batch_size, accelerator=accelerator,
+                                          fallback_dir=cfg.output_dir)
+        for example in examples:
+            example.index += offset
+        offset += len(examples)
+        tables.append(table)
+        infos.append(info)
+    # `live` (and a --ref-model loaded for the pass) is dropped on return: training reads only the table.
+    return CachedReference(torch.cat(tables), infos)
+
+
+def describe(reference: Reference | None) -> dict[str, Any]:
+    """What the run used, for data_report.json."""
+    return reference.describe() if reference is not None else {"strategy": "none (reference-free loss)"}
+
+
+def summary_line(reference: Reference | None) -> str:
+    info = describe(reference)
+    if info["strategy"] != "cached":
+        return info["strategy"]
+    return "cached; " + "; ".join(f"{'read' if c['hit'] else 'computed and wrote'} {c['rows']} rows: {c['path']}"
+                                  for c in info["caches"])
