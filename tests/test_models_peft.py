@@ -101,6 +101,7 @@ def test_export_merges_adapter_and_logits_match(tmp_path, method, capsys):
     merged = load_model(str(tmp_path / "merged"))
     assert type(merged).__name__ == "LlamaForCausalLM"
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    print("MAXDIFF", (_logits(merged) - expected).abs().max().item())
     assert torch.allclose(_logits(merged), expected, atol=1e-5)
     assert load_tokenizer(str(tmp_path / "merged")).apply_chat_template(
         [{"role": "user", "content": "q"}], tokenize=False) == "<|im_start|>user\nq<|im_end|>\n"

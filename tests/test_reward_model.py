@@ -103,13 +103,15 @@ def test_ranking_loss_equals_mean_bt_over_pairs_with_separate_forwards(layout):
     assert calls[0][0] == rows_expected
 
     def alone(group: RewardGroup, k: int) -> torch.Tensor:
+        """The reward of response k from a forward of prompt + response k on its own."""
         ids = torch.tensor([group.prompt_ids + group.response_ids[k]])
         return model(ids, torch.ones_like(ids))[0, -1]
 
     expected = torch.zeros(())
     for group in groups:
-        losses = [F.softplus(-(alone(group, i) - alone(group, j)))  # -log sigma(r_i - r_j)
-                  for i in range(len(group.ranks)) for j in range(len(group.ranks)) if group.ranks[i] < group.ranks[j]]
+        r = [alone(group, k) for k in range(len(group.ranks))]
+        losses = [F.softplus(-(r[i] - r[j]))  # the Bradley-Terry loss -log sigma(r_i - r_j) of one pair
+                  for i in range(len(r)) for j in range(len(r)) if group.ranks[i] < group.ranks[j]]
         assert len(losses) == {4: 6, 3: 2}[len(group.ranks)]
         expected = expected + torch.stack(losses).mean()
     assert torch.allclose(out.loss_sum, expected, atol=1e-5)

@@ -7,7 +7,6 @@ never the only thing a test relies on.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import threading
 import time

@@ -32,6 +32,13 @@ def test_extract_final_answer(text, expected):
     assert extract_final_answer(text) == expected
 
 
+def test_extract_boxed_balances_braces():
+    assert extract_boxed("x \\boxed{\\frac{a}{b}} y \\boxed{2}") == "2"
+    assert extract_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert extract_boxed("\\fbox{7}") == "7"
+    assert extract_boxed("\\boxed{open") is None and extract_boxed("none") is None
+
+
 @pytest.mark.parametrize("text, value", [
     ("42", Fraction(42)), ("-5", Fraction(-5)), ("\u22123", Fraction(-3)), ("1,234", Fraction(1234)),
     ("1,234.5", Fraction(2469, 2)), ("0.75", Fraction(3, 4)), (".5", Fraction(1, 2)), ("3/4", Fraction(3, 4)),

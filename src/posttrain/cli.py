@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("posttrain.train.dpo:main", "preference optimisation: DPO, cDPO, IPO, hinge, robust, RPO, SimPO, ORPO, or a mix"),
     "kto": ("posttrain.train.kto:main", "KTO on unpaired desirable/undesirable examples (or split preference pairs)"),
     "generate": ("posttrain.generate:main", "batched sampling from one or more models over a prompts file"),
+    "pairs": ("posttrain.synth.pairs:main", "preference pairs from scored/ranked responses: all, best-vs-random, best-vs-worst, stronger-vs-weaker"),
+    "cai": ("posttrain.synth.cai_command:main", "Constitutional AI: critique and revise responses by principle; SFT data, pairs, traces"),
     "export": ("posttrain.models.export:main", "merge a LoRA adapter into its base and save a HF directory"),
+    "run": ("posttrain.pipeline:main", "run a multi-stage YAML pipeline with per-stage caching and resume"),
     "data check": ("posttrain.data.check:main", "validate a data file: shapes, counts, length statistics"),
     "ab": ("posttrain.ab.command:main", "A/B analysis of feedback logs: rates, tests, power, ship/keep/collect"),
     "data agreement": ("posttrain.quality.agreement:main", "inter-annotator agreement: Cohen/Fleiss kappa, Krippendorff alpha"),
@@ -34,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge": ("posttrain.judge.command:main", "LLM-as-judge: pairwise verdicts (with position swap) or rubric scores"),
     "rm": ("posttrain.train.reward:main", "train a reward model on preference pairs and K-way rankings (full or LoRA)"),
     "score": ("posttrain.rollout.score:main", "score responses in a JSONL file with a trained reward model"),
+    "eval": ("posttrain.evaluate.run:main", "evaluate a model: reference metrics, task accuracy/pass@k, perplexity, win-rate, safety; --compare two runs"),
 }
 
 

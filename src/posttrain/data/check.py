@@ -29,7 +29,7 @@ from .tokenize import encode, too_long_error, tokenize_conversation, tokenize_pr
 class DataCheckConfig:
     file: str = help_field("", "data file (.jsonl/.json/.csv/.parquet), save_to_disk directory, or hub id")
     kind: str | None = help_field(None, "require every row to be this kind of data", choices=KINDS)
-    split: str | None = help_field(None, "split of a dataset directory or hub dataset (default: train)")
+    split: str | None = help_field(None, "split of a dataset directory or hub dataset (none given: train)")
     tokenizer: str | None = help_field(None, "count tokens with this model's tokenizer (alias, directory or hub id)")
     template: str = help_field("auto", "prompt template used when counting tokens", choices=TEMPLATE_NAMES)
     max_length: int | None = help_field(None, "report how many rows are longer than this many tokens")

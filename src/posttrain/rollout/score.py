@@ -71,9 +71,6 @@ class RewardScorer:
                  layout: str = "auto", attn_implementation: str = "sdpa", merge_adapter: bool = True):
         from ..data import get_template
         from ..models import load_tokenizer
-        from ..models.heads import ScalarHeadModel, load_reward_model
-        from ..models.peft import merge_adapter as merge
-        from ..train.reward_batch import resolve_layout
 
         if length_policy not in ("truncate", "error"):
             raise ConfigError("length_policy", f"scoring needs a score for every response: use truncate or error, "
@@ -82,18 +79,39 @@ class RewardScorer:
             raise ConfigError("batch_size", "must be at least 1")
         settings = read_settings(model_dir)
         self.model_dir = str(model_dir)
-        self.model = load_reward_model(self.model_dir, device=device, dtype=dtype, attn_implementation=attn_implementation)
-        if merge_adapter and isinstance(self.model, ScalarHeadModel):
-            self.model.model = merge(self.model.model)
-        self.model.eval()
         self.tokenizer = load_tokenizer(self.model_dir, padding_side="right")
         self.template = get_template(template or settings.get("template", "auto"), self.tokenizer)
         self.max_length = max_length or settings.get("max_length")
         self.length_policy = length_policy
         self.batch_size = batch_size
-        kernel = getattr(self.model.config, "_attn_implementation", attn_implementation)
-        self.layout = resolve_layout(layout, kernel, self.model)
+        self._load = dict(device=device, dtype=dtype, attn_implementation=attn_implementation)
+        self._merge, self._layout_choice = merge_adapter, layout
+        self._model: Any = None
+        self._layout: str | None = None
         self.__name__ = f"reward_model({Path(self.model_dir).name})"
+
+    @property
+    def model(self):
+        """The reward model, loaded on first use (so bad input is reported before a slow load)."""
+        if self._model is None:
+            from ..models.heads import ScalarHeadModel, load_reward_model
+            from ..models.peft import merge_adapter
+
+            model = load_reward_model(self.model_dir, **self._load)
+            if self._merge and isinstance(model, ScalarHeadModel):
+                model.model = merge_adapter(model.model)
+            self._model = model.eval()
+        return self._model
+
+    @property
+    def layout(self) -> str:
+        """shared_prompt or padded (see `posttrain.train.reward_batch`)."""
+        if self._layout is None:
+            from ..train.reward_batch import resolve_layout
+
+            kernel = getattr(self.model.config, "_attn_implementation", self._load["attn_implementation"])
+            self._layout = resolve_layout(self._layout_choice, kernel, self.model)
+        return self._layout
 
     # ------------------------------------------------------------------ the core
     def score_groups(self, prompts: Sequence[str | list[Message]], responses: Sequence[Sequence[str]],

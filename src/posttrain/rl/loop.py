@@ -1,0 +1,376 @@
+"""What the online RL recipes (GRPO/RLOO, PPO) share.
+
+An online step is: pick this step's prompts -> sample responses with the current policy
+-> score them -> turn them into training batches -> one or more optimizer steps. The
+recipe files own the middle (advantages and losses); this module owns the rest, built
+from the engine's pieces (`make_accelerator`, `build_optimizer`, `build_scheduler`,
+`save_checkpoint`/`load_checkpoint`, `MetricsLog`, `Progress`):
+
+- `RLArgs`: the options every online recipe has (prompts, rewards, sampling, optimisation).
+- `step_prompt_indices`: this step's prompts, a function of (seed, step) only, so a resumed
+  run samples exactly what an uninterrupted one would have.
+- `OnlineRun`: accelerator + optimizer + schedule + resume + NaN-checked optimizer steps +
+  checkpoints + metrics.jsonl + progress + the final save.
+- `evaluate_greedy`: mean reward of greedy answers on held-out prompts (accuracy for 0/1
+  verifiers), before, during and after training.
+
+A "step" of an online run is one rollout batch (its metrics row); it may contain several
+optimizer steps (GRPO's mu x minibatches, PPO's epochs x minibatches).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..config import help_field
+from ..errors import ConfigError, TrainingError
+from ..train.args import ModelArgs
+from .rewards import RewardScorerSet
+from .rollouts import chunks, render_prompt_ids, reward_rows
+
+
+@dataclass
+class RLArgs(ModelArgs):
+    # ----- prompts and rewards
+    prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields such as 'answer' reach the reward)")
+    task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
+    reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT]: a built-in (math, sort, exact, regex, json_schema, code, answer_format), module:function, file.py:function, or rm:DIR (a reward model)")
+    reward_weights: dict[str, float] | None = help_field(None, "YAML only: a {spec: weight} mapping, added to reward")
+    limit: int = help_field(0, "use only the first N prompts (0: all)")
+    eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before training, every eval_every steps, and at the end")
+    eval_limit: int = help_field(200, "evaluate on at most this many eval prompts (0: all)")
+    eval_every: int = help_field(0, "evaluate every N steps (0: only before and after training)")
+    eval_max_new_tokens: int = help_field(0, "response length for evaluation (0: max_new_tokens)")
+    # ----- sampling
+    prompts_per_step: int = help_field(8, "prompts sampled per step (per process)")
+    max_new_tokens: int = help_field(128, "longest response in tokens")
+    temperature: float = help_field(1.0, "sampling temperature; log-probs for the loss use the same temperature")
+    top_p: float = help_field(1.0, "nucleus sampling threshold")
+    top_k: int = help_field(0, "sample from the k most likely tokens (0: off)")
+    stop: list[str] = help_field([], "stop strings (the response is cut after them)")
+    generation_batch_size: int = help_field(32, "prompts per generate() call")
+    micro_batch_size: int = help_field(8, "sequences per forward/backward pass (gradient accumulation below that)")
+    save_rollouts: bool = help_field(True, "append every sampled response with its reward to rollouts.jsonl")
+    # ----- optimisation (names as in every training command)
+    output_dir: str = help_field("runs/rl", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
+    seed: int = help_field(0, "seed for prompt order, sampling and weight init")
+    learning_rate: float = help_field(1e-6, "peak learning rate (RL wants small ones; LoRA ~1e-5)")
+    lr_scheduler: str = help_field("constant", "learning-rate schedule after warmup", choices=["cosine", "linear", "constant"])
+    warmup_ratio: float = help_field(0.0, "fraction of optimizer steps spent warming up (ignored when warmup_steps > 0)")
+    warmup_steps: int = help_field(0, "optimizer steps of warmup")
+    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    optimizer: str = help_field("adamw", "optimizer; adamw_8bit needs bitsandbytes", choices=["adamw", "adamw_8bit"])
+    max_steps: int = help_field(100, "rollout steps to run (each: sample, score, update)")
+    max_grad_norm: float = help_field(1.0, "clip the gradient norm to this (0: no clipping)")
+    mixed_precision: str = help_field("auto", "auto: bf16 on GPUs that support it, none on CPU", choices=["auto", "no", "bf16", "fp16"])
+    gradient_checkpointing: bool = help_field(False, "recompute activations in backward to save memory")
+    save_every: int = help_field(0, "write a checkpoint every N steps (0: only on interrupt)")
+    keep_last: int = help_field(2, "checkpoints kept (older ones are deleted)")
+    resume: bool = help_field(False, "continue from the newest checkpoint in output_dir")
+    log_every: int = help_field(1, "log metrics every N steps")
+    report_to: list[str] = help_field([], "also log to: tensorboard, wandb, mlflow (when installed)")
+    progress: bool = help_field(True, "show a progress bar")
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def apply_task_defaults(cfg: RLArgs) -> RLArgs:
+    """`--task NAME`: the shipped train/test files and the task's verifier, unless given."""
+    if not cfg.task:
+        return cfg
+    from ..errors import PosttrainError
+    from ..rollout.rewards import TASKS, task_file
+
+    try:
+        train, test = task_file(cfg.task, "train"), task_file(cfg.task, "test")
+    except PosttrainError as exc:
+        raise ConfigError("task", str(exc)) from None
+    cfg.prompts = cfg.prompts or str(train)
+    cfg.eval_prompts = cfg.eval_prompts or str(test)
+    if not cfg.reward and not cfg.reward_weights:
+        cfg.reward = [TASKS[cfg.task]]
+    return cfg
+
+
+def check_common(cfg: RLArgs, n: int) -> None:
+    """Checks with one-line messages naming the field."""
+    if not cfg.prompts:
+        raise ConfigError("prompts", "give a prompts file (--prompts FILE) or a shipped --task")
+    positive = {"n": n, "prompts_per_step": cfg.prompts_per_step, "max_new_tokens": cfg.max_new_tokens,
+                "micro_batch_size": cfg.micro_batch_size, "generation_batch_size": cfg.generation_batch_size,
+                "max_steps": cfg.max_steps}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(name, f"must be at least 1, got {value}")
+    if cfg.temperature < 0:
+        raise ConfigError("temperature", "must be >= 0")
+    if cfg.max_length <= cfg.max_new_tokens:
+        raise ConfigError("max_length", f"must be larger than max_new_tokens ({cfg.max_new_tokens}); "
+                                        "prompts get max_length - max_new_tokens tokens")
+
+
+@dataclass
+class PromptSet:
+    prompts: list[Any]  # records.Prompt
+    ids: list[list[int]]  # rendered generation-prompt token ids, same order
+
+
+def load_prompt_set(path: str, tokenizer, cfg: RLArgs, limit: int = 0) -> PromptSet:
+    from ..data.prompts import load_prompts
+
+    prompts = load_prompts(path, limit=limit or None)
+    ids, kept = render_prompt_ids(prompts, tokenizer, cfg.template, cfg.max_length - cfg.max_new_tokens,
+                                  cfg.length_policy)
+    if not kept:
+        raise ConfigError("prompts", f"{path}: every prompt is longer than max_length - max_new_tokens")
+    return PromptSet([prompts[i] for i in kept], ids)
+
+
+def step_prompt_indices(num_prompts: int, per_process: int, world: int, rank: int, seed: int, step: int) -> list[int]:
+    """The prompts process `rank` answers at (0-based) `step`: consecutive slices of a
+    shuffled order per epoch (`engine.epoch_order`), a function of (seed, step) only."""
+    from ..train.engine import epoch_order
+
+    per_step = per_process * world
+    if per_step > num_prompts:
+        raise ConfigError("prompts_per_step", f"{per_process} prompts x {world} processes = {per_step} per step, "
+                                              f"but there are only {num_prompts} prompts")
+    steps_per_epoch = num_prompts // per_step
+    epoch, position = divmod(step, steps_per_epoch)
+    order = epoch_order(num_prompts, seed, epoch)
+    start = position * per_step + rank * per_process
+    return order[start:start + per_process]
+
+
+def sampling_params(cfg: RLArgs, n: int, step: int, rank: int):
+    from ..rollout.generation import SamplingParams
+
+    # A distinct, reproducible sampling seed per (run seed, step, process).
+    seed = (cfg.seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2 ** 31)
+    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k, n=n, stop=list(cfg.stop), seed=seed)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def global_sum(accelerator, value: float) -> float:
+    """Sum a number over processes."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+class OnlineRun:
+    """Accelerator, optimizer, schedule, checkpoints, metrics and progress for an online loop.
+
+    `module` is what trains (the policy, or policy + value model in one container);
+    `param_groups` optionally gives `{"params": [...], "lr": ...}` groups to add to the
+    policy optimizer (PPO's value model with its own learning rate).
+    """
+
+    def __init__(self, cfg: RLArgs, module: torch.nn.Module, optimizer_steps: int, name: str,
+                 extra_groups: Sequence[dict[str, Any]] = (), policy_attr: str | None = None):
+        from accelerate.utils import set_seed
+
+        from ..train.engine import enable_gradient_checkpointing, make_accelerator
+        from ..train.metrics import MetricsLog
+        from ..train.optim import build_optimizer, build_scheduler
+
+        self.cfg = cfg
+        self.accelerator = accelerator = make_accelerator(cfg, project_name=f"posttrain-{name}")
+        set_seed(cfg.seed)
+        self.policy_attr = policy_attr
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self._policy_of(module))
+        trainable = getattr(module, "policy", module) if extra_groups else module
+        optimizer = build_optimizer(trainable, cfg)
+        for group in extra_groups:
+            optimizer.add_param_group({"weight_decay": 0.0, **group})
+        self.scheduler = build_scheduler(optimizer, cfg, optimizer_steps)
+        self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        self.log = MetricsLog(accelerator, cfg.output_dir, cfg.report_to)
+        self.rollouts_path = Path(cfg.output_dir) / "rollouts.jsonl"
+        self.name = name
+        self.last_checkpoint: Path | None = None
+        self.progress = None
+
+    # ----- helpers
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def _policy_of(self, module):
+        return getattr(module, self.policy_attr) if self.policy_attr else module
+
+    def unwrapped_policy(self):
+        return self._policy_of(self.accelerator.unwrap_model(self.model))
+
+    # ----- resume
+    def start(self) -> tuple[int, dict[str, Any]]:
+        """(first step, saved recipe state); loads the newest checkpoint with --resume."""
+        from ..train.checkpoint import latest_checkpoint, load_checkpoint
+        from ..train.metrics import Progress, truncate_metrics
+
+        step, state = 0, {}
+        if self.cfg.resume and (checkpoint := latest_checkpoint(self.cfg.output_dir)) is not None:
+            state = load_checkpoint(self.accelerator, checkpoint)
+            step = int(state.pop("step"))
+            self.last_checkpoint = checkpoint
+            if self.accelerator.is_main_process:
+                truncate_metrics(self.log.path, step)
+                truncate_metrics(self.rollouts_path, step)
+                print(f"resumed from {checkpoint} at step {step}", flush=True)
+        elif self.accelerator.is_main_process:
+            self.log.path.unlink(missing_ok=True)
+            self.rollouts_path.unlink(missing_ok=True)
+        self.progress = Progress(self.cfg.max_steps, step, enabled=self.cfg.progress and self.accelerator.is_main_process,
+                                 description=self.name)
+        return step, state
+
+    # ----- training
+    def optimizer_step(self, step: int, loss: float) -> float:
+        """Clip, check for NaN/inf (stop *before* a bad update), step, zero. Returns the grad norm."""
+        from ..train.engine import _as_float
+
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = _as_float(self.accelerator.clip_grad_norm_(self.parameters, self.cfg.max_grad_norm))
+        else:
+            norms = [p.grad.norm() for p in self.parameters if p.grad is not None]
+            grad_norm = _as_float(torch.norm(torch.stack(norms))) if norms else 0.0
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            where = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+            raise TrainingError(f"step {step + 1}: {what}; stopping before the update ({where})")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        """Backward with DDP gradient sync only on the last micro-batch of an optimizer step."""
+        import contextlib
+
+        sync = contextlib.nullcontext() if last_micro_batch else self.accelerator.no_sync(self.model)
+        with sync:
+            self.accelerator.backward(loss)
+
+    # ----- bookkeeping
+    def end_step(self, step: int, row: dict[str, Any], tokens: int, state: dict[str, Any],
+                 rollouts: list[dict[str, Any]] | None = None) -> None:
+        """Log the step's row (and rollouts), advance progress, checkpoint when due. `step` is 1-based."""
+        from ..jsonl import append_jsonl
+        from ..train.checkpoint import save_checkpoint
+
+        row["tokens_per_s"] = self.progress.update(tokens, reward=row.get("reward", float("nan")))
+        if step % max(self.cfg.log_every, 1) == 0 or step == self.cfg.max_steps:
+            self.log.log({"step": step, **row})
+        if rollouts and self.cfg.save_rollouts and self.accelerator.is_main_process:
+            for r in rollouts:
+                append_jsonl(self.rollouts_path, r)
+        if self.cfg.save_every and step % self.cfg.save_every == 0 and step < self.cfg.max_steps:
+            self.last_checkpoint = save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.keep_last)
+
+    def finish(self, tokenizer) -> Path:
+        """Save the policy (HF format, or the adapter) to output_dir/final atomically."""
+        from types import SimpleNamespace
+
+        from ..train.engine import save_final_atomically
+
+        self.progress.close()
+        policy = self.unwrapped_policy()
+        final = save_final_atomically(self.accelerator, SimpleNamespace(save_final=None), policy,
+                                      self.cfg.output_dir, tokenizer)
+        if self.cfg.report_to:
+            self.accelerator.end_training()
+        return final
+
+
+def gather_rollouts(accelerator, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's rollout rows on the main process (others get [])."""
+    if accelerator.num_processes == 1:
+        return rows
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([rows])
+    return [r for part in gathered for r in part] if accelerator.is_main_process else []
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScorerSet, max_new_tokens: int,
+                    batch_size: int, stop: Sequence[str] = (), accelerator=None) -> dict[str, float]:
+    """Greedy answers to `prompt_set` (sharded over processes) -> {"reward": mean total,
+    "reward/NAME": mean per function, "response_length": mean tokens}. For 0/1 verifiers the
+    mean reward is the accuracy."""
+    from ..rollout.generation import SamplingParams, generate
+    from .rollouts import samples_from_generations
+
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    mine = list(range(rank, len(prompt_set.ids), world))
+    sums = {"count": 0.0, "reward": 0.0, "response_length": 0.0}
+    if mine:
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1, stop=list(stop))
+        generations = generate(model, tokenizer, [prompt_set.ids[i] for i in mine], params, batch_size=batch_size)
+        samples = samples_from_generations(generations, mine)
+        scores = scorer.score(reward_rows(samples, prompt_set.prompts))
+        sums["count"] = float(len(samples))
+        sums["reward"] = float(sum(scores.total))
+        sums["response_length"] = float(sum(s.length for s in samples))
+        for name, values in scores.scores.items():
+            if len(scores.scores) > 1:
+                sums[f"reward/{name}"] = float(sum(values))
+    if accelerator is not None:
+        from ..train.engine import reduce_sums
+
+        sums = reduce_sums(accelerator, sums)
+    count = max(sums.pop("count"), 1.0)
+    return {k: v / count for k, v in sums.items()}
+
+
+def timer() -> float:
+    return time.perf_counter()
+
+
+__all__ = ["RLArgs", "OnlineRun", "PromptSet", "apply_task_defaults", "check_common", "chunks", "evaluate_greedy",
+           "gather_rollouts", "global_sum", "load_prompt_set", "sampling_params", "step_prompt_indices"]
+
+
+def merge_repeated_flags(argv: list[str], flag: str) -> list[str]:
+    """`--reward a --reward b:0.1` -> `--reward a b:0.1` (argparse keeps only the last list flag)."""
+    values, rest, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        if argv[i] == flag:
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+        elif argv[i].startswith(flag + "="):
+            values.append(argv[i].split("=", 1)[1])
+            i += 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest + ([flag, *values] if values else [])
