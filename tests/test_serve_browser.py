@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM_ARGS, ensure_chromium
 from posttrain.serve.db import connect, create_user, init_db
 from posttrain.serve.export import feedback_rows
 from posttrain.serve.items import insert_items, item_from_row
@@ -22,9 +22,6 @@ from posttrain.serve.testing import LiveServer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 
 ITEMS = [
@@ -39,19 +36,6 @@ ITEMS = [
      "response_b": "I will not be attending on time."},
     {"id": "xss", "prompt": XSS, "response_a": XSS, "response_b": "a plain answer"},
 ]
-
-
-def ensure_chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        try:
-            for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
-                subprocess.run(command, check=True, capture_output=True, timeout=900, env=env)
-        except (OSError, subprocess.SubprocessError) as exc:
-            pytest.skip(f"{CHROMIUM} is missing and `apt-get install -y chromium chromium-driver` failed: {exc}")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is still missing after apt-get install chromium")
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cai": ("posttrain.synth.cai_command:main", "Constitutional AI: critique and revise responses by principle; SFT data, pairs, traces"),
     "export": ("posttrain.models.export:main", "merge a LoRA adapter into its base and save a HF directory"),
     "run": ("posttrain.pipeline:main", "run a multi-stage YAML pipeline with per-stage caching and resume"),
+    "report": ("posttrain.report.html:main", "write a self-contained HTML report (config, curves, evals, samples) of a run"),
     "data check": ("posttrain.data.check:main", "validate a data file: shapes, counts, length statistics"),
     "ab": ("posttrain.ab.command:main", "A/B analysis of feedback logs: rates, tests, power, ship/keep/collect"),
     "data agreement": ("posttrain.quality.agreement:main", "inter-annotator agreement: Cohen/Fleiss kappa, Krippendorff alpha"),

@@ -122,7 +122,8 @@ def load_pipeline(path: str, output_dir: str | None = None) -> Pipeline:
         settings = {**_applicable_defaults(kind, defaults), **(raw.get("with") or {})}
         for ref_stage, _ in REFERENCE.findall(json.dumps(settings)):
             if ref_stage not in {s.name for s in stages}:
-                raise ConfigError(f"stage '{name}'", f"refers to '${{{ref_stage}...}}', which is not an earlier stage", path)
+                raise PosttrainError(f"{path}: stage '{name}' refers to '${{{ref_stage}.…}}', "
+                                     f"which is not an earlier stage")
         stages.append(Stage(name, kind, settings))
     out = Path(output_dir or data.get("output_dir") or Path("runs") / str(data.get("name") or Path(path).stem))
     return Pipeline(str(data.get("name") or Path(path).stem), out, stages, path)
@@ -144,8 +145,8 @@ def resolve_references(value: Any, outputs: dict[str, dict[str, str]], stage: st
         def replace(match: re.Match) -> str:
             upstream, name = match.groups()
             if name not in outputs.get(upstream, {}):
-                raise ConfigError(f"stage '{stage}'", f"stage '{upstream}' has no output '{name}' "
-                                                      f"(it has: {', '.join(outputs.get(upstream, {})) or 'none'})")
+                raise PosttrainError(f"stage '{stage}': stage '{upstream}' has no output '{name}' "
+                                     f"(it has: {', '.join(outputs.get(upstream, {})) or 'none'})")
             return outputs[upstream][name]
         return REFERENCE.sub(replace, value)
     if isinstance(value, list):

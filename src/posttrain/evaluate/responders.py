@@ -163,6 +163,12 @@ class OutputsResponder:
 
     def respond(self, items: Sequence[EvalItem], n: int = 1, temperature: float = 0.0,
                 label: str = "") -> list[list[Response]]:
+        out = self.lookup(items, n)
+        self.stats[label] = GenerationStats(responses=sum(len(r) for r in out))
+        return out
+
+    def lookup(self, items: Sequence[EvalItem], n: int = 1) -> list[list[Response]]:
+        """The first `n` responses to each item's prompt; a missing one is a one-line error."""
         out = []
         for item in items:
             found = self.pool.get(prompt_key(item.prompt))
@@ -174,5 +180,4 @@ class OutputsResponder:
                                      f"response(s), but {n} samples per prompt were asked for")
             ordered = sorted(found, key=lambda pair: pair[0] if isinstance(pair[0], int) else 0)  # stable
             out.append([response for _, response in ordered[:n]])
-        self.stats[label] = GenerationStats(responses=sum(len(r) for r in out))
         return out

@@ -174,9 +174,9 @@ def check_outputs_cover(ctx: SuiteContext, prepared: dict[str, Any]) -> None:
         if items is None:
             continue
         if isinstance(ctx.responder, OutputsResponder):
-            ctx.responder.respond(items, n=ctx.cfg.samples if name == "task" else 1)
+            ctx.responder.lookup(items, n=ctx.cfg.samples if name == "task" else 1)
         if name == "winrate" and isinstance(ctx.baseline, OutputsResponder):
-            ctx.baseline.respond(items)
+            ctx.baseline.lookup(items)
 
 
 def run_eval(cfg: EvalConfig, *, judge_backend=None, log: Callable[[str], None] = log_err,

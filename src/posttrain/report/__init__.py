@@ -1,1 +1,1 @@
-"""posttrain.report"""
+"""Run reports: one self-contained HTML file per run (`posttrain report`)."""

@@ -34,7 +34,7 @@ sequence-sum loss (REINFORCE treats a whole response as one action).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -42,11 +42,11 @@ import torch
 from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
-from .loop import (OnlineRun, Reference, RLArgs, apply_task_defaults, batch_logprobs, check_common, evaluate_greedy,
-                   gather_rollouts, global_sum, load_prompt_set, logprob_temperature, sampling_params,
-                   step_prompt_indices, timer)
-from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
-from .rollouts import Sample, chunks, collate, reward_rows, rollout_records, samples_from_generations, split_even, store_tokens
+from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, evaluate_greedy, gather_rollouts, global_sum,
+                   load_prompt_set, merge_repeated_flags, run_online, timer)
+from .online import (Reference, RLResult, add_sum, batch_logprobs, build_scorer, logprob_temperature,
+                     sample_and_score, sample_metrics)
+from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
 
 
 @dataclass
@@ -80,23 +80,6 @@ class RLOOConfig(GRPOConfig):
     kl_in_reward: bool = help_field(True, "subtract beta * sequence KL from each reward (RLOO paper) instead of a KL loss term")
 
 
-@dataclass
-class RLResult:
-    steps: int
-    final_dir: Any
-    last_metrics: dict[str, Any]
-    eval_before: dict[str, float] = field(default_factory=dict)
-    eval_after: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-def build_scorer(cfg: RLArgs, functions: Mapping[str, Callable] | None = None) -> RewardScorerSet:
-    """Reward specs from the config; `functions` (name -> callable) serve library callers and tests."""
-    if functions and not cfg.reward and not cfg.reward_weights:
-        return RewardScorerSet([RewardSpec(name) for name in functions], functions)
-    return RewardScorerSet(parse_reward_specs(cfg.reward, cfg.reward_weights), functions)
-
-
 def check_grpo(cfg: GRPOConfig) -> None:
     check_common(cfg, cfg.n)
     if cfg.n < 2:
@@ -113,25 +96,6 @@ def check_grpo(cfg: GRPOConfig) -> None:
 
 
 # --------------------------------------------------------------------------- one step
-
-
-def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set, scorer: RewardScorerSet,
-                     step: int) -> tuple[list[Sample], Any, dict[str, float]]:
-    """Generate n responses for this step's prompts, score them; returns samples (prompt-major,
-    `sample.score` set), the BatchScores and timings."""
-    from ..rollout.generation import generate
-
-    indices = step_prompt_indices(len(prompt_set.ids), cfg.prompts_per_step, run.world, run.rank, cfg.seed, step)
-    started = timer()
-    generations = generate(run.unwrapped_policy(), tokenizer, [prompt_set.ids[i] for i in indices],
-                           sampling_params(cfg, n, step, run.rank), batch_size=cfg.generation_batch_size)
-    samples = samples_from_generations(generations, indices)
-    generated = timer()
-    scores = scorer.score(reward_rows(samples, prompt_set.prompts))
-    for sample, value in zip(samples, scores.total):
-        sample.score = float(value) - (getattr(cfg, "missing_eos_penalty", 0.0) if sample.finish_reason == "length" else 0.0)
-    timing = {"time/generate": generated - started, "time/reward": timer() - generated}
-    return samples, scores, timing
 
 
 def rollout_logprobs(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: RLArgs, reference: Reference | None,
@@ -204,7 +168,7 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
                 if kl_term:
                     kl = KL_ESTIMATORS[cfg.kl_estimator](logps, batch["ref_logps"], mask)
                     losses = losses + cfg.beta * kl
-                    _add(sums, "kl_sum", kl.detach().sum())
+                    add_sum(sums, "kl_sum", kl.detach().sum())
                 if cfg.entropy_coef:
                     losses = losses - cfg.entropy_coef * torch.where(mask, out.entropy, 0.0)
                 num, _ = aggregate_parts(losses, mask, cfg.loss_aggregation, constant)
@@ -218,25 +182,21 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
     return _finish_metrics(run, sums, losses_seen, grad_norm)
 
 
-def _add(sums: dict[str, float], key: str, value) -> None:
-    sums[key] = sums.get(key, 0.0) + float(value)
-
-
 def _token_metrics(sums, logps, old, advantages, clipped, mask, entropy, eps_low, eps_high, first: bool) -> None:
     """Token sums for the step's metrics (turned into means in `_finish_metrics`)."""
     ratio = torch.exp(torch.where(mask, logps - old, 0.0))
     adv = advantages.unsqueeze(-1).expand_as(ratio)
     tokens = mask.sum()
-    _add(sums, "tokens", tokens)
-    _add(sums, "ratio_sum", ratio[mask].sum())
-    _add(sums, "clipped", clipped.sum())
-    _add(sums, "clipped_low", (mask & (adv < 0) & (ratio < 1 - eps_low)).sum())
-    _add(sums, "clipped_high", (mask & (adv > 0) & (ratio > 1 + eps_high)).sum())
-    _add(sums, "entropy_sum", entropy.detach()[mask].sum())
+    add_sum(sums, "tokens", tokens)
+    add_sum(sums, "ratio_sum", ratio[mask].sum())
+    add_sum(sums, "clipped", clipped.sum())
+    add_sum(sums, "clipped_low", (mask & (adv < 0) & (ratio < 1 - eps_low)).sum())
+    add_sum(sums, "clipped_high", (mask & (adv > 0) & (ratio > 1 + eps_high)).sum())
+    add_sum(sums, "entropy_sum", entropy.detach()[mask].sum())
     if first:
-        _add(sums, "first_tokens", tokens)
-        _add(sums, "first_ratio_sum", ratio[mask].sum())
-        _add(sums, "first_ratio_dev", (ratio[mask] - 1).abs().sum())
+        add_sum(sums, "first_tokens", tokens)
+        add_sum(sums, "first_ratio_sum", ratio[mask].sum())
+        add_sum(sums, "first_ratio_dev", (ratio[mask] - 1).abs().sum())
 
 
 def _finish_metrics(run: OnlineRun, sums: dict[str, float], losses: list[float], grad_norm: float) -> dict[str, float]:
@@ -258,32 +218,12 @@ def _finish_metrics(run: OnlineRun, sums: dict[str, float], losses: list[float],
     return row
 
 
-def sample_metrics(run: OnlineRun, samples: list[Sample], scores) -> dict[str, float]:
-    """Reward and length statistics of the step's samples, over all processes."""
-    from ..train.engine import reduce_sums
-
-    sums = {"count": float(len(samples)), "reward": sum(s.score for s in samples),
-            "length": float(sum(s.length for s in samples)),
-            "finished": float(sum(s.finish_reason != "length" for s in samples))}
-    for name, values in scores.scores.items():
-        sums[f"reward/{name}"] = float(sum(values))
-    sums = reduce_sums(run.accelerator, sums)
-    count = max(sums.pop("count"), 1.0)
-    row = {"reward": sums.pop("reward") / count, "response_length": sums.pop("length") / count,
-           "finished_fraction": sums.pop("finished") / count}
-    if len(scores.scores) > 1:
-        row.update({k: v / count for k, v in sums.items()})
-    row["response_length_max"] = max(s.length for s in samples)
-    return row
-
-
 # --------------------------------------------------------------------------- the recipe
 
 
 def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None = None, name: str = "grpo") -> RLResult:
     """Run GRPO (or RLOO, by its config) as configured; see the module docstring."""
     from ..models import load_tokenizer
-    from ..train.engine import Interrupted, sigint_flag
     from ..train.setup import load_trainable_model, prepare_run_dir, say
 
     cfg = apply_task_defaults(cfg)
@@ -298,71 +238,40 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
         f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, beta = {cfg.beta}")
 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
-    need_ref = cfg.beta > 0
-    reference = Reference.for_policy(policy, lambda: run.unwrapped_policy()) if need_ref else None
+    has_ref = cfg.beta > 0
+    reference = Reference.for_policy(policy, lambda: run.unwrapped_policy()) if has_ref else None
     run = OnlineRun(cfg, policy, cfg.max_steps * cfg.mu * cfg.num_minibatches, name)
     if reference is not None:
         reference.to(run.device)
-    # The old log-probs need a pass of their own only when the batch is reused or split.
-    need_old = cfg.mu > 1 or cfg.num_minibatches > 1 or (cfg.kl_in_reward and need_ref)
-    eval_tokens = cfg.eval_max_new_tokens or cfg.max_new_tokens
+    # π_old needs a pass of its own only when the batch is reused or split (or for the KL reward).
+    has_old = cfg.mu > 1 or cfg.num_minibatches > 1 or (cfg.kl_in_reward and has_ref)
 
-    def evaluate() -> dict[str, float]:
-        return evaluate_greedy(run.unwrapped_policy(), tokenizer, eval_set, scorer, eval_tokens,
-                               cfg.generation_batch_size, cfg.stop, run.accelerator)
+    def step_fn(step: int):
+        samples, scores, timing = sample_and_score(run, cfg, cfg.n, tokenizer, train_set, scorer, step,
+                                                   cfg.missing_eos_penalty)
+        row = sample_metrics(run, samples, scores, timing["time/generate"])
+        rollout_logprobs(run, samples, pad_id, cfg, reference, has_old)
+        row.update(group_advantages(samples, cfg.n, cfg.advantage, cfg.beta if cfg.kl_in_reward else 0.0))
+        trained = timer()
+        row.update(update_policy(run, samples, pad_id, cfg, step, has_old, has_ref))
+        row.update(timing)
+        row["time/train"] = timer() - trained
+        tokens = int(global_sum(run.accelerator, sum(len(s.prompt_ids) + s.length for s in samples)))
+        records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1, scores.scores))
+        return row, tokens, records
 
-    step, state = run.start()
-    started = timer()
-    eval_before = state.get("eval_before", {})
-    if eval_set is not None and step == 0:
-        eval_before = evaluate()
-        run.log.log({"step": 0, **{f"eval/{k}": v for k, v in eval_before.items()}})
-        say(f"before training: eval reward {eval_before['reward']:.4f}")
-    row: dict[str, Any] = {}
-    with sigint_flag() as interrupt:
-        while step < cfg.max_steps:
-            step_started = timer()
-            samples, scores, timing = sample_and_score(run, cfg, cfg.n, tokenizer, train_set, scorer, step)
-            row = sample_metrics(run, samples, scores)
-            rollout_logprobs(run, samples, pad_id, cfg, reference, need_old)
-            row.update(group_advantages(samples, cfg.n, cfg.advantage, cfg.beta if cfg.kl_in_reward else 0.0))
-            trained = timer()
-            row.update(update_policy(run, samples, pad_id, cfg, step, need_old, need_ref))
-            timing["time/train"] = timer() - trained
-            timing["time/step"] = timer() - step_started
-            tokens = int(global_sum(run.accelerator, sum(len(s.prompt_ids) + s.length for s in samples)))
-            generated = global_sum(run.accelerator, sum(s.length for s in samples))
-            row.update(timing)
-            row["generated_tokens_per_s"] = generated / max(timing["time/generate"], 1e-9)
-            records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1,
-                                                                       scores.scores))
-            step += 1
-            if eval_set is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                row.update({f"eval/{k}": v for k, v in evaluate().items()})
-            run.end_step(step, row, tokens, {"eval_before": eval_before}, records)
-            if interrupt["hit"]:
-                from ..train.checkpoint import save_checkpoint
+    def evaluate():
+        if eval_set is None:
+            return None
+        return evaluate_greedy(run.unwrapped_policy(), tokenizer, eval_set, scorer,
+                               cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
+                               run.accelerator)
 
-                path = save_checkpoint(run.accelerator, cfg.output_dir, step, {"eval_before": eval_before}, cfg.keep_last)
-                run.progress.close()
-                raise Interrupted(f"interrupted at step {step}/{cfg.max_steps}; checkpoint saved to {path}; "
-                                  f"run again with --resume to continue")
-    eval_after = {}
-    if eval_set is not None:
-        eval_after = evaluate()
-        run.log.log({"step": step, **{f"eval/{k}": v for k, v in eval_after.items()}})
-    final = run.finish(tokenizer)
-    seconds = timer() - started
-    summary = f"done: {step} steps in {seconds:.0f}s, last reward {row.get('reward', float('nan')):.4f}"
-    if eval_after:
-        summary += f"; eval reward {eval_before.get('reward', float('nan')):.4f} -> {eval_after['reward']:.4f}"
-    say(summary + f"; model in {final}")
-    return RLResult(step, final, row, eval_before, eval_after, seconds)
+    summary = run_online(run, cfg, step_fn, evaluate, lambda: {}, tokenizer)
+    return RLResult(**summary)
 
 
 def main(argv: list[str]) -> int:
-    from .loop import merge_repeated_flags
-
     cfg = parse_config(GRPOConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain grpo",
                        description="GRPO: group-relative policy optimisation with verifiable or learned rewards")
     train_grpo(cfg)
@@ -370,8 +279,6 @@ def main(argv: list[str]) -> int:
 
 
 def rloo_main(argv: list[str]) -> int:
-    from .loop import merge_repeated_flags
-
     cfg = parse_config(RLOOConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain rloo",
                        description="RLOO: REINFORCE with a leave-one-out baseline")
     train_grpo(cfg, name="rloo")

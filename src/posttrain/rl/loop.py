@@ -32,7 +32,7 @@ from ..config import help_field
 from ..errors import ConfigError, TrainingError
 from ..train.args import ModelArgs
 from .rewards import RewardScorerSet
-from .rollouts import chunks, render_prompt_ids, reward_rows
+from .rollouts import render_prompt_ids, reward_rows
 
 
 @dataclass
@@ -305,6 +305,57 @@ class OnlineRun:
         return final
 
 
+def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokenizer) -> dict[str, Any]:
+    """The online loop: evaluate, then `step_fn(step) -> (row, tokens, rollout rows)` until
+    `max_steps`, with periodic evaluation, checkpoints, SIGINT and a final save.
+
+    `evaluate()` -> metrics (or None when there is no eval set); `state_fn()` -> the recipe
+    state saved in checkpoints (e.g. PPO's KL coefficient). Returns a summary dict.
+    """
+    from ..train.checkpoint import save_checkpoint
+    from ..train.engine import Interrupted, sigint_flag
+    from ..train.setup import say
+
+    step, state = run.start()
+    started = timer()
+    eval_before = state.get("eval_before") or {}
+    if step == 0 and (result := evaluate()) is not None:
+        eval_before = result
+        run.log.log({"step": 0, **{f"eval/{k}": v for k, v in eval_before.items()}})
+        say(f"before training: eval reward {eval_before['reward']:.4f}")
+
+    def full_state() -> dict[str, Any]:
+        return {**state_fn(), "eval_before": eval_before}
+
+    row: dict[str, Any] = {}
+    with sigint_flag() as interrupt:
+        while step < cfg.max_steps:
+            step_started = timer()
+            row, tokens, records = step_fn(step)
+            row["time/step"] = timer() - step_started
+            step += 1
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                if (result := evaluate()) is not None:
+                    row.update({f"eval/{k}": v for k, v in result.items()})
+            run.end_step(step, row, tokens, full_state(), records)
+            if interrupt["hit"]:
+                path = save_checkpoint(run.accelerator, cfg.output_dir, step, full_state(), cfg.keep_last)
+                run.progress.close()
+                raise Interrupted(f"interrupted at step {step}/{cfg.max_steps}; checkpoint saved to {path}; "
+                                  f"run again with --resume to continue")
+    eval_after = evaluate() or {}
+    if eval_after:
+        run.log.log({"step": step, **{f"eval/{k}": v for k, v in eval_after.items()}})
+    final = run.finish(tokenizer)
+    seconds = timer() - started
+    summary = f"done: {step} steps in {seconds:.0f}s, last reward {row.get('reward', float('nan')):.4f}"
+    if eval_after:
+        summary += f"; eval reward {eval_before.get('reward', float('nan')):.4f} -> {eval_after['reward']:.4f}"
+    say(summary + f"; model in {final}")
+    return {"steps": step, "final_dir": final, "last_metrics": row, "eval_before": eval_before,
+            "eval_after": eval_after, "seconds": seconds}
+
+
 def gather_rollouts(accelerator, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every process's rollout rows on the main process (others get [])."""
     if accelerator.num_processes == 1:
@@ -353,8 +404,6 @@ def timer() -> float:
     return time.perf_counter()
 
 
-__all__ = ["RLArgs", "OnlineRun", "PromptSet", "apply_task_defaults", "check_common", "chunks", "evaluate_greedy",
-           "gather_rollouts", "global_sum", "load_prompt_set", "sampling_params", "step_prompt_indices"]
 
 
 def merge_repeated_flags(argv: list[str], flag: str) -> list[str]:

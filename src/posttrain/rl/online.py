@@ -1,0 +1,134 @@
+"""Pieces of one online step that GRPO/RLOO and PPO share.
+
+- `build_scorer`: the reward functions of a config (or given callables).
+- `sample_and_score`: this step's prompts -> n samples each -> rewards.
+- `Reference`: π_ref as a frozen copy, or the policy with its LoRA adapter switched off.
+- `batch_logprobs`: `response_logprobs` on a collated batch at the sampling temperature.
+- `sample_metrics`, `add_sum`: metrics as sums over processes, divided once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .loop import OnlineRun, RLArgs, sampling_params, step_prompt_indices, timer
+from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
+from .rollouts import Sample, reward_rows, samples_from_generations
+
+
+@dataclass
+class RLResult:
+    steps: int
+    final_dir: Any
+    last_metrics: dict[str, Any]
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def build_scorer(cfg: RLArgs, functions: Mapping[str, Callable] | None = None) -> RewardScorerSet:
+    """Reward specs from the config; `functions` (name -> callable) serve library callers and tests."""
+    if functions and not cfg.reward and not cfg.reward_weights:
+        return RewardScorerSet([RewardSpec(name) for name in functions], functions)
+    return RewardScorerSet(parse_reward_specs(cfg.reward, cfg.reward_weights), functions)
+
+
+def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set, scorer: RewardScorerSet,
+                     step: int, missing_eos_penalty: float = 0.0) -> tuple[list[Sample], Any, dict[str, float]]:
+    """Generate n responses for this step's prompts and score them. Returns the samples
+    (prompt-major, `sample.score` set), the `BatchScores` and timings."""
+    from ..rollout.generation import generate
+
+    indices = step_prompt_indices(len(prompt_set.ids), cfg.prompts_per_step, run.world, run.rank, cfg.seed, step)
+    started = timer()
+    generations = generate(run.unwrapped_policy(), tokenizer, [prompt_set.ids[i] for i in indices],
+                           sampling_params(cfg, n, step, run.rank), batch_size=cfg.generation_batch_size)
+    samples = samples_from_generations(generations, indices)
+    generated = timer()
+    scores = scorer.score(reward_rows(samples, prompt_set.prompts))
+    for sample, value in zip(samples, scores.total):
+        penalty = missing_eos_penalty if sample.finish_reason == "length" else 0.0
+        sample.score = float(value) - penalty
+    return samples, scores, {"time/generate": generated - started, "time/reward": timer() - generated}
+
+
+def add_sum(sums: dict[str, float], key: str, value) -> None:
+    sums[key] = sums.get(key, 0.0) + float(value)
+
+
+def sample_metrics(run: OnlineRun, samples: list[Sample], scores, seconds_generating: float) -> dict[str, float]:
+    """Reward, length and throughput of the step's samples, over all processes."""
+    from ..train.engine import reduce_sums
+
+    sums = {"count": float(len(samples)), "reward": sum(s.score for s in samples),
+            "length": float(sum(s.length for s in samples)),
+            "finished": float(sum(s.finish_reason != "length" for s in samples))}
+    if len(scores.scores) > 1:
+        for name, values in scores.scores.items():
+            sums[f"reward/{name}"] = float(sum(values))
+    sums = reduce_sums(run.accelerator, sums)
+    count = max(sums.pop("count"), 1.0)
+    generated = sums.pop("length")
+    row = {"reward": sums.pop("reward") / count, "response_length": generated / count,
+           "finished_fraction": sums.pop("finished") / count}
+    row.update({k: v / count for k, v in sums.items()})
+    row["response_length_max"] = max(s.length for s in samples)
+    row["generated_tokens_per_s"] = generated / max(seconds_generating, 1e-9)
+    return row
+
+
+# --------------------------------------------------------------------------- reference model and log-probs
+
+
+def logprob_temperature(cfg: RLArgs) -> float:
+    """Log-probs for the loss use the sampling temperature (greedy sampling: 1)."""
+    return cfg.temperature if cfg.temperature > 0 else 1.0
+
+
+def batch_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, entropy: bool = False):
+    """`response_logprobs` on a collated batch -> TokenLogprobs of [B, T] tensors."""
+    from ..models.logprobs import response_logprobs
+
+    return response_logprobs(model, batch["input_ids"], batch["attention_mask"], response_mask=batch["response_mask"],
+                             temperature=temperature, return_entropy=entropy)
+
+
+class Reference:
+    """π_ref for the KL term: a frozen copy of the initial policy, or, when the policy is
+    base + adapter, the policy itself with the adapter switched off (no second model)."""
+
+    def __init__(self, frozen: torch.nn.Module | None, policy_getter=None):
+        self.frozen, self.policy_getter = frozen, policy_getter
+
+    @classmethod
+    def for_policy(cls, policy: torch.nn.Module, get_policy) -> "Reference":
+        from ..models.peft import is_peft_model
+        from ..models.reference import frozen_copy
+
+        if is_peft_model(policy):
+            return cls(None, get_policy)
+        return cls(frozen_copy(policy))
+
+    def to(self, device) -> "Reference":
+        if self.frozen is not None:
+            self.frozen.to(device)
+        return self
+
+    @torch.no_grad()
+    def logprobs(self, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+        from ..models.reference import adapter_disabled
+
+        if self.frozen is not None:
+            return batch_logprobs(self.frozen, batch, temperature).logprobs
+        policy = self.policy_getter()
+        was_training = policy.training
+        policy.eval()
+        try:
+            with adapter_disabled(policy):
+                return batch_logprobs(policy, batch, temperature).logprobs
+        finally:
+            policy.train(was_training)
+
+
