@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"posttrain: unknown command '{' '.join(argv[:2])}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     name, rest = resolved
+    # transformers' own bars ("Loading weights", "Writing model shards") clutter stderr;
+    # posttrain shows its own progress for long work.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     target, _ = COMMANDS[name]
     module_name, function_name = target.split(":")
     try:

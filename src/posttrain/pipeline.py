@@ -217,7 +217,8 @@ def json_summary(result: Any) -> Any:
     return str(result)
 
 
-def run_stage(stage: Stage, settings: dict[str, Any], stage_dir: Path, source: str, resume: bool) -> Any:
+def stage_config(stage: Stage, settings: dict[str, Any], stage_dir: Path, source: str, resume: bool = False) -> Any:
+    """The stage's command config, with its output paths inside `stage_dir`; bad fields are ConfigErrors."""
     kind = STAGE_TYPES[stage.type]
     config_class = _import(kind.config)
     fields = {f.name for f in dataclasses.fields(config_class)}
@@ -226,8 +227,20 @@ def run_stage(stage: Stage, settings: dict[str, Any], stage_dir: Path, source: s
         values[field_name] = str(stage_dir if rel == "." else stage_dir / rel)
     if resume and "resume" in fields:
         values["resume"] = True
-    cfg = from_mapping(config_class, values, source=f"{source}: stage '{stage.name}'")
-    return _import(kind.run)(cfg)
+    return from_mapping(config_class, values, source=f"{source}: stage '{stage.name}'")
+
+
+def resolved_settings(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """Every stage's settings with references replaced, checked against its config before anything runs."""
+    outputs: dict[str, dict[str, str]] = {}
+    resolved = []
+    for stage in pipeline.stages:
+        settings = resolve_references(stage.settings, outputs, stage.name)
+        stage_dir = pipeline.output_dir / stage.name
+        stage_config(stage, settings, stage_dir, pipeline.source)  # fail early, before hours of training
+        outputs[stage.name] = stage_outputs(stage.type, stage_dir)
+        resolved.append(settings)
+    return resolved
 
 
 def run_pipeline(path: str, output_dir: str | None = None, force: list[str] | None = None,
@@ -241,16 +254,15 @@ def run_pipeline(path: str, output_dir: str | None = None, force: list[str] | No
     pipeline.output_dir.mkdir(parents=True, exist_ok=True)
     summary_path = pipeline.output_dir / "pipeline.json"
     record: dict[str, Any] = {"name": pipeline.name, "source": str(Path(path).resolve()), "stages": []}
-    outputs: dict[str, dict[str, str]] = {}
     hashes: dict[str, str] = {}
     changed_upstream = False
-    for number, stage in enumerate(pipeline.stages, start=1):
+    for number, (stage, settings) in enumerate(zip(pipeline.stages, resolved_settings(pipeline)), start=1):
         stage_dir = pipeline.output_dir / stage.name
-        settings = resolve_references(stage.settings, outputs, stage.name)
         digest = stage_hash(stage, settings, hashes, pipeline.output_dir)
-        outputs[stage.name], hashes[stage.name] = stage_outputs(stage.type, stage_dir), digest
+        hashes[stage.name] = digest
+        outputs = stage_outputs(stage.type, stage_dir)
         status = read_status(stage_dir)
-        entry = {"name": stage.name, "type": stage.type, "hash": digest, "dir": str(stage_dir), "outputs": outputs[stage.name]}
+        entry = {"name": stage.name, "type": stage.type, "hash": digest, "dir": str(stage_dir), "outputs": outputs}
         header = f"[{number}/{len(pipeline.stages)}] {stage.name} ({stage.type})"
         if status.get("hash") == digest and status.get("status") == "done" and stage.name not in force and not changed_upstream:
             log(f"{header}: cached ({digest}), skipped")
@@ -269,7 +281,8 @@ def run_pipeline(path: str, output_dir: str | None = None, force: list[str] | No
         started = time.time()
         write_json(stage_dir / STATUS_FILE, {"hash": digest, "status": "running", "started": started})
         try:
-            result = run_stage(stage, settings, stage_dir, pipeline.source, resume)
+            cfg = stage_config(stage, settings, stage_dir, pipeline.source, resume)
+            result = _import(STAGE_TYPES[stage.type].run)(cfg)
         except (PosttrainError, KeyboardInterrupt) as exc:
             write_json(stage_dir / STATUS_FILE, {"hash": digest, "status": "failed", "started": started,
                                                  "seconds": time.time() - started, "error": str(exc)})

@@ -305,18 +305,21 @@ class OnlineRun:
         return final
 
 
-def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokenizer) -> dict[str, Any]:
+def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokenizer, restore_fn=None) -> dict[str, Any]:
     """The online loop: evaluate, then `step_fn(step) -> (row, tokens, rollout rows)` until
     `max_steps`, with periodic evaluation, checkpoints, SIGINT and a final save.
 
     `evaluate()` -> metrics (or None when there is no eval set); `state_fn()` -> the recipe
-    state saved in checkpoints (e.g. PPO's KL coefficient). Returns a summary dict.
+    state saved in checkpoints (e.g. PPO's KL coefficient), given back to `restore_fn(state)`
+    on resume. Returns a summary dict.
     """
     from ..train.checkpoint import save_checkpoint
     from ..train.engine import Interrupted, sigint_flag
     from ..train.setup import say
 
     step, state = run.start()
+    if state and restore_fn is not None:
+        restore_fn(state)
     started = timer()
     eval_before = state.get("eval_before") or {}
     if step == 0 and (result := evaluate()) is not None:

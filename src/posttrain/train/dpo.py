@@ -148,11 +148,11 @@ def train_dpo(cfg: DPOConfig):
     mask_style = check_layout(cfg)
     strategy = resolve_strategy(cfg.reference, needs_reference=needs_reference(cfg.loss), peft=cfg.peft,
                                 ref_model=cfg.ref_model, data_paths=[cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
-    prepare_run_dir(cfg)
     accelerator = make_accelerator(cfg)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)
     train, held_out, files, reports = load_data(cfg, tokenizer, template, load_pairs)
+    prepare_run_dir(cfg)  # after the data checks: bad input leaves nothing behind
 
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     dtype = next(model.parameters()).dtype

@@ -165,11 +165,11 @@ def train_kto(cfg: KTOConfig):
     mask_style = check_layout(cfg)
     strategy = resolve_strategy(cfg.reference, needs_reference=True, peft=cfg.peft, ref_model=cfg.ref_model,
                                 data_paths=[cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
-    prepare_run_dir(cfg)
     accelerator = make_accelerator(cfg)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)
     train, held_out, files, reports = load_data(cfg, tokenizer, template, load_unpaired)
+    prepare_run_dir(cfg)  # after the data checks: bad input leaves nothing behind
     check_weights(cfg, train)
 
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)

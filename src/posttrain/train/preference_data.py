@@ -194,13 +194,18 @@ def _unpaired_items(record, report: DataReport, invalid_rows: str):
 
 
 def assign_mismatched(examples: list[UnpairedExample], max_length: int | None, seed: int = MISMATCH_SEED) -> None:
-    """Give each example the completion of the next one in a seeded shuffle, cut to fit max_length."""
+    """Give each example the completion of the next one with another prompt in a seeded shuffle,
+    cut to fit max_length."""
     if len(examples) < 2:
         raise ConfigError("data", "kto needs at least 2 examples (z0 pairs each prompt with another completion)")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
+    n = len(order)
     for k, i in enumerate(order):
-        partner = examples[order[(k + 1) % len(order)]].completion_ids
+        # The next example in the shuffle, skipping those with the same prompt (the two halves
+        # of a preference row): their completion answers this prompt, so it is no mismatch.
+        steps = (s for s in range(1, n) if examples[order[(k + s) % n]].prompt_ids != examples[i].prompt_ids)
+        partner = examples[order[(k + next(steps, 1)) % n]].completion_ids
         room = len(partner) if max_length is None else max_length - len(examples[i].prompt_ids)
         examples[i].mismatched_ids = list(partner[:max(room, 1)])
 

@@ -1,0 +1,346 @@
+"""PPO for language models: `posttrain ppo`.
+
+The RLHF recipe of Ziegler et al. (2019) / Stiennon et al. (2020) / InstructGPT, with the
+implementation details of Huang et al. (2024, "The N+ Implementation Details of RLHF
+with PPO"). Each step:
+
+1. Sample a response to each of `prompts_per_step` prompts (x `n`) with the policy π_old.
+2. Score each response once: s_i (verifiers, user functions, a reward model, a weighted sum).
+3. Without gradients: log π_old(y_t), log π_ref(y_t), and values V(s_t) from the value model,
+   where s_t is the prompt plus the response tokens before y_t.
+4. Per-token rewards: a KL penalty on every token, the score on the last one
+   (`losses.kl.kl_penalized_rewards`):
+       r_t = -beta * kl_t + [t = last] * s_i,    kl_t = k1 = log π_old - log π_ref   (or k3)
+   beta comes from a fixed or an adaptive controller (target KL per sequence).
+5. GAE (`losses.advantages.gae`):  delta_t = r_t + gamma V_{t+1} - V_t,
+   A_t = delta_t + gamma lambda A_{t+1},  returns R_t = A_t + V_t;  A is whitened over
+   the batch (all processes).
+6. `ppo_epochs` passes over the batch in `num_minibatches` shuffled minibatches; per token
+       policy:  max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps_high)),  rho_t = π/π_old
+       value:   1/2 max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)
+       loss_t = policy_t + vf_coef * value_t - entropy_coef * H_t
+   reduced with `loss_aggregation` (token_mean by default).
+
+The value model is a `ScalarHeadModel` (a separate copy of the policy, or a reward-model
+directory, with a scalar head; its own learning rate) or, with `value_model: shared`, a
+linear head on the policy's own last hidden states (one forward pass for both).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..config import help_field, parse_config
+from ..errors import ConfigError
+from ..losses import (KL_CONTROLLERS, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, approx_kl, clipped_value_losses,
+                      explained_variance, gae, kl_penalized_rewards, masked_moments, ppo_clip_losses, whiten)
+from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, evaluate_greedy, gather_rollouts, global_sum,
+                   load_prompt_set, merge_repeated_flags, run_online, timer)
+from .online import Reference, RLResult, add_sum, build_scorer, logprob_temperature, sample_and_score, sample_metrics
+from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
+
+
+@dataclass
+class PPOConfig(RLArgs):
+    output_dir: str = help_field("runs/ppo", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/, value_model/")
+    n: int = help_field(1, "samples per prompt")
+    value_model: str = help_field("separate", "value model: a separate copy with a scalar head, or a head on the policy's backbone",
+                                  choices=["separate", "shared"])
+    value_model_path: str = help_field("", "initialise the separate value model from this model or reward-model directory (default: the policy)")
+    value_learning_rate: float = help_field(0.0, "learning rate of the value model (0: learning_rate)")
+    vf_coef: float = help_field(0.1, "weight of the value loss")
+    cliprange: float = help_field(0.2, "policy ratio clip (eps)")
+    cliprange_high: float | None = help_field(None, "upper ratio clip (clip-higher); default: cliprange")
+    cliprange_value: float = help_field(0.2, "value clip around the rollout values (0: no clipping)")
+    gamma: float = help_field(1.0, "discount")
+    lam: float = help_field(0.95, "GAE lambda")
+    kl_coef: float = help_field(0.05, "KL penalty coefficient beta (the start value for the adaptive controller)")
+    kl_estimator: str = help_field("k1", "per-token KL in the reward: k1 = log π - log π_ref (unbiased), k3 (>= 0, lower variance)",
+                                   choices=list(KL_ESTIMATORS))
+    kl_controller: str = help_field("fixed", "fixed beta, or adaptive toward kl_target", choices=list(KL_CONTROLLERS))
+    kl_target: float = help_field(6.0, "adaptive controller: target KL per sequence (nats)")
+    kl_horizon: int = help_field(10000, "adaptive controller: horizon in samples")
+    whiten_advantages: bool = help_field(True, "normalise advantages to mean 0, variance 1 over the batch")
+    whiten_rewards: bool = help_field(False, "scale per-token rewards to unit variance before GAE")
+    ppo_epochs: int = help_field(4, "passes over each rollout batch")
+    num_minibatches: int = help_field(1, "optimizer steps per pass")
+    loss_aggregation: str = help_field("token_mean", "how per-token losses become one number", choices=list(REDUCTIONS))
+    entropy_coef: float = help_field(0.0, "entropy bonus coefficient")
+    missing_eos_penalty: float = help_field(0.0, "subtract this from the score of responses cut at max_new_tokens")
+
+
+# --------------------------------------------------------------------------- actor + critic
+
+
+class ActorCritic(nn.Module):
+    """The policy and its value model in one module (one optimizer, one DDP wrapper).
+
+    forward(batch) -> (logprobs [B, T], entropy [B, T], values [B, T]), where values[b, j]
+    is V(s) of the state *before* token j, i.e. the head at position j - 1 (the position
+    whose hidden state predicts token j), lined up with logprobs[b, j].
+    """
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None, value_head: nn.Linear | None = None):
+        super().__init__()
+        if (critic is None) == (value_head is None):
+            raise ValueError("give exactly one of critic (separate) or value_head (shared)")
+        self.policy, self.critic, self.value_head = policy, critic, value_head
+
+    def forward(self, input_ids, attention_mask, response_mask, temperature: float = 1.0):
+        from ..models.logprobs import response_logprobs, split_causal_lm
+
+        kwargs = dict(response_mask=response_mask, temperature=temperature, return_entropy=True)
+        if self.critic is not None:
+            out = response_logprobs(self.policy, input_ids, attention_mask, **kwargs)
+            state_values = self.critic(input_ids, attention_mask)
+        else:
+            # Shared backbone: catch its last hidden states during the policy's own forward.
+            parts = split_causal_lm(self.policy)
+            if parts is None:
+                raise ConfigError("value_model", "'shared' needs a policy whose backbone runs on its own; use 'separate'")
+            captured = []
+            handle = parts[0].register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+            try:
+                out = response_logprobs(self.policy, input_ids, attention_mask, **kwargs)
+            finally:
+                handle.remove()
+            hidden = captured[-1]
+            state_values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        values = torch.zeros_like(state_values)
+        values[:, 1:] = state_values[:, :-1]
+        return out.logprobs, out.entropy, values
+
+
+def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, nn.Linear | None]:
+    """(critic, None) for a separate value model, (None, head) for a shared one."""
+    from ..models import load_model
+    from ..models.heads import ScalarHeadModel, _hidden_size, is_scalar_head_dir
+    from ..models.peft import apply_peft
+
+    if cfg.value_model == "shared":
+        param = next(policy.parameters())
+        head = nn.Linear(_hidden_size(policy), 1, device=param.device, dtype=param.dtype)
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / math.sqrt(head.in_features + 1))
+            head.bias.zero_()
+        return None, head
+    path = cfg.value_model_path or cfg.model
+    if cfg.value_model_path and is_scalar_head_dir(path):
+        critic = ScalarHeadModel.from_pretrained(path, dtype=cfg.dtype)
+    else:
+        critic = ScalarHeadModel.from_causal_lm(load_model(path, dtype=cfg.dtype, seed=cfg.seed), seed=cfg.seed + 1)
+    if cfg.peft != "none" and cfg.peft in ("lora", "dora"):
+        target = cfg.lora_target_modules
+        critic.model = apply_peft(critic.model, cfg.peft, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                  target_modules=target[0] if target == ["all-linear"] else target)
+    critic.train()
+    return critic, None
+
+
+def check_ppo(cfg: PPOConfig) -> None:
+    check_common(cfg, cfg.n)
+    for name in ("ppo_epochs", "num_minibatches"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(name, "must be at least 1")
+    if cfg.kl_controller == "adaptive" and (cfg.kl_target <= 0 or cfg.kl_horizon <= 0):
+        raise ConfigError("kl_target", "the adaptive controller needs kl_target > 0 and kl_horizon > 0")
+    if cfg.kl_coef < 0:
+        raise ConfigError("kl_coef", "must be >= 0")
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@torch.no_grad()
+def rollout_pass(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, reference: Reference) -> None:
+    """π_old, π_ref log-probs and V_old of every sample, stored as sample tokens."""
+    temperature = logprob_temperature(cfg)
+    run.model.eval()
+    for micro in chunks(samples, cfg.micro_batch_size):
+        batch = {k: v.to(run.device) for k, v in collate(micro, pad_id).items()}
+        with run.accelerator.autocast():
+            logps, _, values = run.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)
+        store_tokens(micro, "old_logps", logps, batch["response_mask"])
+        store_tokens(micro, "old_values", values, batch["response_mask"])
+        store_tokens(micro, "ref_logps", reference.logprobs(batch, temperature), batch["response_mask"])
+    run.model.train()
+
+
+def compute_advantages(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:
+    """KL-penalised per-token rewards -> GAE advantages and returns (stored on the samples)."""
+    batch = collate(samples, pad_id, ["old_logps", "ref_logps", "old_values"])
+    mask = batch["response_mask"]
+    kl = KL_ESTIMATORS[cfg.kl_estimator](batch["old_logps"], batch["ref_logps"], mask)
+    scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
+    rewards = kl_penalized_rewards(scores, kl, mask, kl_coef)
+    if cfg.whiten_rewards:
+        rewards = whiten(rewards, mask, shift_mean=False, moments=_global_moments(run, rewards, mask))
+    advantages, returns = gae(rewards, batch["old_values"], mask, gamma=cfg.gamma, lam=cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask, moments=_global_moments(run, advantages, mask))
+    store_tokens(samples, "advantages", advantages, mask)
+    store_tokens(samples, "returns", returns, mask)
+    from ..train.engine import reduce_sums
+
+    sums = reduce_sums(run.accelerator, {
+        "count": float(len(samples)), "kl": float(kl.sum()), "non_score": float((-kl_coef * kl).sum()),
+        "tokens": float(mask.sum()), "values": float(batch["old_values"][mask].sum()),
+        "returns": float(returns[mask].sum())})
+    count, tokens = max(sums["count"], 1.0), max(sums["tokens"], 1.0)
+    return {"kl": sums["kl"] / count, "non_score_reward": sums["non_score"] / count, "kl_coef": kl_coef,
+            "values_mean": sums["values"] / tokens, "returns_mean": sums["returns"] / tokens,
+            "explained_variance": float(explained_variance(batch["old_values"], returns, mask))}
+
+
+def _global_moments(run: OnlineRun, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    moments = masked_moments(values, mask)
+    if run.world > 1:
+        moments = run.accelerator.reduce(moments.to(run.device), reduction="sum").cpu()
+    return moments
+
+
+def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, step: int) -> dict[str, float]:
+    """ppo_epochs x num_minibatches optimizer steps; returns the loss metrics."""
+    from ..train.engine import reduce_sums
+
+    temperature = logprob_temperature(cfg)
+    clip_high = cfg.cliprange if cfg.cliprange_high is None else cfg.cliprange_high
+    value_clip = cfg.cliprange_value if cfg.cliprange_value > 0 else None
+    fields = ["old_logps", "old_values", "advantages", "returns"]
+    constant = float(cfg.max_new_tokens)
+    shuffle = random.Random(cfg.seed * 7_919 + step)
+    sums: dict[str, float] = {}
+    losses, grad_norm = [], 0.0
+    run.model.train()
+    for _ in range(cfg.ppo_epochs):
+        order = list(samples)
+        shuffle.shuffle(order)
+        for minibatch in split_even(order, cfg.num_minibatches):
+            collated = [collate(m, pad_id, fields) for m in chunks(minibatch, cfg.micro_batch_size)]
+            den = global_sum(run.accelerator, sum(float(aggregate_parts(b["response_mask"].float(), b["response_mask"],
+                                                                        cfg.loss_aggregation, constant)[1]) for b in collated))
+            den = max(den, 1e-12)
+            total = 0.0
+            for j, batch in enumerate(collated):
+                batch = {k: v.to(run.device) for k, v in batch.items()}
+                mask = batch["response_mask"]
+                with run.accelerator.autocast():
+                    logps, entropy, values = run.model(batch["input_ids"], batch["attention_mask"], mask, temperature)
+                policy_t, clipped = ppo_clip_losses(logps, batch["old_logps"], batch["advantages"], mask,
+                                                    clip_low=cfg.cliprange, clip_high=clip_high)
+                value_t, value_clipped = clipped_value_losses(values, batch["old_values"], batch["returns"], mask,
+                                                              clip=value_clip)
+                loss_t = policy_t + cfg.vf_coef * value_t
+                if cfg.entropy_coef:
+                    loss_t = loss_t - cfg.entropy_coef * torch.where(mask, entropy, 0.0)
+                num, _ = aggregate_parts(loss_t, mask, cfg.loss_aggregation, constant)
+                run.backward(num * run.world / den, last_micro_batch=j == len(collated) - 1)
+                total += float(num.detach()) / den
+                tokens = float(mask.sum())
+                add_sum(sums, "tokens", tokens)
+                add_sum(sums, "policy_loss", aggregate_parts(policy_t.detach(), mask, "token_mean")[0])
+                add_sum(sums, "value_loss", aggregate_parts(value_t.detach(), mask, "token_mean")[0])
+                add_sum(sums, "clipped", clipped.sum())
+                add_sum(sums, "value_clipped", value_clipped.sum())
+                add_sum(sums, "entropy", entropy.detach()[mask].sum())
+                add_sum(sums, "approx_kl", approx_kl(logps.detach(), batch["old_logps"], mask) * tokens)
+                add_sum(sums, "ratio", torch.exp(logps.detach() - batch["old_logps"])[mask].sum())
+            losses.append(global_sum(run.accelerator, total))
+            grad_norm = run.optimizer_step(step, losses[-1])
+    sums = reduce_sums(run.accelerator, sums)
+    tokens = max(sums.pop("tokens", 0.0), 1.0)
+    row = {k if k not in ("clipped", "value_clipped", "ratio") else
+           {"clipped": "clip_fraction", "value_clipped": "value_clip_fraction", "ratio": "ratio_mean"}[k]: v / tokens
+           for k, v in sums.items()}
+    row.update({"loss": sum(losses) / max(len(losses), 1), "grad_norm": grad_norm, "lr": run.scheduler.get_last_lr()[0]})
+    return row
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = None) -> RLResult:
+    """Run PPO as configured; see the module docstring."""
+    from ..models import load_tokenizer
+    from ..train.setup import load_trainable_model, prepare_run_dir, say
+
+    cfg = apply_task_defaults(cfg)
+    check_ppo(cfg)
+    scorer = build_scorer(cfg, reward_functions)
+    prepare_run_dir(cfg)
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_set = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
+    eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
+    say(f"ppo: {len(train_set.ids)} prompts, reward = {scorer.describe()}, value model = {cfg.value_model}, "
+        f"kl = {cfg.kl_estimator} x {cfg.kl_coef} ({cfg.kl_controller})")
+
+    policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
+    reference = Reference.for_policy(policy, lambda: run.unwrapped_policy())
+    critic, head = build_critic(cfg, policy)
+    module = ActorCritic(policy, critic, head)
+    critic_params = [p for p in (critic or head).parameters() if p.requires_grad]
+    group = {"params": critic_params, "lr": cfg.value_learning_rate or cfg.learning_rate}
+    run = OnlineRun(cfg, module, cfg.max_steps * cfg.ppo_epochs * cfg.num_minibatches, "ppo",
+                    extra_groups=[group], policy_attr="policy")
+    reference.to(run.device)
+    if cfg.kl_controller == "adaptive":
+        controller = KL_CONTROLLERS["adaptive"](cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    else:
+        controller = KL_CONTROLLERS["fixed"](cfg.kl_coef)
+
+    def step_fn(step: int):
+        samples, scores, timing = sample_and_score(run, cfg, cfg.n, tokenizer, train_set, scorer, step,
+                                                   cfg.missing_eos_penalty)
+        row = sample_metrics(run, samples, scores, timing["time/generate"])
+        rollout_pass(run, samples, pad_id, cfg, reference)
+        row.update(compute_advantages(run, samples, pad_id, cfg, controller.value))
+        row["rlhf_reward"] = row["reward"] + row["non_score_reward"]
+        trained = timer()
+        row.update(ppo_update(run, samples, pad_id, cfg, step))
+        row.update(timing)
+        row["time/train"] = timer() - trained
+        controller.update(row["kl"], int(global_sum(run.accelerator, len(samples))))
+        tokens = int(global_sum(run.accelerator, sum(len(s.prompt_ids) + s.length for s in samples)))
+        records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1, scores.scores))
+        return row, tokens, records
+
+    def evaluate():
+        if eval_set is None:
+            return None
+        return evaluate_greedy(run.unwrapped_policy(), tokenizer, eval_set, scorer,
+                               cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
+                               run.accelerator)
+
+    def restore(state: dict) -> None:  # the adaptive coefficient is training state too
+        controller.value = float(state.get("kl_coef", controller.value))
+
+    summary = run_online(run, cfg, step_fn, evaluate, lambda: {"kl_coef": controller.value}, tokenizer, restore)
+    save_value_model(run, cfg)
+    return RLResult(**summary)
+
+
+def save_value_model(run: OnlineRun, cfg: PPOConfig) -> None:
+    """The separate value model -> output_dir/value_model (a scalar-head directory, usable
+    as `value_model_path` or as a reward model); a shared head -> output_dir/value_head.pt."""
+    if not run.accelerator.is_main_process:
+        return
+    module = run.accelerator.unwrap_model(run.model)
+    if module.critic is not None:
+        module.critic.save_pretrained(Path(cfg.output_dir) / "value_model")
+    else:
+        torch.save(module.value_head.state_dict(), Path(cfg.output_dir) / "value_head.pt")
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_config(PPOConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain ppo",
+                       description="PPO with a value model, KL-penalised rewards and GAE")
+    train_ppo(cfg)
+    return 0
