@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve export": ("posttrain.serve.commands:export_main", "export labels as preference/annotation JSONL, feedback for ab"),
     "judge": ("posttrain.judge.command:main", "LLM-as-judge: pairwise verdicts (with position swap) or rubric scores"),
     "rm": ("posttrain.train.reward:main", "train a reward model on preference pairs and K-way rankings (full or LoRA)"),
+    "ppo": ("posttrain.rl.ppo:main", "PPO with a value model, KL-penalised reward and GAE (online RL)"),
+    "grpo": ("posttrain.rl.grpo:main", "GRPO: group-normalised advantages over n samples per prompt (online RL)"),
+    "rloo": ("posttrain.rl.grpo:rloo_main", "RLOO: REINFORCE with a leave-one-out baseline (online RL)"),
+    "best-of-n": ("posttrain.rl.best_of_n:main", "rejection sampling: best of n -> SFT data and pairs; --iterations with SFT/DPO"),
     "score": ("posttrain.rollout.score:main", "score responses in a JSONL file with a trained reward model"),
     "eval": ("posttrain.evaluate.run:main", "evaluate a model: reference metrics, task accuracy/pass@k, perplexity, win-rate, safety; --compare two runs"),
 }

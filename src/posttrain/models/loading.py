@@ -174,7 +174,8 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "auto", device: 
         model = _from_pretrained(gguf_checkpoint(path), name_or_path, **common)
     elif kind == "adapter":
         model = _load_adapter(path, dtype=torch_dtype, attn_implementation=attn_implementation, seed=seed,
-                              trust_remote_code=trust_remote_code)
+                              trust_remote_code=trust_remote_code, load_in_4bit=load_in_4bit,
+                              device=device if load_in_4bit else None)
     elif kind == "dir":
         model = _from_pretrained(path, str(path), **common)
     else:

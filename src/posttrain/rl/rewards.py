@@ -104,60 +104,13 @@ def scorer_reward(scorer: Any, name: str = "reward_model") -> Callable[..., floa
     return reward
 
 
-class HeadScorer:
-    """A minimal reward-model scorer: `load_reward_model` + the chat template + `sequence_scores`.
-
-    Used when the reward-model package does not provide its own `RewardScorer`.
-    Scores are computed in batches of `batch_size` without gradients.
-    """
-
-    def __init__(self, path: str, batch_size: int = 8, max_length: int = 1024, device: str | None = None):
-        from ..data import get_template
-        from ..models import load_reward_model, load_tokenizer
-
-        self.model = load_reward_model(path, device=device) if device else load_reward_model(path)
-        self.model.eval()
-        self.tokenizer = load_tokenizer(path, padding_side="right")
-        self.template = get_template("auto", self.tokenizer)
-        self.batch_size, self.max_length = batch_size, max_length
-
-    def score_batch(self, prompts: Sequence[list[Message]], responses: Sequence[str]) -> list[float]:
-        import torch
-
-        from ..data import encode
-        from ..models import sequence_scores
-
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        texts = [self.template.prompt(p) + self.template.turn(p, r) for p, r in zip(prompts, responses)]
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            ids = [encode(self.tokenizer, t)[-self.max_length:] for t in texts[start:start + self.batch_size]]
-            width = max(len(x) for x in ids)
-            input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for row, x in enumerate(ids):
-                input_ids[row, :len(x)] = torch.tensor(x)
-                mask[row, :len(x)] = 1
-            with torch.no_grad():
-                out += sequence_scores(self.model, input_ids.to(device), mask.to(device)).tolist()
-        return out
-
-
 def load_scorer(path: str) -> Any:
-    """The reward-model package's `RewardScorer` when it exists, else `HeadScorer`."""
+    """A trained reward model directory -> `posttrain.rollout.score.RewardScorer` (loaded lazily)."""
+    from ..rollout.score import RewardScorer
+
     if not Path(path).exists():
         raise ConfigError("reward", f"reward model directory '{path}' not found")
-    for module_name in ("posttrain.train.reward", "posttrain.models.reward"):
-        try:
-            module = __import__(module_name, fromlist=["RewardScorer"])
-        except ImportError:
-            continue
-        scorer_cls = getattr(module, "RewardScorer", None)
-        if scorer_cls is not None:
-            loader = getattr(scorer_cls, "from_pretrained", scorer_cls)
-            return loader(path)
-    return HeadScorer(path)
+    return RewardScorer(path)
 
 
 # --------------------------------------------------------------------------- the combined scorer

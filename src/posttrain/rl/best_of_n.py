@@ -1,0 +1,318 @@
+"""Rejection sampling: `posttrain best-of-n`.
+
+For every prompt, sample n responses, score them with the reward functions, and keep
+
+    best       the highest-scoring response (if `threshold` is set, only when it reaches it)
+    threshold  every response scoring >= `threshold`
+    condition  every response for which `condition(prompt, response, score=..., **extra)` is true
+
+Each round writes, under `output_dir/round-K/`:
+
+    samples.jsonl  every sample: prompt, response, reward (and per-function rewards), selected
+    sft.jsonl      the kept responses as chat conversations ({"messages": [...]}), for `posttrain sft`
+    pairs.jsonl    best vs worst response per prompt ({"prompt", "chosen", "rejected", "margin"}),
+                   where the best scores strictly higher (by more than `pair_min_margin`)
+    summary.json   counts and mean rewards (mean of all samples, mean of the best of n)
+
+`--iterations K` alternates sampling and training, as in Llama 2's rejection-sampling
+rounds: round k samples from the model that round k-1 trained, then trains it on its own
+selected responses with the SFT recipe (`--train sft`), or on its best-vs-worst pairs with
+the DPO recipe (`--train dpo`: iterative, on-policy DPO). With eval prompts each round also
+reports the greedy mean reward (accuracy, for 0/1 verifiers) of the model it starts from,
+and the run ends with the final model's.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..config import help_field, parse_config
+from ..errors import ConfigError
+from ..jsonl import write_json, write_jsonl
+from ..records import prompt_text
+from ..train.args import ModelArgs
+from .rollouts import conversation
+
+
+@dataclass
+class BestOfNConfig(ModelArgs):
+    prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields reach the reward)")
+    task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
+    reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT] (see posttrain grpo --help)")
+    reward_weights: dict[str, float] | None = help_field(None, "YAML only: a {spec: weight} mapping, added to reward")
+    limit: int = help_field(0, "use only the first N prompts (0: all)")
+    output_dir: str = help_field("runs/best-of-n", "run directory: round-K/ data (and models), summary.json")
+    n: int = help_field(8, "samples per prompt")
+    max_new_tokens: int = help_field(256, "longest response in tokens")
+    temperature: float = help_field(0.8, "sampling temperature")
+    top_p: float = help_field(1.0, "nucleus sampling threshold")
+    top_k: int = help_field(0, "sample from the k most likely tokens (0: off)")
+    stop: list[str] = help_field([], "stop strings")
+    generation_batch_size: int = help_field(32, "prompts per generate() call")
+    seed: int = help_field(0, "sampling and training seed")
+    select: str = help_field("best", "which samples become SFT data", choices=["best", "threshold", "condition"])
+    threshold: float | None = help_field(None, "threshold: keep samples scoring >= this; best: keep the best only if it does")
+    condition: str = help_field("", "condition: module:function(prompt, response, score, **extra) -> bool")
+    dedup: bool = help_field(True, "keep one copy of identical responses to the same prompt")
+    pair_min_margin: float = help_field(0.0, "write a best-vs-worst pair only when best - worst exceeds this")
+    iterations: int = help_field(1, "rounds of sample -> select -> train (Llama-2-style rejection sampling)")
+    train: str = help_field("auto", "what each round trains: sft on kept samples, dpo on pairs, none; auto: sft when iterations > 1",
+                            choices=["auto", "sft", "dpo", "none"])
+    accumulate: bool = help_field(False, "train each round on the data of all rounds so far (not only its own)")
+    train_learning_rate: float = help_field(1e-5, "learning rate of each round's training")
+    train_epochs: float = help_field(1.0, "epochs of each round's training")
+    train_batch_size: int = help_field(8, "batch size of each round's training")
+    train_max_steps: int = help_field(0, "optimizer steps per round (0: from train_epochs)")
+    dpo_beta: float = help_field(0.1, "DPO beta for --train dpo")
+    eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before and after each round")
+    eval_limit: int = help_field(200, "evaluate on at most this many eval prompts (0: all)")
+    eval_max_new_tokens: int = help_field(0, "response length for evaluation (0: max_new_tokens)")
+    resume: bool = help_field(False, "reuse finished rounds found in output_dir")
+    progress: bool = help_field(True, "show progress bars while training")
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_best(scores: Sequence[float], threshold: float | None = None) -> list[int]:
+    """Index of the highest score (the first one on ties), or [] when it is below `threshold`."""
+    if not scores:
+        return []
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return [best] if threshold is None or scores[best] >= threshold else []
+
+
+def select_threshold(scores: Sequence[float], threshold: float) -> list[int]:
+    return [i for i, s in enumerate(scores) if s >= threshold]
+
+
+def best_worst_pair(scores: Sequence[float], min_margin: float = 0.0) -> tuple[int, int] | None:
+    """(best, worst) indices when best - worst > min_margin, else None."""
+    if len(scores) < 2:
+        return None
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+    return (best, worst) if scores[best] - scores[worst] > min_margin else None
+
+
+def make_condition(spec: str) -> Callable[[str, str, float, Mapping[str, Any]], bool]:
+    from ..rollout.rewards import call_reward, load_reward_function
+
+    fn = load_reward_function(spec)
+
+    def check(prompt: str, response: str, score: float, extra: Mapping[str, Any]) -> bool:
+        return call_reward(fn, prompt, response, {**extra, "score": score}, spec) > 0
+
+    return check
+
+
+@dataclass
+class RoundData:
+    samples: list[dict[str, Any]]  # every sample, with reward and `selected`
+    sft: list[dict[str, Any]]  # {"messages": [...], "reward": ..., **extra}
+    pairs: list[dict[str, Any]]  # {"prompt", "chosen", "rejected", "margin", ...}
+    summary: dict[str, Any]
+
+
+def build_round_data(prompts: Sequence[Any], texts: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
+                     components: Sequence[Sequence[dict[str, float]]], cfg: BestOfNConfig,
+                     finish: Sequence[Sequence[str]] | None = None) -> RoundData:
+    """Selection, SFT rows and pairs from `texts[p][i]` / `scores[p][i]` (prompt p, sample i)."""
+    condition = make_condition(cfg.condition) if cfg.select == "condition" else None
+    samples, sft, pairs = [], [], []
+    covered = 0
+    for p, prompt in enumerate(prompts):
+        candidates = list(range(len(texts[p])))
+        if cfg.dedup:  # the first copy of each distinct response
+            seen: dict[str, int] = {}
+            candidates = [seen.setdefault(texts[p][i], i) for i in candidates if texts[p][i] not in seen]
+        values = [scores[p][i] for i in candidates]
+        if cfg.select == "best":
+            picked = [candidates[i] for i in select_best(values, cfg.threshold)]
+        elif cfg.select == "threshold":
+            picked = [candidates[i] for i in select_threshold(values, cfg.threshold)]
+        else:
+            text = prompt_text(prompt.prompt)
+            picked = [i for i in candidates if condition(text, texts[p][i], scores[p][i], prompt.extra)]
+        for i, response in enumerate(texts[p]):
+            row = {**prompt.extra, "prompt": prompt.prompt, "response": response, "reward": scores[p][i],
+                   "sample": i, "selected": i in picked}
+            if components and len(components[p][i]) > 1:
+                row["rewards"] = components[p][i]
+            if finish is not None:
+                row["finish_reason"] = finish[p][i]
+            samples.append(row)
+        covered += bool(picked)
+        for i in picked:
+            sft.append({**prompt.extra, "messages": conversation(prompt.prompt, texts[p][i]), "reward": scores[p][i]})
+        pair = best_worst_pair(values, cfg.pair_min_margin)
+        if pair is not None:
+            best, worst = candidates[pair[0]], candidates[pair[1]]
+            pairs.append({**prompt.extra, "prompt": prompt.prompt, "chosen": texts[p][best], "rejected": texts[p][worst],
+                          "margin": scores[p][best] - scores[p][worst], "chosen_reward": scores[p][best],
+                          "rejected_reward": scores[p][worst]})
+    flat = [s for row in scores for s in row]
+    summary = {"prompts": len(prompts), "samples": len(flat), "kept": len(sft), "pairs": len(pairs),
+               "mean_reward": sum(flat) / max(len(flat), 1),
+               "best_of_n_reward": sum(max(row) for row in scores if row) / max(len(prompts), 1),
+               "prompts_with_a_kept_sample": covered}
+    return RoundData(samples, sft, pairs, summary)
+
+
+# --------------------------------------------------------------------------- sampling and training
+
+
+def sample_round(model_name: str, prompt_set, scorer, cfg: BestOfNConfig, round_index: int) -> RoundData:
+    from ..models import load_model, load_tokenizer
+    from ..rollout.generation import SamplingParams, generate
+    from .rollouts import reward_rows, samples_from_generations
+    from .loop import timer
+
+    tokenizer = load_tokenizer(model_name, padding_side="left")
+    model = load_model(model_name, dtype=cfg.dtype, device="auto", seed=cfg.seed)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            top_k=cfg.top_k, n=cfg.n, stop=list(cfg.stop), seed=cfg.seed * 1_000_003 + round_index)
+    started = timer()
+    generations = generate(model, tokenizer, prompt_set.ids, params, batch_size=cfg.generation_batch_size)
+    seconds = timer() - started
+    samples = samples_from_generations(generations, list(range(len(prompt_set.ids))))
+    result = scorer.score(reward_rows(samples, prompt_set.prompts))
+    n = cfg.n
+    texts = [[s.text for s in samples[p * n:(p + 1) * n]] for p in range(len(prompt_set.ids))]
+    finish = [[s.finish_reason for s in samples[p * n:(p + 1) * n]] for p in range(len(prompt_set.ids))]
+    totals = [float(v) for v in result.total]
+    scores = [totals[p * n:(p + 1) * n] for p in range(len(prompt_set.ids))]
+    names = list(result.scores)
+    components = [[{k: result.scores[k][p * n + i] for k in names} for i in range(n)] for p in range(len(prompt_set.ids))]
+    data = build_round_data(prompt_set.prompts, texts, scores, components, cfg, finish)
+    tokens = sum(s.length for s in samples)
+    data.summary.update({"generation_seconds": seconds, "generated_tokens": tokens,
+                         "generated_tokens_per_s": tokens / max(seconds, 1e-9)})
+    return data
+
+
+def train_round(kind: str, model_name: str, data_path: Path, rows: int, out_dir: Path, cfg: BestOfNConfig) -> str:
+    """Train `model_name` on `data_path` with the SFT or DPO recipe; returns the new model directory."""
+    from ..train.setup import say
+
+    batch_size = max(1, min(cfg.train_batch_size, rows))
+    common = {f: getattr(cfg, f) for f in ModelArgs.__dataclass_fields__}
+    common.update(model=model_name, output_dir=str(out_dir), seed=cfg.seed, learning_rate=cfg.train_learning_rate,
+                  epochs=cfg.train_epochs, batch_size=batch_size, max_steps=cfg.train_max_steps, progress=cfg.progress)
+    if kind == "sft":
+        from ..train.sft import SFTConfig, train_sft
+
+        result = train_sft(SFTConfig(**common, data=[str(data_path)]))
+    else:
+        from ..train.dpo import DPOConfig, train_dpo
+
+        result = train_dpo(DPOConfig(**common, data=str(data_path), beta=cfg.dpo_beta))
+    say(f"round model: {result.final_dir}")
+    return str(result.final_dir)
+
+
+def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] | None = None) -> dict[str, Any]:
+    """All rounds; returns the run summary (also written to output_dir/summary.json)."""
+    from ..models import load_tokenizer
+    from ..train.setup import prepare_run_dir, say
+    from .loop import PromptSet, apply_task_defaults, evaluate_greedy, load_prompt_set
+    from .online import build_scorer
+
+    cfg = apply_task_defaults(cfg)
+    check_best_of_n(cfg)
+    train_kind = ("sft" if cfg.iterations > 1 else "none") if cfg.train == "auto" else cfg.train
+    scorer = build_scorer(cfg, reward_functions)
+    prepare_run_dir(cfg)
+    out = Path(cfg.output_dir)
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    prompt_set: PromptSet = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
+    eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
+    say(f"best-of-n: {len(prompt_set.ids)} prompts x {cfg.n} samples, reward = {scorer.describe()}, "
+        f"select = {cfg.select}, {cfg.iterations} round(s), train = {train_kind}")
+
+    def evaluate(model_name: str) -> dict[str, float] | None:
+        if eval_set is None:
+            return None
+        from ..models import load_model
+
+        model = load_model(model_name, dtype=cfg.dtype, device="auto", seed=cfg.seed)
+        return evaluate_greedy(model, load_tokenizer(model_name, padding_side="left"), eval_set, scorer,
+                               cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop)
+
+    model_name, rounds = cfg.model, []
+    all_sft, all_pairs = [], []
+    for k in range(1, cfg.iterations + 1):
+        round_dir = out / f"round-{k}"
+        summary_path = round_dir / "summary.json"
+        if cfg.resume and summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            say(f"round {k}: reusing {round_dir}")
+            all_sft += _read(round_dir / "sft.jsonl")
+            all_pairs += _read(round_dir / "pairs.jsonl")
+            model_name = summary.get("model_after", model_name)
+            rounds.append(summary)
+            continue
+        summary: dict[str, Any] = {"round": k, "model_before": model_name}
+        if (before := evaluate(model_name)) is not None:
+            summary["eval_before"] = before
+            say(f"round {k}: eval reward of {model_name}: {before['reward']:.4f}")
+        data = sample_round(model_name, prompt_set, scorer, cfg, k)
+        summary.update(data.summary)
+        write_jsonl(round_dir / "samples.jsonl", data.samples)
+        write_jsonl(round_dir / "sft.jsonl", data.sft)
+        write_jsonl(round_dir / "pairs.jsonl", data.pairs)
+        all_sft += data.sft
+        all_pairs += data.pairs
+        say(f"round {k}: mean reward {data.summary['mean_reward']:.4f}, best-of-{cfg.n} {data.summary['best_of_n_reward']:.4f}; "
+            f"kept {len(data.sft)} samples, {len(data.pairs)} pairs -> {round_dir}")
+        if train_kind != "none":
+            rows = (all_sft if train_kind == "sft" else all_pairs) if cfg.accumulate else (data.sft if train_kind == "sft" else data.pairs)
+            data_path = round_dir / (f"train_{train_kind}.jsonl" if cfg.accumulate else f"{'sft' if train_kind == 'sft' else 'pairs'}.jsonl")
+            if cfg.accumulate:
+                write_jsonl(data_path, rows)
+            if rows:
+                model_name = train_round(train_kind, model_name, data_path, len(rows), round_dir / train_kind, cfg)
+            else:
+                say(f"round {k}: nothing to train on; the model stays {model_name}")
+        summary["model_after"] = model_name
+        write_json(summary_path, summary)
+        rounds.append(summary)
+    final_eval = evaluate(model_name) if train_kind != "none" else None
+    result = {"rounds": rounds, "final_model": model_name}
+    if final_eval is not None:
+        result["eval_final"] = final_eval
+        first = rounds[0].get("eval_before", {}).get("reward", float("nan"))
+        say(f"eval reward: {first:.4f} before round 1 -> {final_eval['reward']:.4f} after round {cfg.iterations}")
+    write_json(out / "summary.json", result)
+    return result
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    from ..jsonl import read_jsonl
+
+    return [row for _, row in read_jsonl(path)] if path.is_file() else []
+
+
+def check_best_of_n(cfg: BestOfNConfig) -> None:
+    if not cfg.prompts:
+        raise ConfigError("prompts", "give a prompts file (--prompts FILE) or a shipped --task")
+    for name in ("n", "max_new_tokens", "iterations", "generation_batch_size", "train_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(name, f"must be at least 1, got {getattr(cfg, name)}")
+    if cfg.select == "threshold" and cfg.threshold is None:
+        raise ConfigError("threshold", "select 'threshold' needs --threshold")
+    if cfg.select == "condition" and not cfg.condition:
+        raise ConfigError("condition", "select 'condition' needs --condition module:function")
+    if cfg.max_length <= cfg.max_new_tokens:
+        raise ConfigError("max_length", f"must be larger than max_new_tokens ({cfg.max_new_tokens})")
+
+
+def main(argv: list[str]) -> int:
+    from .loop import merge_repeated_flags
+
+    cfg = parse_config(BestOfNConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain best-of-n",
+                       description="rejection sampling: best of n samples -> SFT data and preference pairs")
+    run_best_of_n(cfg)
+    return 0
