@@ -157,7 +157,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(sft_data, tm
     assert stdout.count("done:") == 1  # printed once, by rank 0
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=5e-5)  # gloo sums in another order
     losses = lambda run: [r["loss"] for r in metrics(run) if "loss" in r]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
 

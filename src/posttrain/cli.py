@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rloo": ("posttrain.rl.grpo:rloo_main", "RLOO: REINFORCE with a leave-one-out baseline (online RL)"),
     "best-of-n": ("posttrain.rl.best_of_n:main", "rejection sampling: best of n -> SFT data and pairs; --iterations with SFT/DPO"),
     "score": ("posttrain.rollout.score:main", "score responses in a JSONL file with a trained reward model"),
+    "redteam": ("posttrain.safety.command:main", "red-team a model: templated/rewritten attacks, safety judge, attack-success table"),
+    "safety pairs": ("posttrain.safety.command:pairs_main", "safety preference pairs from a red-team transcript (safe over unsafe, help over refusal)"),
     "eval": ("posttrain.evaluate.run:main", "evaluate a model: reference metrics, task accuracy/pass@k, perplexity, win-rate, safety; --compare two runs"),
 }
 

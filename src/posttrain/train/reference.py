@@ -223,12 +223,22 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 def cache_file(data_path: str, key: str, fallback_dir: str | Path) -> Path:
-    """`<data dir>/.posttrain-cache/<name>.ref-<key16>.safetensors`; `fallback_dir` when that is not writable."""
+    """`<data dir>/.posttrain-cache/<name>.ref-<key16>.safetensors`.
+
+    Data shipped inside the posttrain package caches under `$POSTTRAIN_CACHE/reference/`
+    instead (the package directory is the source tree or a read-only install), and a
+    data directory that is not writable under `fallback_dir/reference-cache/`.
+    """
+    from ..models.gguf import cache_root
+
     data = Path(data_path).resolve()
-    directory = data.parent / CACHE_DIR_NAME
-    writable = os.access(directory if directory.exists() else data.parent, os.W_OK)
-    if not writable:
-        directory = Path(fallback_dir) / "reference-cache"
+    package = Path(__file__).resolve().parent.parent
+    if package in data.parents:
+        directory = cache_root() / "reference"
+    else:
+        directory = data.parent / CACHE_DIR_NAME
+        if not os.access(directory if directory.exists() else data.parent, os.W_OK):
+            directory = Path(fallback_dir) / "reference-cache"
     return directory / f"{data.name}.ref-{key[:16]}.safetensors"
 
 

@@ -1,0 +1,36 @@
+"""A toy verifiable task for the online-RL tests (tests/test_rl_*.py).
+
+`tiny-random` writes random bytes; the reward is the fraction of lowercase ASCII letters in
+the response (about 0.1 at the start), something a policy-gradient method can push up in
+a couple of dozen steps on one CPU core.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def lowercase(prompt: str, response: str, **extra) -> float:
+    """Fraction of the response's characters that are a-z (0 for an empty response)."""
+    if not response:
+        return 0.0
+    return sum("a" <= c <= "z" for c in response) / len(response)
+
+
+def short(prompt: str, response: str) -> float:
+    """1 for responses of at most 4 characters (a second reward for weighted sums)."""
+    return float(len(response) <= 4)
+
+
+def write_prompts(directory: Path, count: int = 16) -> Path:
+    path = Path(directory) / "prompts.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(count):
+            handle.write(json.dumps({"prompt": f"Say something {i}", "id": i}) + "\n")
+    return path
+
+
+def early_late(rows: list[dict], key: str = "reward", k: int = 5) -> tuple[float, float]:
+    """Mean of `key` over the first k and the last k training rows (rows with that key)."""
+    values = [r[key] for r in rows if key in r]
+    return sum(values[:k]) / k, sum(values[-k:]) / k

@@ -1,0 +1,145 @@
+"""GRPO and RLOO on tiny-random with a toy verifiable reward (tests/rl_toy.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.cli import main as cli
+from posttrain.rl.grpo import GRPOConfig, RLOOConfig, group_advantages, train_grpo
+from posttrain.rl.rollouts import Sample
+from posttrain.train.metrics import read_metrics
+
+import rl_toy
+
+TOY = str(Path(rl_toy.__file__).resolve())
+
+
+def _config(tmp_path, cls=GRPOConfig, **overrides):
+    values = dict(model="tiny-random", prompts=str(rl_toy.write_prompts(tmp_path)), output_dir=str(tmp_path / "run"),
+                  n=4, prompts_per_step=4, max_new_tokens=12, learning_rate=3e-3, max_steps=20, micro_batch_size=16,
+                  progress=False)
+    values.update(overrides)
+    return cls(**values)
+
+
+def test_grpo_cli_raises_the_reward(tmp_path, capsys):
+    prompts = rl_toy.write_prompts(tmp_path)
+    out = tmp_path / "grpo"
+    code = cli(["grpo", "--model", "tiny-random", "--prompts", str(prompts), "--output-dir", str(out),
+                "--reward", f"{TOY}:lowercase", "--reward", f"{TOY}:short:0", "--n", "4", "--prompts-per-step", "4",
+                "--max-new-tokens", "12", "--learning-rate", "3e-3", "--max-steps", "20", "--beta", "0.04",
+                "--micro-batch-size", "16", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_metrics(out / "metrics.jsonl")
+    early, late = rl_toy.early_late(rows)
+    assert late > early + 0.15, (early, late)
+    last = rows[-1]
+    for key in ("reward", "reward_std", "entropy", "kl", "clip_fraction", "ratio_mean", "response_length",
+                "finished_fraction", "tokens_per_s", "generated_tokens_per_s", "time/generate", "time/reward",
+                "time/train", "grad_norm", f"reward/{TOY}:lowercase", f"reward/{TOY}:short"):
+        assert key in last, key
+    assert last["kl"] > 0  # the policy moved away from the reference
+    assert (out / "final" / "config.json").is_file() and (out / "config.yaml").is_file()
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 20 * 16
+    assert {"prompt", "response", "reward", "advantage", "step", "rewards"} <= set(rollouts[0])
+
+
+def test_rloo_raises_the_reward(tmp_path):
+    cfg = _config(tmp_path, RLOOConfig, learning_rate=1e-2)
+    assert (cfg.advantage, cfg.loss_aggregation, cfg.kl_in_reward) == ("rloo", "sequence_sum", True)
+    result = train_grpo(cfg, {"lowercase": rl_toy.lowercase}, name="rloo")
+    early, late = rl_toy.early_late(read_metrics(Path(cfg.output_dir) / "metrics.jsonl"))
+    assert late > early + 0.1, (early, late)
+    assert result.steps == 20
+
+
+def test_first_update_has_ratio_one_and_later_updates_do_not(tmp_path):
+    """mu = 2: the old log-probs are computed once, before the first update, by a separate pass;
+    the first update sees ratio 1 exactly (same weights), the second a moved policy."""
+    cfg = _config(tmp_path, mu=2, max_steps=2, beta=0.0)
+    train_grpo(cfg, {"lowercase": rl_toy.lowercase})
+    rows = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "ratio_first" in r]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["ratio_first_abs_dev"] < 1e-5
+        assert row["ratio_first"] == pytest.approx(1.0, abs=1e-6)
+        assert row["clip_fraction"] > 0  # the second pass saw ratios outside [0.8, 1.2]
+
+
+def test_group_advantages_by_hand():
+    samples = [Sample(i // 2, i % 2, [1], [2], "", "eos", score=s) for i, s in enumerate([1.0, 0.0, 0.5, 0.5])]
+    stats = group_advantages(samples, n=2, estimator="grpo", beta_in_reward=0.0)
+    # group 1: mean 0.5, sample std 0.7071 -> +-0.7071; group 2: identical rewards -> 0
+    assert [s.scalars["advantage"] for s in samples] == pytest.approx([0.70710, -0.70710, 0.0, 0.0], abs=1e-4)
+    assert stats["groups_zero_std"] == 0.5
+    group_advantages(samples, n=2, estimator="rloo", beta_in_reward=0.0)
+    assert [s.scalars["advantage"] for s in samples] == pytest.approx([1.0, -1.0, 0.0, 0.0])
+    # The KL in the reward: r_i - beta * sum_t (old - ref).
+    for s, (old, ref) in zip(samples, [([-1.0], [-1.0]), ([-1.0], [-3.0]), ([0.0], [0.0]), ([0.0], [0.0])]):
+        s.tokens = {"old_logps": torch.tensor(old), "ref_logps": torch.tensor(ref)}
+    group_advantages(samples, n=2, estimator="rloo", beta_in_reward=0.5)
+    assert [s.scalars["advantage"] for s in samples] == pytest.approx([2.0, -2.0, 0.0, 0.0])
+
+
+def test_beta_zero_loads_no_reference_model(tmp_path, monkeypatch):
+    import posttrain.rl.online as online
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a reference model was built")
+
+    monkeypatch.setattr(online.Reference, "for_policy", forbidden)
+    train_grpo(_config(tmp_path, beta=0.0, max_steps=1), {"lowercase": rl_toy.lowercase})
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_run(tmp_path, monkeypatch):
+    import posttrain.rl.grpo as grpo
+
+    reward = {"lowercase": rl_toy.lowercase}
+    full = _config(tmp_path, max_steps=4, mu=2, output_dir=str(tmp_path / "full"))
+    train_grpo(full, reward)
+
+    real_update, calls = grpo.update_policy, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "update_policy", crash_on_third)
+    broken = _config(tmp_path, max_steps=4, mu=2, save_every=2, output_dir=str(tmp_path / "broken"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_grpo(broken, reward)
+    monkeypatch.setattr(grpo, "update_policy", real_update)
+    broken.resume = True
+    train_grpo(broken, reward)
+
+    a = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
+    b = [r for r in read_metrics(tmp_path / "broken" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert y["reward"] == x["reward"]
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-6)
+    lines = (tmp_path / "broken" / "rollouts.jsonl").read_text().splitlines()
+    assert len(lines) == 4 * 16  # the crashed step's rollouts were not kept twice
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "1"], "n: a group baseline needs at least 2 samples"),
+    (["--reward", "no_such_reward"], "unknown reward 'no_such_reward'"),
+    (["--prompts", "missing.jsonl"], "missing.jsonl"),
+    (["--task", "chess"], "unknown task 'chess'"),
+    (["--loss-aggregation", "mean"], "'mean' is not one of"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    prompts = rl_toy.write_prompts(tmp_path)
+    base = ["grpo", "--model", "tiny-random", "--prompts", str(prompts), "--reward", f"{TOY}:lowercase",
+            "--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"]
+    code = cli(base + argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("posttrain grpo: error:") and message in err and len(err.strip().splitlines()) == 1
