@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 
 def lowercase(prompt: str, response: str, **extra) -> float:
     """Fraction of the response's characters that are a-z (0 for an empty response)."""
@@ -34,3 +36,15 @@ def early_late(rows: list[dict], key: str = "reward", k: int = 5) -> tuple[float
     """Mean of `key` over the first k and the last k training rows (rows with that key)."""
     values = [r[key] for r in rows if key in r]
     return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+@pytest.fixture(autouse=False)
+def one_thread():
+    """Tiny models run far faster on one intra-op thread (no thread start-up or spinning per op,
+    which on a busy machine costs more than the matmuls themselves)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -71,6 +71,10 @@ STAGE_TYPES: dict[str, StageType] = {
                       "trace_output": ("trace", "trace.jsonl"), "summary": ("summary", "summary.json")}),
     "eval": StageType("posttrain.evaluate.run:EvalConfig", "posttrain.evaluate.run:run_eval",
                       {"output_dir": ("results", ".")}),
+    "redteam": StageType("posttrain.safety.command:RedteamConfig", "posttrain.safety.command:run_redteam_command",
+                         {"output_dir": ("results", "."), "pairs_output": ("pairs", "pairs.jsonl")}),
+    "safety": StageType("posttrain.safety.stage:SafetyStageConfig", "posttrain.safety.stage:run_safety_stage",
+                        {"output_dir": ("results", "."), "dpo_output_dir": ("model", "dpo")}),
 }
 
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_\-]+)\}")

@@ -107,10 +107,19 @@ def render_report(run_dir: str | Path) -> str:
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     source = f"<p>pipeline: <code>{esc(record['source'])}</code></p>" if record.get("source") else ""
     body = "\n".join(section_html(s) for s in sections)
+    body = safety_html(sections) + "\n" + body
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>posttrain report: {esc(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>posttrain report: {esc(title)}</h1>"
             f"<p>run directory <code>{esc(Path(run_dir).resolve())}</code>, written {created}</p>{source}"
             f"<h2>Stages</h2>{timings_table(sections)}\n{body}</body></html>")
+
+
+def safety_html(sections: list[Section]) -> str:
+    """Attack success / over-refusal before and after (posttrain.safety.report); "" without safety runs."""
+    from ..safety.report import safety_section_html
+
+    return safety_section_html([(s.name, s.directory) for s in sections],
+                               [(s.name, s.results) for s in sections if s.results])
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:

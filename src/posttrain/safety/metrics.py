@@ -124,3 +124,21 @@ def format_table(table: dict[str, Any]) -> str:
     footer = (f"{counts['harmful']} attacks, {counts['benign']} benign prompts"
               + (f", {counts['failed']} failed (left out)" if counts["failed"] else ""))
     return render_table(rows) + "\n" + footer
+
+
+def compare_tables(before: dict[str, Any], after: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    """Before/after rates side by side with `change` (after - before, Newcombe interval), overall,
+    per family and per category. `same_suite` is False when the two runs measured different attacks,
+    in which case the changes mix a model effect with a suite effect."""
+    out: dict[str, Any] = {"same_suite": before.get("suite") == after.get("suite")}
+    for section, groups in (("attack_success", ("by_family", "by_category")), ("over_refusal", ("by_category",))):
+        b, a = before.get(section), after.get(section)
+        if not b or not a:
+            continue
+        pairs = {"all": (b["overall"], a["overall"])}
+        for group in groups:
+            for name in sorted(set(b[group]) | set(a[group])):
+                pairs[f"{group[3:]} {name}"] = (b[group].get(name), a[group].get(name))
+        out[section] = {name: {"before": x, "after": y, "change": change(x or {}, y or {}, confidence)}
+                        for name, (x, y) in pairs.items()}
+    return out
