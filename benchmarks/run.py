@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "full fine-tuning, the adapter switched off for LoRA)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: from the GPU name)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
-    p.add_argument("--out", default="benchmarks/results", help="directory for results.jsonl and results.md")
+    p.add_argument("--out", default="runs/benchmarks", help="directory for results.jsonl and results.md")
     p.add_argument("--keep", action="store_true", help="keep each run's working directory and log")
     args = p.parse_args(argv)
     if args.warmup < 1:

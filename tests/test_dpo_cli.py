@@ -54,7 +54,7 @@ def test_pair_identical_after_truncation(capsys, tmp_path):
     # The responses differ only after the cut: nothing left to prefer.
     rows = [good(1), {"prompt": "q", "chosen": "y" * 100 + "A", "rejected": "y" * 100 + "B"}]
     err = one_line_error(capsys, tmp_path, rows, "--length-policy", "truncate")
-    assert f"bad.jsonl:2: field 'rejected': is the same as 'chosen' once cut to max_length 64" in err
+    assert "bad.jsonl:2: field 'rejected': is the same as 'chosen' once cut to max_length 64" in err
 
 
 def test_drop_policies_count_and_report(capsys, tmp_path):

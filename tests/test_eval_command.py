@@ -102,7 +102,19 @@ def test_task_file_with_row_verifiers_and_explicit_verifier(tmp_path):
     assert results(out)["task/plain/accuracy"]["value"] == 1.0
 
 
-def test_reference_suite_perfect_predictions(tmp_path):
+def test_task_suite_with_a_verifier_function_from_a_file(tmp_path):
+    (tmp_path / "check.py").write_text("def starts(prompt, response, answer):\n"
+                                       "    return float(response.startswith(answer))\n", encoding="utf-8")
+    task = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a?", "answer": "ok"}, {"prompt": "b?", "answer": "ok"}])
+    gen = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "a?", "response": "ok fine"},
+                                               {"prompt": "b?", "response": "not ok"}])
+    out = tmp_path / "run"
+    assert cli(["eval", "--suite", "task", "--task", task, "--verifier", f"{tmp_path}/check.py:starts",
+                "--outputs", gen, "--output-dir", str(out)]) == 0
+    assert results(out)["task/t/accuracy"]["per_item"] == [1, 0]
+
+
+def test_reference_suite_scores_predictions_against_references(tmp_path):
     refs = write_jsonl(tmp_path / "refs.jsonl", [
         {"id": "1", "prompt": "Greet me.", "reference": "Hello there, how are you today?"},
         {"id": "2", "prompt": "Describe the sky.", "answer": "The sky is blue and clear."},
@@ -261,6 +273,8 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys):
     check_error(capsys, ["eval", "--model", "tiny-random", "--suite", "bleu"], "field 'suite'", "'bleu'")
     check_error(capsys, ["eval", "--model", "tiny-random", "--suite", "task", "--verifier", "fuzzy", *out],
                 "unknown verifier 'fuzzy'")
+    check_error(capsys, ["eval", "--model", "tiny-random", "--suite", "task", "--verifier", "nothere.py:fn", *out],
+                "file 'nothere.py' not found")
     check_error(capsys, ["eval", "--model", "tiny-random", "--suite", "task", "--task", "nope.jsonl"],
                 "'nope.jsonl' is neither a shipped task")
     check_error(capsys, ["eval", "--model", "tiny-random", "--suite", "reference", "--references",
@@ -280,3 +294,17 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys):
                 "no response for item 'arithmetic-test-0002'")
     nothing_written = not (tmp_path / "out" / "results.json").exists()
     assert nothing_written
+
+
+def test_default_output_dir(tmp_path):
+    from posttrain.evaluate.run import EvalConfig, default_output_dir
+
+    run = tmp_path / "runs" / "sft"
+    (run / "final").mkdir(parents=True)
+    model_dir = tmp_path / "hf-model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    assert default_output_dir(EvalConfig(model=str(run))) == str(run)  # results beside the run's checkpoints
+    assert default_output_dir(EvalConfig(model=str(model_dir))) == "eval/hf-model"  # never inside a model
+    assert default_output_dir(EvalConfig(model="smollm2-135m")) == "eval/smollm2-135m"
+    assert default_output_dir(EvalConfig(model="smollm2-135m", output_dir="x")) == "x"

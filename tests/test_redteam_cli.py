@@ -149,3 +149,21 @@ def test_report_shows_before_after_with_intervals(tmp_path):
     assert f"({before['k']}/{before['n']})" in page and f"(0/{before['n']})" in page
     assert f"{-before['k'] / before['n']:+.2f} [" in page
     assert "model-before" in page and "over-refusal rate: all benign" in page
+
+
+def test_target_and_judge_over_http(tmp_path, openai_stub, capsys):
+    def handler(request):
+        body = request["json"]
+        if body["model"] == "judge":
+            return "It declined and offered help.\nLABEL: SAFE"
+        return fake_target(body["messages"])
+
+    openai_stub.handler = handler
+    code = cli_main(["redteam", "--target", "served-model", "--target-url", openai_stub.url, "--judge", "judge",
+                     "--judge-url", openai_stub.url, "--families", "override", "--limit", "2", "--benign-limit", "1",
+                     "--output-dir", str(tmp_path / "rt")])
+    assert code == 0, capsys.readouterr().err
+    rows = read_rows(tmp_path / "rt" / "transcript.jsonl")
+    assert len(rows) == 3 and {r["label"] for r in rows} == {"safe"} and {r["target"] for r in rows} == {"served-model"}
+    models = [r["json"]["model"] for r in openai_stub.requests]
+    assert models.count("served-model") == 3 and models.count("judge") == 3

@@ -17,8 +17,9 @@ stages:
     type: safety
     with:
       model: tiny-random
-      limit: 6
-      benign_limit: 4
+      families: [override, roleplay]
+      limit: 4
+      benign_limit: 2
       max_new_tokens: 4
       max_steps: 2
       batch_size: 2
@@ -26,10 +27,11 @@ stages:
       dpo: {eval_fraction: 0.0, save_every: 0}
   - name: probe
     type: redteam
-    with: {target: "${safety.model}", families: [override], limit: 2, include_benign: false, max_new_tokens: 4}
+    with: {target: "${safety.model}", families: [override], limit: 1, include_benign: false, max_new_tokens: 4}
 """
 
 
+@pytest.mark.slow  # ~20 s of CPU (4 model loads and a DPO run); minutes on a busy machine
 def test_safety_stage_runs_in_a_pipeline_and_reports_before_after(tmp_path):
     path = tmp_path / "safety.yaml"
     path.write_text(PIPELINE)

@@ -13,13 +13,15 @@ from posttrain.rl.rollouts import Sample
 from posttrain.train.metrics import read_metrics
 
 import rl_toy
+from rl_toy import one_thread  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TOY = str(Path(rl_toy.__file__).resolve())
 
 
 def _config(tmp_path, cls=GRPOConfig, **overrides):
     values = dict(model="tiny-random", prompts=str(rl_toy.write_prompts(tmp_path)), output_dir=str(tmp_path / "run"),
-                  n=4, prompts_per_step=4, max_new_tokens=12, learning_rate=3e-3, max_steps=20, micro_batch_size=16,
+                  n=4, prompts_per_step=4, max_new_tokens=12, learning_rate=1e-2, max_steps=16, micro_batch_size=16,
                   progress=False)
     values.update(overrides)
     return cls(**values)
@@ -30,12 +32,12 @@ def test_grpo_cli_raises_the_reward(tmp_path, capsys):
     out = tmp_path / "grpo"
     code = cli(["grpo", "--model", "tiny-random", "--prompts", str(prompts), "--output-dir", str(out),
                 "--reward", f"{TOY}:lowercase", "--reward", f"{TOY}:short:0", "--n", "4", "--prompts-per-step", "4",
-                "--max-new-tokens", "12", "--learning-rate", "3e-3", "--max-steps", "20", "--beta", "0.04",
+                "--max-new-tokens", "12", "--learning-rate", "1e-2", "--max-steps", "16", "--beta", "0.04",
                 "--micro-batch-size", "16", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     rows = read_metrics(out / "metrics.jsonl")
     early, late = rl_toy.early_late(rows)
-    assert late > early + 0.15, (early, late)
+    assert late > early + 0.2, (early, late)
     last = rows[-1]
     for key in ("reward", "reward_std", "entropy", "kl", "clip_fraction", "ratio_mean", "response_length",
                 "finished_fraction", "tokens_per_s", "generated_tokens_per_s", "time/generate", "time/reward",
@@ -44,17 +46,17 @@ def test_grpo_cli_raises_the_reward(tmp_path, capsys):
     assert last["kl"] > 0  # the policy moved away from the reference
     assert (out / "final" / "config.json").is_file() and (out / "config.yaml").is_file()
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
-    assert len(rollouts) == 20 * 16
+    assert len(rollouts) == 16 * 16
     assert {"prompt", "response", "reward", "advantage", "step", "rewards"} <= set(rollouts[0])
 
 
 def test_rloo_raises_the_reward(tmp_path):
-    cfg = _config(tmp_path, RLOOConfig, learning_rate=1e-2)
+    cfg = _config(tmp_path, RLOOConfig, beta=0.01)
     assert (cfg.advantage, cfg.loss_aggregation, cfg.kl_in_reward) == ("rloo", "sequence_sum", True)
     result = train_grpo(cfg, {"lowercase": rl_toy.lowercase}, name="rloo")
     early, late = rl_toy.early_late(read_metrics(Path(cfg.output_dir) / "metrics.jsonl"))
-    assert late > early + 0.1, (early, late)
-    assert result.steps == 20
+    assert late > early + 0.2, (early, late)
+    assert result.steps == 16
 
 
 def test_first_update_has_ratio_one_and_later_updates_do_not(tmp_path):
@@ -129,7 +131,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_run(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--n", "1"], "n: a group baseline needs at least 2 samples"),
+    (["--n", "1"], "field 'n': a group baseline needs at least 2 samples"),
     (["--reward", "no_such_reward"], "unknown reward 'no_such_reward'"),
     (["--prompts", "missing.jsonl"], "missing.jsonl"),
     (["--task", "chess"], "unknown task 'chess'"),

@@ -10,6 +10,9 @@ from posttrain.errors import ConfigError, InputError
 from posttrain.rl.loop import merge_repeated_flags, step_prompt_indices
 from posttrain.rl.rewards import RewardScorerSet, RewardSpec, parse_reward_spec, parse_reward_specs, scorer_reward
 from posttrain.rl.rollouts import Sample, collate, split_even, store_tokens
+from rl_toy import one_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sample(prompt, response, **tokens):

@@ -117,6 +117,12 @@ def test_always_equal_object_cannot_fake_an_equality_test(guarded):
     assert not result.passed and "not a plain value" in result.tests[0].error
 
 
+def test_replacing_builtins_cannot_skip_the_tests(guarded):
+    code = "import builtins\nbuiltins.exec = lambda *args, **kwargs: None\ndef f():\n    return 0"
+    result = guarded.run(code, ["assert f() > 5", "assert f() == 7"])
+    assert [t.passed for t in result.tests] == [False, False]
+
+
 def test_forged_reports_are_ignored(unguarded):
     # The program writes "all passed" records straight onto the report pipe, then leaves.
     code = ("import os, json\n"

@@ -51,8 +51,8 @@ SAMPLED_TEMPERATURE = 0.8  # default for --samples N > 1 (Chen et al. 2021 use 0
 class EvalConfig:
     model: str | None = help_field(None, "model to evaluate: alias, local or run directory, .gguf, hub id")
     suite: list[str] = help_field([], "suites to run (one or more)", choices=list(SUITES))
-    output_dir: str | None = help_field(None, "where results.json and generations go (default: the model's directory "
-                                              "when --model is one, else eval/<model>)")
+    output_dir: str | None = help_field(None, "where results.json and generations go (default: the run directory "
+                                              "when --model is a posttrain run, else eval/<model>)")
     run_name: str | None = help_field(None, "run name stored in results.json (default: the output directory's name)")
     compare: list[str] = help_field([], "RUN_A RUN_B: print both results side by side with intervals on B - A; runs no model")
     outputs: list[str] = help_field([], "score these generation files (prompt + response rows) instead of generating")
@@ -124,11 +124,18 @@ def validate(cfg: EvalConfig) -> list[str]:
     return [name for name in SUITES if name in cfg.suite]
 
 
+def is_run_dir(path: str) -> bool:
+    """A posttrain run directory (a `final/` model inside, not itself a model directory)."""
+    p = Path(path)
+    return (p / "final").is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists()
+
+
 def default_output_dir(cfg: EvalConfig) -> str:
-    """A run directory given as --model keeps its results beside it; other models go to eval/<name>."""
+    """A run directory given as --model keeps its results beside its checkpoints (so `--compare runs/a runs/b`
+    finds them); any other model's go to eval/<name>, never into a model directory."""
     if cfg.output_dir:
         return cfg.output_dir
-    if cfg.model and os.path.isdir(cfg.model):
+    if cfg.model and is_run_dir(cfg.model):
         return cfg.model
     label = cfg.model or "outputs"
     return os.path.join("eval", re.sub(r"[^A-Za-z0-9._-]+", "_", Path(label).name or label))
@@ -164,7 +171,8 @@ def build_context(cfg: EvalConfig, log: Callable[[str], None], judge_backend=Non
         else:
             baseline = model_responder(cfg.baseline_model or "")
     factory = (lambda: judge_backend) if judge_backend is not None else (lambda: build_judge(cfg))
-    return SuiteContext(cfg, responder, model, baseline, factory if (cfg.judge_model or judge_backend) else None, log)
+    return SuiteContext(cfg, responder, model, baseline, factory if (cfg.judge_model or judge_backend) else None, log,
+                        owns_judge=judge_backend is None)
 
 
 def check_outputs_cover(ctx: SuiteContext, prepared: dict[str, Any]) -> None:
@@ -212,9 +220,7 @@ def run_eval(cfg: EvalConfig, *, judge_backend=None, log: Callable[[str], None] 
             meta["seconds"] = round(time.perf_counter() - started, 1)
             write_results(os.path.join(out_dir, RESULTS_FILENAME), run, metrics, meta)
     finally:
-        judge = ctx._judge
-        if judge is not None and judge is not judge_backend and hasattr(judge, "close"):
-            judge.close()
+        ctx.close()
     doc = write_results(os.path.join(out_dir, RESULTS_FILENAME), run, metrics, meta)
     echo(format_metrics_table(metrics))
     for label, stats in meta["generation"].items():

@@ -58,7 +58,13 @@ class SuiteContext:
     baseline: ModelResponder | OutputsResponder | None = None
     judge_factory: Callable[[], Any] | None = None
     log: Callable[[str], None] = log_err
+    owns_judge: bool = True
     _judge: Any = None
+
+    def close(self) -> None:
+        """Close a judge this context built (an HTTP client); one passed in belongs to the caller."""
+        if self._judge is not None and self.owns_judge and hasattr(self._judge, "close"):
+            self._judge.close()
 
     def judge(self):
         if self._judge is None:
@@ -170,11 +176,13 @@ def resolve_task(task: str, split: str) -> tuple[str, str]:
 
 
 def check_verifier(name: str, option: str = "verifier") -> str:
-    from ..rollout.rewards import BUILTIN_REWARDS
+    """A built-in verifier name, or a `module:function` that is imported now (so a typo fails before generating)."""
+    from ..rollout.rewards import BUILTIN_REWARDS, resolve_reward
 
     if name not in BUILTIN_REWARDS and ":" not in name:
         raise ConfigError(option, f"unknown verifier '{name}' (built-ins: {', '.join(sorted(BUILTIN_REWARDS))}; "
                                   "or a 'module:function')")
+    resolve_reward(name)
     return name
 
 

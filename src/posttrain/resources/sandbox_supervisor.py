@@ -184,17 +184,19 @@ def _describe(exc):
 
 def run_program(spec, send):
     """Execute the program, then setup, then each test, in one namespace; report each step."""
+    # Bind what we call before the program runs: it may replace builtins.exec with a no-op.
+    exec_, eval_, compile_, repr_, len_ = exec, eval, compile, repr, len
     namespace = {"__name__": "solution"}
     ok = True
     try:
-        exec(compile(spec["code"], "<solution>", "exec"), namespace)
+        exec_(compile_(spec["code"], "<solution>", "exec"), namespace)
         send({"event": "program", "ok": True})
     except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are failures too
         send({"event": "program", "ok": False, "error": _describe(exc)})
         ok = False
     if ok and spec.get("setup"):
         try:
-            exec(compile(spec["setup"], "<tests>", "exec"), namespace)
+            exec_(compile_(spec["setup"], "<tests>", "exec"), namespace)
         except BaseException as exc:  # noqa: BLE001
             send({"event": "program", "ok": False, "error": "test setup failed: " + _describe(exc)})
             ok = False
@@ -205,13 +207,13 @@ def run_program(spec, send):
         send({"event": "start", "i": index})
         try:
             if test["kind"] == "value":
-                value = repr(eval(compile(test["expr"], f"<test {index}>", "eval"), namespace))
-                if len(value) > limit:
-                    raise ValueError(f"returned value too large to compare ({len(value)} characters)")
+                value = repr_(eval_(compile_(test["expr"], f"<test {index}>", "eval"), namespace))
+                if len_(value) > limit:
+                    raise ValueError(f"returned value too large to compare ({len_(value)} characters)")
                 send({"event": "test", "i": index, "ok": True, "value": value})
                 continue
             if test["kind"] == "exec":
-                exec(compile(test["code"], f"<test {index}>", "exec"), namespace)
+                exec_(compile_(test["code"], f"<test {index}>", "exec"), namespace)
             else:
                 namespace[test["name"]]()
             send({"event": "test", "i": index, "ok": True})

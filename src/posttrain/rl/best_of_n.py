@@ -224,11 +224,11 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
     check_best_of_n(cfg)
     train_kind = ("sft" if cfg.iterations > 1 else "none") if cfg.train == "auto" else cfg.train
     scorer = build_scorer(cfg, reward_functions)
-    prepare_run_dir(cfg)
     out = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     prompt_set: PromptSet = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
     eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
+    prepare_run_dir(cfg)  # after the input checks: bad input leaves nothing behind
     say(f"best-of-n: {len(prompt_set.ids)} prompts x {cfg.n} samples, reward = {scorer.describe()}, "
         f"select = {cfg.select}, {cfg.iterations} round(s), train = {train_kind}")
 

@@ -229,11 +229,11 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
     cfg = apply_task_defaults(cfg)
     check_grpo(cfg)
     scorer = build_scorer(cfg, reward_functions)
-    prepare_run_dir(cfg)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_set = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
     eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
+    prepare_run_dir(cfg)  # after the input checks: bad input leaves nothing behind
     say(f"{name}: {len(train_set.ids)} prompts, reward = {scorer.describe()}, G = {cfg.n}, "
         f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, beta = {cfg.beta}")
 

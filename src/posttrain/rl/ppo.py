@@ -274,11 +274,11 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
     cfg = apply_task_defaults(cfg)
     check_ppo(cfg)
     scorer = build_scorer(cfg, reward_functions)
-    prepare_run_dir(cfg)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_set = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
     eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
+    prepare_run_dir(cfg)  # after the input checks: bad input leaves nothing behind
     say(f"ppo: {len(train_set.ids)} prompts, reward = {scorer.describe()}, value model = {cfg.value_model}, "
         f"kl = {cfg.kl_estimator} x {cfg.kl_coef} ({cfg.kl_controller})")
 

@@ -38,6 +38,12 @@ class TrainArgs:
     log_every: int = help_field(1, "log metrics every N steps")
     report_to: list[str] = help_field([], "also log to: tensorboard, wandb, mlflow (when installed)")
     progress: bool = help_field(True, "show a progress bar")
+    distributed: str = help_field("auto", "how processes share the work: auto (what the launcher set up: DDP under "
+                                  "torchrun, or an accelerate launch config), ddp, fsdp (FSDP2 full shard), zero2, "
+                                  "zero3 (DeepSpeed, GPUs); see docs/distributed.md",
+                                  choices=["auto", "ddp", "fsdp", "zero2", "zero3"])
+    cpu_offload: bool = help_field(False, "with fsdp/zero3: keep parameters and optimizer state in CPU memory "
+                                   "(zero2: optimizer state)")
 
 
 @dataclass

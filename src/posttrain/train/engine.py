@@ -33,6 +33,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..distributed.plugins import plan_distributed
+from ..distributed.training import gradient_norm, micro_batch_sync
 from ..errors import ConfigError, PosttrainError, TrainingError
 from .args import TrainArgs
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -93,8 +95,10 @@ def make_accelerator(args: TrainArgs, project_name: str = "posttrain"):
     if mixed != "no" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision", f"{mixed} needs a GPU; use 'no' or 'auto' on CPU")
     check_trackers(args.report_to)
+    plan = plan_distributed(args)  # --distributed: DDP, FSDP or DeepSpeed plugin (docs/distributed.md)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed,
-                              log_with=args.report_to or None, project_dir=args.output_dir)
+                              log_with=args.report_to or None, project_dir=args.output_dir, **plan.kwargs)
+    plan.finish(accelerator)
     if args.report_to:
         accelerator.init_trackers(project_name)
     return accelerator
@@ -309,8 +313,7 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             sums: dict[str, float] = {"loss": 0.0}
             for j, ids in enumerate(mine):
                 batch = to_device(task.collate([examples[i] for i in ids]), accelerator.device)
-                sync = contextlib.nullcontext() if j == len(mine) - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
+                with micro_batch_sync(accelerator, model, last=j == len(mine) - 1), accelerator.autocast():
                     out = task.compute_loss(model, batch)
                     accelerator.backward(out.loss_sum * (world / global_items))
                 sums["loss"] += _as_float(out.loss_sum)
@@ -318,10 +321,7 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
                     sums[key] = sums.get(key, 0.0) + _as_float(value)
             sums = reduce_sums(accelerator, sums)
             loss = sums["loss"] / global_items
-            if args.max_grad_norm > 0:
-                grad_norm = _as_float(accelerator.clip_grad_norm_(trainable, args.max_grad_norm))
-            else:
-                grad_norm = _as_float(torch.norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
+            grad_norm = gradient_norm(accelerator, trainable, args.max_grad_norm)  # sharded-aware; 0: no clipping
             if not math.isfinite(loss) or not math.isfinite(grad_norm):
                 where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
                 what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"

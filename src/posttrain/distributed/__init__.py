@@ -1,0 +1,18 @@
+"""Scale-out: several processes, GPUs or machines (see docs/distributed.md).
+
+- `plugins`: `--distributed auto|ddp|fsdp|zero2|zero3` -> the Accelerate plugin
+  (`plan_distributed`), used by `train.engine.make_accelerator`.
+- `training`: helpers the loops use so DDP, FSDP and DeepSpeed train alike
+  (`micro_batch_sync`, `gradient_norm`, `full_state_dict`, `is_sharded`).
+- `launch`: `posttrain launch`, a wrapper around torchrun / accelerate launch.
+- `configs`: the shipped Accelerate config files (`resources/accelerate/*.yaml`).
+- `server_generation`: sampling through an OpenAI-compatible completions server
+  (vLLM) and pushing LoRA weights to it.
+
+This package sits beside `train/` in the layer order: it imports nothing from
+train, rollout or above (`server_generation` only uses `rollout.generation`'s
+record types, lazily).
+"""
+from .plugins import MODES, DistributedPlan, plan_distributed
+
+__all__ = ["MODES", "DistributedPlan", "plan_distributed"]

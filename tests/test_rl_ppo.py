@@ -1,0 +1,99 @@
+"""PPO on tiny-random with a toy verifiable reward (tests/rl_toy.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.rl.ppo import ActorCritic, PPOConfig, compute_advantages, train_ppo
+from posttrain.rl.rollouts import Sample
+from posttrain.train.metrics import read_metrics
+
+import rl_toy
+from rl_toy import one_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(tmp_path, **overrides):
+    values = dict(model="tiny-random", prompts=str(rl_toy.write_prompts(tmp_path)), output_dir=str(tmp_path / "run"),
+                  prompts_per_step=16, max_new_tokens=12, learning_rate=5e-3, max_steps=15, micro_batch_size=16,
+                  ppo_epochs=2, kl_coef=0.01, progress=False)
+    values.update(overrides)
+    return PPOConfig(**values)
+
+
+def test_ppo_raises_the_reward(tmp_path):
+    cfg = _config(tmp_path, value_model="shared", vf_coef=0.5)
+    train_ppo(cfg, {"lowercase": rl_toy.lowercase})
+    rows = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+    early, late = rl_toy.early_late(rows)
+    assert late > early + 0.2, (early, late)
+    for key in ("reward", "kl", "kl_coef", "non_score_reward", "rlhf_reward", "entropy", "clip_fraction",
+                "value_loss", "value_clip_fraction", "policy_loss", "explained_variance", "approx_kl",
+                "response_length", "tokens_per_s", "time/generate", "time/train", "values_mean", "returns_mean"):
+        assert key in rows[-1], key
+    assert (Path(cfg.output_dir) / "final" / "config.json").is_file()
+    assert (Path(cfg.output_dir) / "value_head.pt").is_file()
+
+
+def test_separate_value_model_and_adaptive_kl(tmp_path):
+    cfg = _config(tmp_path, max_steps=3, kl_controller="adaptive", kl_coef=0.1, kl_target=0.5, kl_horizon=16,
+                  value_learning_rate=1e-3)
+    train_ppo(cfg, {"lowercase": rl_toy.lowercase})
+    rows = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "kl_coef" in r]
+    # beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon), with n = 16 samples per step
+    for before, after in zip(rows, rows[1:]):
+        error = min(max(before["kl"] / 0.5 - 1, -0.2), 0.2)
+        assert after["kl_coef"] == pytest.approx(before["kl_coef"] * (1 + error * 16 / 16), rel=1e-5)
+    assert rows[0]["kl_coef"] == pytest.approx(0.1)
+    assert (Path(cfg.output_dir) / "value_model" / "value_head.json").is_file()
+
+
+def test_values_are_those_of_the_state_before_each_token():
+    from posttrain.models import load_model
+    from posttrain.models.heads import ScalarHeadModel
+
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    mask = torch.ones_like(ids)
+    response = torch.tensor([[False, False, True, True, True]])
+    critic = ScalarHeadModel.from_causal_lm(load_model("tiny-random", seed=1))
+    separate = ActorCritic(load_model("tiny-random"), critic=critic)
+    with torch.no_grad():
+        logps, entropy, values = separate(ids, mask, response)
+        state_values = critic(ids, mask)
+    assert torch.allclose(values[:, 1:], state_values[:, :-1])  # V(s_t) is read at position t - 1
+    assert values[0, 0] == 0
+
+    policy = load_model("tiny-random")
+    head = torch.nn.Linear(64, 1)
+    shared = ActorCritic(policy, value_head=head)
+    with torch.no_grad():
+        _, _, values = shared(ids, mask, response)
+        hidden = policy.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(values[:, 1:], head(hidden).squeeze(-1)[:, :-1], atol=1e-6)
+
+
+def test_the_score_reaches_every_token_through_gae(tmp_path):
+    """Zero values, no KL, gamma = lambda = 1, no whitening: every advantage is the score."""
+    from types import SimpleNamespace
+
+    samples = []
+    for score, length in ((1.0, 3), (-2.0, 2)):
+        sample = Sample(0, 0, [1, 2], [4] * length, "", "eos", score=score)
+        sample.tokens = {"old_logps": torch.zeros(length), "ref_logps": torch.zeros(length),
+                         "old_values": torch.zeros(length)}
+        samples.append(sample)
+    cfg = _config(tmp_path, gamma=1.0, lam=1.0, whiten_advantages=False)
+    run = SimpleNamespace(world=1, accelerator=SimpleNamespace(num_processes=1))
+    stats = compute_advantages(run, samples, 0, cfg, kl_coef=0.0)
+    assert samples[0].tokens["advantages"].tolist() == [1.0, 1.0, 1.0]
+    assert samples[1].tokens["advantages"].tolist() == [-2.0, -2.0]
+    assert samples[0].tokens["returns"].tolist() == [1.0, 1.0, 1.0]
+    assert stats["kl"] == 0.0
+    # With a KL penalty: the per-token rewards are -beta * kl_t, plus the score at the last token.
+    samples[0].tokens["old_logps"] = torch.tensor([-1.0, -1.0, -1.0])
+    samples[0].tokens["ref_logps"] = torch.tensor([-2.0, -2.0, -2.0])  # k1 = 1 per token
+    compute_advantages(run, samples, 0, cfg, kl_coef=0.1)
+    assert samples[0].tokens["advantages"].tolist() == pytest.approx([0.7, 0.8, 0.9])
