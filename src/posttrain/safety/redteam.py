@@ -27,7 +27,7 @@ from .attacks import Attack, AttackLibrary
 from .classify import JudgeItem, refusal_phrase
 
 Log = Callable[[str], None]
-CHUNK = 64  # conversations per backend call, so progress shows between calls
+CHUNK = 32  # conversations per backend call, so progress shows between calls
 
 _REWRITE_LABEL = re.compile(r"^\s*(?:\*\*)?(?:rewritten|new|revised|paraphrased)?\s*(?:test )?prompt(?:\*\*)?\s*:\s*",
                             re.IGNORECASE)
