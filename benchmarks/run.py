@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=1024, help="longest sequence; the pack size with --sft-packing")
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads in each run (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in each run (0: torch's default, one per core). 1 by default: on a shared, "
+                        "oversubscribed CPU, OpenMP barriers stall and 2 threads ran up to 20x slower than 1")
     p.add_argument("--gradient-checkpointing", action="store_true", help="in both frameworks")
     # posttrain's batch layouts (TRL has no equivalent switch except packing)
     p.add_argument("--sft-packing", action="store_true", help="pack SFT examples into --max-length rows (both)")
@@ -104,8 +106,7 @@ def row_command(args: argparse.Namespace, method: str, mode: str) -> str:
              "--steps", str(args.steps), "--reps", str(args.reps), "--prompt-median", f"{args.prompt_median:g}",
              "--response-median", f"{args.response_median:g}", "--sigma", f"{args.sigma:g}",
              "--min-len", str(args.min_len), "--max-len", str(args.max_len), "--max-length", str(args.max_length)]
-    if args.threads:
-        parts += ["--threads", str(args.threads)]
+    parts += ["--threads", str(args.threads)]
     if args.gradient_checkpointing:
         parts.append("--gradient-checkpointing")
     if method == "sft" and args.sft_packing:
@@ -213,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="posttrain-bench-"))
     model_dir, has_text = materialise(args.model, scratch)
-    tokenizer = None
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.model_max_length = 10**9  # the text stream is long; only slices of it become sequences
     vocab = AutoConfig.from_pretrained(model_dir).vocab_size
     prompt = LengthSpec(args.prompt_median, args.sigma, args.min_len, args.max_len)
     response = LengthSpec(args.response_median, args.sigma, args.min_len, args.max_len)

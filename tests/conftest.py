@@ -1,6 +1,14 @@
 """Shared pytest fixtures. Each area adds its own fixture in its own block."""
 from __future__ import annotations
 
+import os
+
+# Tests use tiny models, where a second intra-op thread costs more than it gives, and the
+# multi-process tests would oversubscribe the CI machine's 2 cores. Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+
 import pytest
 
 

@@ -60,3 +60,20 @@ def full_state_dict(accelerator, model: torch.nn.Module) -> dict[str, torch.Tens
     if not is_sharded(accelerator):
         return None
     return accelerator.get_state_dict(model)
+
+
+def settle_sharded_model(model: torch.nn.Module) -> None:
+    """Fix the FSDP2 root to be the whole model, right after `accelerator.prepare`.
+
+    FSDP2 decides lazily, at the first forward, which sharded module is the root
+    (the one that owns the per-step bookkeeping). posttrain's log-prob code runs
+    the transformer body and the output head separately (logits only where a
+    loss needs them), so the first forward would start inside the body and FSDP
+    would refuse ("requires running forward through the root module first").
+    Initialising from the top-level module first makes such partial calls
+    valid: each layer group then gathers and frees its own shards.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()

@@ -74,14 +74,24 @@ class ScalarHeadModel(nn.Module):
                           use_cache=False, **kwargs).last_hidden_state
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Backbone (full or adapter) + head weights + head JSON into `directory` (created)."""
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Backbone (full or adapter) + head weights + head JSON into `directory` (created).
+
+        `state_dict`: this module's full state dict when the live weights are sharded
+        (FSDP/DeepSpeed gather it first: `accelerator.get_state_dict`); default: the weights.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model_files(self.model, directory)
-        state = {"weight": self.head.weight.detach().cpu().contiguous(), "bias": self.head.bias.detach().cpu().contiguous()}
+        if state_dict is None:
+            save_model_files(self.model, directory)
+            head = {"weight": self.head.weight, "bias": self.head.bias}
+        else:
+            backbone = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+            save_model_files(self.model, directory, state_dict=backbone)
+            head = {"weight": state_dict["head.weight"], "bias": state_dict["head.bias"]}
+        state = {k: v.detach().cpu().contiguous() for k, v in head.items()}
         save_file(state, str(directory / HEAD_WEIGHTS))
         meta = {"format": HEAD_FORMAT, "hidden_size": int(self.head.in_features)}
         (directory / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

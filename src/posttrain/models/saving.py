@@ -12,15 +12,17 @@ import tempfile
 from pathlib import Path
 
 
-def save_model_files(model, directory: str | Path) -> None:
+def save_model_files(model, directory: str | Path, state_dict: dict | None = None) -> None:
     """`model.save_pretrained(directory)` (safetensors), without PEFT's hub lookup.
+
+    `state_dict`: the full weights when the live ones are sharded (FSDP/DeepSpeed).
 
     For a PEFT model PEFT would, by default, ask the hub whether the base model's
     vocabulary changed (an offline network call for names like `tiny-random`).
     posttrain never resizes embeddings through an adapter, so the embedding layers
     are only saved when they are themselves trained.
     """
-    kwargs = {}
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
     if getattr(model, "peft_config", None) is not None and hasattr(model, "get_base_model"):
         kwargs["save_embedding_layers"] = _embeddings_trained(model)
     from .peft import quiet_peft_warnings

@@ -194,7 +194,9 @@ def run_redteam_command(cfg: RedteamConfig, *, target=None, attacker=None, judge
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_config(RedteamConfig, argv, prog="posttrain redteam", description=__doc__.splitlines()[0])
+    cfg = parse_config(RedteamConfig, argv, prog="posttrain redteam",
+                       description="red-team a model: templated attacks, a safety judge, an attack-success table "
+                                   "(docs/safety.md)")
     run_redteam_command(cfg)
     return 0
 

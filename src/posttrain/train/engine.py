@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..distributed.plugins import plan_distributed
-from ..distributed.training import gradient_norm, micro_batch_sync
+from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError
 from .args import TrainArgs
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -163,11 +163,7 @@ def default_save_final(accelerator, tokenizer=None) -> Callable[[torch.nn.Module
         # Sharded engines must gather the full state dict on every process first.
         state_dict = accelerator.get_state_dict(model) if sharded else None
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            if state_dict is not None:
-                unwrapped.save_pretrained(directory, state_dict=state_dict)
-            else:
-                save_model_files(unwrapped, directory)
+            save_model_files(accelerator.unwrap_model(model), directory, state_dict=state_dict)
             if tokenizer is not None:
                 tokenizer.save_pretrained(directory)
     return save
@@ -259,6 +255,7 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
     scheduler = build_scheduler(optimizer, args, total_steps)
     # The scheduler is registered, not prepared: a prepared one steps once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
+    settle_sharded_model(model)  # FSDP2: the whole model is the root (see distributed/training.py)
     accelerator.register_for_checkpointing(scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
 

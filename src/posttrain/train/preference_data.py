@@ -58,9 +58,6 @@ class PairExample:
     source: str | None = None
     index: int = 0  # row in the reference cache of its file
 
-    def __len__(self) -> int:  # tokens of the plain layout: the prompt twice
-        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
-
 
 @dataclass
 class UnpairedExample:
@@ -71,10 +68,7 @@ class UnpairedExample:
     desirable: bool
     mismatched_ids: list[int] = field(default_factory=list)
     source: str | None = None
-    index: int = 0
-
-    def __len__(self) -> int:
-        return 2 * len(self.prompt_ids) + len(self.completion_ids) + len(self.mismatched_ids)
+    index: int = 0  # row in the reference cache of its file
 
 
 @dataclass

@@ -193,9 +193,12 @@ def settings_for(cfg: RMConfig, layout: str) -> dict[str, Any]:
 
 
 def make_saver(accelerator, tokenizer, settings: dict[str, Any]):
+    from ..distributed.training import full_state_dict
+
     def save(model, directory: Path) -> None:
+        state_dict = full_state_dict(accelerator, model)  # every process: sharded weights are gathered (else None)
         if accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_pretrained(directory)
+            accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict)
             tokenizer.save_pretrained(directory)
             (Path(directory) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return save
