@@ -7,12 +7,13 @@ Every row is a prompt-only record for RL / best-of-n: `prompt` (text), the field
 verifier reads, and `task`, `id`, `level`. The verifier is the built-in reward named in
 `posttrain.rollout.rewards.TASKS`:
 
-  arithmetic  "What is 17 + 25?"              answer: 42                   reward "math"
+  arithmetic  "What is 17 + 5?"               answer: 22                   reward "math"
   sorting     "Sort ... 7, 2, 9"              answer: [2, 7, 9]            reward "sort"
   code        "Write a function add(a, b)"    tests: ["assert add(1, 2) == 3", ...]  reward "code"
 
-Difficulty is aimed at SmolLM2-135M-Instruct: weak but not hopeless (one- and two-digit
-addition and subtraction, a few three-operand sums; sorting 3-5 numbers below 20), so that
+Difficulty is aimed at SmolLM2-135M-Instruct: weak but not hopeless (mostly one-digit
+addition and subtraction, some two-digit and three-operand ones; sorting 2-5 numbers below
+20, mostly 2 or 3), so that
 GRPO or best-of-n + SFT has signal to work with (baseline accuracies: docs/rewards.md). Prompts ask for an "Answer: ..." line, which
 the verifiers prefer but do not require.
 """
@@ -32,7 +33,7 @@ SIZES = {"arithmetic": (1000, 200), "sorting": (1000, 200)}
 def arithmetic_problem(rng: random.Random) -> tuple[str, int, str]:
     """(expression, value, level). Levels, easiest first: 1d (one-digit +/-), 2d1d (two-digit
     +/- one-digit), 2d (two-digit +/- two-digit), 3op (three one-digit operands)."""
-    level = rng.choices(["1d", "2d1d", "2d", "3op"], weights=[3, 4, 2, 1])[0]
+    level = rng.choices(["1d", "2d1d", "2d", "3op"], weights=[5, 3, 1, 1])[0]
     if level == "3op":
         a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
         op1, op2 = rng.choice("+-"), rng.choice("+-")
@@ -46,21 +47,25 @@ def arithmetic_problem(rng: random.Random) -> tuple[str, int, str]:
     return f"{a} {op} {b}", a + b if op == "+" else a - b, level
 
 
+ARITHMETIC_QUESTIONS = ["What is {}?", "Calculate {}.", "Compute {}."]  # also widens the small 1d pool
+
+
 def arithmetic_row(rng: random.Random) -> dict:
     expr, value, level = arithmetic_problem(rng)
-    prompt = f"What is {expr}? End your reply with a line 'Answer: N' where N is the result."
-    return {"prompt": prompt, "answer": value, "task": "arithmetic", "level": level}
+    question = rng.choice(ARITHMETIC_QUESTIONS).format(expr)
+    prompt = f"{question} End your reply with a line 'Answer: N' where N is the result."
+    return {"prompt": prompt, "answer": value, "task": "arithmetic", "level": level, "expression": expr}
 
 
 # --------------------------------------------------------------------------- sorting
 
 def sorting_row(rng: random.Random) -> dict:
-    size = rng.choice([3, 3, 4, 4, 5])
+    size = rng.choices([2, 3, 4, 5], weights=[3, 3, 1, 1])[0]
     numbers = rng.sample(range(0, 20), size)
     shown = ", ".join(str(n) for n in numbers)
     prompt = (f"Sort these numbers from smallest to largest: {shown}. "
               f"End your reply with a line 'Answer: ' followed by the sorted numbers, separated by commas.")
-    return {"prompt": prompt, "answer": sorted(numbers), "task": "sorting", "level": f"{size}"}
+    return {"prompt": prompt, "answer": sorted(numbers), "task": "sorting", "level": f"{size}", "numbers": numbers}
 
 
 # ------------------------------------------------------------------------------ code

@@ -145,3 +145,38 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("posttrain grpo: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_processes_run_grpo_and_ppo(tmp_path):
+    """torchrun with 2 CPU processes (gloo): sampling sharded by prompt, DDP updates, rollouts
+    gathered on the main process, checkpoints, greedy evaluation over both shards."""
+    import subprocess
+    import sys
+
+    prompts = rl_toy.write_prompts(tmp_path)
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import rl_toy
+from posttrain.rl.grpo import GRPOConfig, train_grpo
+from posttrain.rl.ppo import PPOConfig, train_ppo
+common = dict(model="tiny-random", prompts={str(prompts)!r}, prompts_per_step=2, max_new_tokens=8, learning_rate=1e-2,
+              max_steps=3, micro_batch_size=3, progress=False, save_every=2, eval_prompts={str(prompts)!r}, eval_limit=5)
+train_grpo(GRPOConfig(**common, output_dir={str(tmp_path / 'grpo')!r}, n=4, mu=2, num_minibatches=2),
+           {{"lowercase": rl_toy.lowercase}})
+train_ppo(PPOConfig(**common, output_dir={str(tmp_path / 'ppo')!r}, n=2, ppo_epochs=2, num_minibatches=2),
+          {{"lowercase": rl_toy.lowercase}})
+""")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, per_step in (("grpo", 2 * 2 * 4), ("ppo", 2 * 2 * 2)):
+        rows = read_metrics(tmp_path / name / "metrics.jsonl")
+        assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+        assert "eval/reward" in rows[0] and "eval/reward" in rows[-1]
+        assert len((tmp_path / name / "rollouts.jsonl").read_text().splitlines()) == 3 * per_step
+        assert (tmp_path / name / "checkpoints" / "step-00000002").is_dir()

@@ -84,6 +84,20 @@ def test_test_functions_and_setup_in_one_string(guarded):
     assert [(t.name, t.passed) for t in result.tests] == [("test_ok", True), ("test_bad", False), ("assert sq(4) == 16", True)]
 
 
+def test_failing_test_setup_is_the_reason(guarded):
+    result = guarded.run("def f():\n    return 1", "import no_such_module_xyz\nassert f() == 1")
+    assert result.reason.startswith("test setup failed: ModuleNotFoundError")
+
+
+def test_a_violation_after_passing_tests_earns_nothing(guarded):
+    code = ("import threading, time, socket\n"
+            "def later():\n    time.sleep(0.3)\n    socket.socket()\n"
+            "threading.Thread(target=later).start()\n"
+            "def f():\n    time.sleep(0.6)\n    return 1")
+    result = guarded.run(code, ["assert f() == 1"])
+    assert result.reason.startswith("blocked: network") and result.fraction_passed == 0.0
+
+
 def test_syntax_error_fails_without_starting_a_process(guarded):
     result = guarded.run("def f(:\n  pass", ["assert f() == 1"])
     assert not result.passed and result.reason.startswith("syntax error")

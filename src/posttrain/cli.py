@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve import": ("posttrain.serve.commands:import_main", "load pairwise items to annotate from JSONL"),
     "serve export": ("posttrain.serve.commands:export_main", "export labels as preference/annotation JSONL, feedback for ab"),
     "judge": ("posttrain.judge.command:main", "LLM-as-judge: pairwise verdicts (with position swap) or rubric scores"),
+    "launch": ("posttrain.distributed.launch:main", "run a training command on several processes/GPUs/machines (torchrun or accelerate launch)"),
     "rm": ("posttrain.train.reward:main", "train a reward model on preference pairs and K-way rankings (full or LoRA)"),
     "ppo": ("posttrain.rl.ppo:main", "PPO with a value model, KL-penalised reward and GAE (online RL)"),
     "grpo": ("posttrain.rl.grpo:main", "GRPO: group-normalised advantages over n samples per prompt (online RL)"),

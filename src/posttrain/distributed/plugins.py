@@ -159,9 +159,10 @@ def deepspeed_plugin(stage: int, args, from_environment: bool = False):
     ds["gradient_accumulation_steps"] = 1
     plugin.gradient_accumulation_steps = 1
     if args.max_grad_norm > 0:
-        ds["gradient_clipping"] = args.max_grad_norm
+        ds["gradient_clipping"] = plugin.gradient_clipping = args.max_grad_norm
     else:
         ds.pop("gradient_clipping", None)
+        plugin.gradient_clipping = None
     return plugin
 
 

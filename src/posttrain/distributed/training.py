@@ -63,17 +63,49 @@ def full_state_dict(accelerator, model: torch.nn.Module) -> dict[str, torch.Tens
 
 
 def settle_sharded_model(model: torch.nn.Module) -> None:
-    """Fix the FSDP2 root to be the whole model, right after `accelerator.prepare`.
+    """Make FSDP2 accept posttrain's partial forward passes; call right after `accelerator.prepare`.
 
-    FSDP2 decides lazily, at the first forward, which sharded module is the root
-    (the one that owns the per-step bookkeeping). posttrain's log-prob code runs
-    the transformer body and the output head separately (logits only where a
-    loss needs them), so the first forward would start inside the body and FSDP
-    would refuse ("requires running forward through the root module first").
-    Initialising from the top-level module first makes such partial calls
-    valid: each layer group then gathers and frees its own shards.
+    posttrain's log-prob code runs the transformer body and the output head
+    separately (logits only where a loss needs them), so the top-level module's
+    forward, and with it FSDP's root hooks, never runs. Two consequences, two fixes:
+
+    1. FSDP2 picks the root lazily, as the first sharded module to run forward;
+       starting inside the body it refuses ("requires running forward through
+       the root module first"). Initialising from the top-level module fixes the
+       root once and for all.
+    2. Parameters that belong to no inner FSDP unit (with PEFT: the final norm and
+       the output head) sit in the root's group, which only the root's forward
+       gathers. A pre-forward hook on each module owning such a parameter gathers
+       the root's group first (a no-op when it is already gathered); FSDP's
+       end-of-backward callback reduces its gradients and frees it as usual.
     """
     from torch.distributed.fsdp import FSDPModule
 
-    if isinstance(model, FSDPModule):
-        model._get_fsdp_state()._lazy_init()
+    if not isinstance(model, FSDPModule):
+        return
+    model._get_fsdp_state()._lazy_init()
+
+    def gather_root(module, args):
+        model.unshard()
+
+    for module in root_owned_modules(model):
+        module.register_forward_pre_hook(gather_root)
+
+
+def root_owned_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Sub-modules (not the root itself) whose own parameters are in the root's FSDP group:
+    those not inside any nested FSDP unit."""
+    from torch.distributed.fsdp import FSDPModule
+
+    found: list[torch.nn.Module] = []
+
+    def walk(module: torch.nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, FSDPModule):
+                continue  # its parameters (and its children's) are its own group
+            if next(child.parameters(recurse=False), None) is not None:
+                found.append(child)
+            walk(child)
+
+    walk(model)
+    return found

@@ -217,8 +217,8 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
     """All rounds; returns the run summary (also written to output_dir/summary.json)."""
     from ..models import load_tokenizer
     from ..train.setup import prepare_run_dir, say
-    from .loop import PromptSet, apply_task_defaults, evaluate_greedy, load_prompt_set
-    from .online import build_scorer
+    from .loop import PromptSet, apply_task_defaults, load_prompt_set
+    from .online import build_scorer, evaluate_greedy
 
     cfg = apply_task_defaults(cfg)
     check_best_of_n(cfg)
@@ -268,10 +268,13 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
         say(f"round {k}: mean reward {data.summary['mean_reward']:.4f}, best-of-{cfg.n} {data.summary['best_of_n_reward']:.4f}; "
             f"kept {len(data.sft)} samples, {len(data.pairs)} pairs -> {round_dir}")
         if train_kind != "none":
-            rows = (all_sft if train_kind == "sft" else all_pairs) if cfg.accumulate else (data.sft if train_kind == "sft" else data.pairs)
-            data_path = round_dir / (f"train_{train_kind}.jsonl" if cfg.accumulate else f"{'sft' if train_kind == 'sft' else 'pairs'}.jsonl")
-            if cfg.accumulate:
+            if cfg.accumulate:  # every round's data so far, in one file
+                rows = all_sft if train_kind == "sft" else all_pairs
+                data_path = round_dir / f"train_{train_kind}.jsonl"
                 write_jsonl(data_path, rows)
+            else:
+                rows = data.sft if train_kind == "sft" else data.pairs
+                data_path = round_dir / ("sft.jsonl" if train_kind == "sft" else "pairs.jsonl")
             if rows:
                 model_name = train_round(train_kind, model_name, data_path, len(rows), round_dir / train_kind, cfg)
             else:

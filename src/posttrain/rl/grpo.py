@@ -35,17 +35,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import torch
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
-from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, evaluate_greedy, gather_rollouts, global_sum,
-                   load_prompt_set, merge_repeated_flags, run_online, timer)
-from .online import (Reference, RLResult, add_sum, batch_logprobs, build_scorer, logprob_temperature,
-                     sample_and_score, sample_metrics)
+from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, disable_dropout, gather_rollouts,
+                   global_sum, load_prompt_set, merge_repeated_flags, run_online, timer)
+from .online import (Reference, RLResult, add_sum, batch_logprobs, build_scorer, evaluate_greedy,
+                     logprob_temperature, sample_and_score, sample_metrics)
 from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
 
 
@@ -238,6 +238,8 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
         f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, beta = {cfg.beta}")
 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.disable_dropout:
+        disable_dropout(policy)
     has_ref = cfg.beta > 0
     reference = Reference.for_policy(policy, lambda: run.unwrapped_policy()) if has_ref else None
     run = OnlineRun(cfg, policy, cfg.max_steps * cfg.mu * cfg.num_minibatches, name)

@@ -11,8 +11,7 @@ from the engine's pieces (`make_accelerator`, `build_optimizer`, `build_schedule
   run samples exactly what an uninterrupted one would have.
 - `OnlineRun`: accelerator + optimizer + schedule + resume + NaN-checked optimizer steps +
   checkpoints + metrics.jsonl + progress + the final save.
-- `evaluate_greedy`: mean reward of greedy answers on held-out prompts (accuracy for 0/1
-  verifiers), before, during and after training.
+- `run_online`: the loop itself (evaluate, steps, checkpoints, SIGINT, final save).
 
 A "step" of an online run is one rollout batch (its metrics row); it may contain several
 optimizer steps (GRPO's mu x minibatches, PPO's epochs x minibatches).
@@ -31,8 +30,7 @@ import torch
 from ..config import help_field
 from ..errors import ConfigError, TrainingError
 from ..train.args import ModelArgs
-from .rewards import RewardScorerSet
-from .rollouts import render_prompt_ids, reward_rows
+from .rollouts import render_prompt_ids
 
 
 @dataclass
@@ -40,7 +38,9 @@ class RLArgs(ModelArgs):
     # ----- prompts and rewards
     prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields such as 'answer' reach the reward)")
     task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
-    reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT]: a built-in (math, sort, exact, regex, json_schema, code, answer_format), module:function, file.py:function, or rm:DIR (a reward model)")
+    reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT]: a built-in (math, sort, exact, regex, "
+                                       "json_schema, code, answer_format), module:function, file.py:function, "
+                                       "or rm:DIR (a reward model)")
     reward_weights: dict[str, float] | None = help_field(None, "YAML only: a {spec: weight} mapping, added to reward")
     limit: int = help_field(0, "use only the first N prompts (0: all)")
     eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before training, every eval_every steps, and at the end")
@@ -57,6 +57,7 @@ class RLArgs(ModelArgs):
     generation_batch_size: int = help_field(32, "prompts per generate() call")
     micro_batch_size: int = help_field(8, "sequences per forward/backward pass (gradient accumulation below that)")
     save_rollouts: bool = help_field(True, "append every sampled response with its reward to rollouts.jsonl")
+    disable_dropout: bool = help_field(True, "turn dropout off (incl. LoRA dropout), so the training forward scores tokens as sampling did")
     # ----- optimisation (names as in every training command)
     output_dir: str = help_field("runs/rl", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
     seed: int = help_field(0, "seed for prompt order, sampling and weight init")
@@ -131,6 +132,22 @@ def load_prompt_set(path: str, tokenizer, cfg: RLArgs, limit: int = 0) -> Prompt
     if not kept:
         raise ConfigError("prompts", f"{path}: every prompt is longer than max_length - max_new_tokens")
     return PromptSet([prompts[i] for i in kept], ids)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """p = 0 for every dropout layer (LoRA's included) and attention dropout.
+
+    Dropout makes the training forward a different policy from the one that sampled
+    (ratio != 1 at the first update, a biased KL); RL recipes turn it off by default.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+        config = getattr(module, "config", None)
+        if config is not None and isinstance(getattr(config, "attention_dropout", None), float):
+            config.attention_dropout = 0.0
 
 
 def step_prompt_indices(num_prompts: int, per_process: int, world: int, rank: int, seed: int, step: int) -> list[int]:
@@ -367,40 +384,6 @@ def gather_rollouts(accelerator, rows: list[dict[str, Any]]) -> list[dict[str, A
 
     gathered = gather_object([rows])
     return [r for part in gathered for r in part] if accelerator.is_main_process else []
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScorerSet, max_new_tokens: int,
-                    batch_size: int, stop: Sequence[str] = (), accelerator=None) -> dict[str, float]:
-    """Greedy answers to `prompt_set` (sharded over processes) -> {"reward": mean total,
-    "reward/NAME": mean per function, "response_length": mean tokens}. For 0/1 verifiers the
-    mean reward is the accuracy."""
-    from ..rollout.generation import SamplingParams, generate
-    from .rollouts import samples_from_generations
-
-    world = accelerator.num_processes if accelerator is not None else 1
-    rank = accelerator.process_index if accelerator is not None else 0
-    mine = list(range(rank, len(prompt_set.ids), world))
-    sums = {"count": 0.0, "reward": 0.0, "response_length": 0.0}
-    if mine:
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1, stop=list(stop))
-        generations = generate(model, tokenizer, [prompt_set.ids[i] for i in mine], params, batch_size=batch_size)
-        samples = samples_from_generations(generations, mine)
-        scores = scorer.score(reward_rows(samples, prompt_set.prompts))
-        sums["count"] = float(len(samples))
-        sums["reward"] = float(sum(scores.total))
-        sums["response_length"] = float(sum(s.length for s in samples))
-        for name, values in scores.scores.items():
-            if len(scores.scores) > 1:
-                sums[f"reward/{name}"] = float(sum(values))
-    if accelerator is not None:
-        from ..train.engine import reduce_sums
-
-        sums = reduce_sums(accelerator, sums)
-    count = max(sums.pop("count"), 1.0)
-    return {k: v / count for k, v in sums.items()}
 
 
 def timer() -> float:

@@ -5,15 +5,17 @@
 - `Reference`: π_ref as a frozen copy, or the policy with its LoRA adapter switched off.
 - `batch_logprobs`: `response_logprobs` on a collated batch at the sampling temperature.
 - `sample_metrics`, `add_sum`: metrics as sums over processes, divided once.
+- `evaluate_greedy`: mean reward of greedy answers on held-out prompts (accuracy for 0/1
+  verifiers), before, during and after training.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .loop import OnlineRun, RLArgs, sampling_params, step_prompt_indices, timer
+from .loop import OnlineRun, PromptSet, RLArgs, sampling_params, step_prompt_indices, timer
 from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
 from .rollouts import Sample, reward_rows, samples_from_generations
 
@@ -77,6 +79,39 @@ def sample_metrics(run: OnlineRun, samples: list[Sample], scores, seconds_genera
     row["response_length_max"] = max(s.length for s in samples)
     row["generated_tokens_per_s"] = generated / max(seconds_generating, 1e-9)
     return row
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScorerSet, max_new_tokens: int,
+                    batch_size: int, stop: Sequence[str] = (), accelerator=None) -> dict[str, float]:
+    """Greedy answers to `prompt_set` (sharded over processes) -> {"reward": mean total,
+    "reward/NAME": mean per function, "response_length": mean tokens}. For 0/1 verifiers the
+    mean reward is the accuracy."""
+    from ..rollout.generation import SamplingParams, generate
+
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    mine = list(range(rank, len(prompt_set.ids), world))
+    sums = {"count": 0.0, "reward": 0.0, "response_length": 0.0}
+    if mine:
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1, stop=list(stop))
+        generations = generate(model, tokenizer, [prompt_set.ids[i] for i in mine], params, batch_size=batch_size)
+        samples = samples_from_generations(generations, mine)
+        scores = scorer.score(reward_rows(samples, prompt_set.prompts))
+        sums["count"] = float(len(samples))
+        sums["reward"] = float(sum(scores.total))
+        sums["response_length"] = float(sum(s.length for s in samples))
+        for name, values in scores.scores.items():
+            if len(scores.scores) > 1:
+                sums[f"reward/{name}"] = float(sum(values))
+    if accelerator is not None:
+        from ..train.engine import reduce_sums
+
+        sums = reduce_sums(accelerator, sums)
+    count = max(sums.pop("count"), 1.0)
+    return {k: v / count for k, v in sums.items()}
 
 
 # --------------------------------------------------------------------------- reference model and log-probs

@@ -40,9 +40,10 @@ from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import (KL_CONTROLLERS, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, approx_kl, clipped_value_losses,
                       explained_variance, gae, kl_penalized_rewards, masked_moments, ppo_clip_losses, whiten)
-from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, evaluate_greedy, gather_rollouts, global_sum,
-                   load_prompt_set, merge_repeated_flags, run_online, timer)
-from .online import Reference, RLResult, add_sum, build_scorer, logprob_temperature, sample_and_score, sample_metrics
+from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, disable_dropout, gather_rollouts,
+                   global_sum, load_prompt_set, merge_repeated_flags, run_online, timer)
+from .online import (Reference, RLResult, add_sum, build_scorer, evaluate_greedy, logprob_temperature,
+                     sample_and_score, sample_metrics)
 from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
 
 
@@ -285,6 +286,10 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     reference = Reference.for_policy(policy, lambda: run.unwrapped_policy())
     critic, head = build_critic(cfg, policy)
+    if cfg.disable_dropout:
+        disable_dropout(policy)
+        if critic is not None:
+            disable_dropout(critic)
     module = ActorCritic(policy, critic, head)
     critic_params = [p for p in (critic or head).parameters() if p.requires_grad]
     group = {"params": critic_params, "lr": cfg.value_learning_rate or cfg.learning_rate}

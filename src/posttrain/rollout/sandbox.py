@@ -357,7 +357,7 @@ class Sandbox:
         records = report["records"]
         by_test = {r["i"]: r for r in records if r.get("event") == "test" and isinstance(r.get("i"), int)}
         started = {r["i"] for r in records if r.get("event") == "start" and isinstance(r.get("i"), int)}
-        program = next((r for r in records if r.get("event") == "program"), None)
+        program = ([r for r in records if r.get("event") == "program"] or [None])[-1]  # setup comes after
         violations = [f"blocked: {r.get('kind')} ({r.get('detail')})" for r in records if r.get("event") == "violation"]
         ended = self._ending(report, program, violations)
         tests = []
@@ -365,7 +365,10 @@ class Sandbox:
             missing = ended or "not run"
             if ended and index not in started:
                 missing = f"not run: {ended}"
-            tests.append(_judge(test, by_test.get(index), missing))
+            outcome = _judge(test, by_test.get(index), missing)
+            if violations:  # an escape attempt earns nothing, even from tests that passed before it
+                outcome = TestOutcome(test.name, False, violations[0])
+            tests.append(outcome)
         failed = [t for t in tests if not t.passed]
         reason = ended
         if reason is None and failed:
@@ -386,6 +389,8 @@ class Sandbox:
             error = str(program.get("error"))
             if error.startswith("MemoryError"):
                 return f"memory limit ({self.limits.memory_mb} MB): {error}"
+            if error.startswith("test setup failed"):
+                return error
             if "[Errno 27]" in error:  # EFBIG: Python ignores SIGXFSZ, so the write fails instead
                 return f"file size limit ({self.limits.max_file_mb} MB): {error}"
             return f"program raised {error}" if not error.startswith("SyntaxError") else f"syntax error: {error}"
