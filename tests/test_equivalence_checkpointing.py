@@ -21,16 +21,27 @@ def decoder_layers(model):
     return [m for name, m in model.named_modules() if type(m).__name__ == "LlamaDecoderLayer"]
 
 
+def count_calls(module, calls: list) -> None:
+    """Count `module.forward` calls. (A forward hook would not do: the recompute in backward
+    does not fire module hooks.)"""
+    original = module.forward
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    module.forward = forward
+
+
 def run(model, loss_fn) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-    """Loss, gradients, and how many times the decoder layers ran (forward + any recompute)."""
-    calls = []
-    hooks = [layer.mlp.register_forward_hook(lambda *_: calls.append(1)) for layer in decoder_layers(model)]
+    """Loss, gradients, and how many decoder-layer MLPs ran again during backward (recompute)."""
+    calls: list = []
+    for layer in decoder_layers(model):
+        count_calls(layer.mlp, calls)
     model.zero_grad(set_to_none=True)
     loss = loss_fn(model)
     forward_calls = len(calls)
+    assert forward_calls == len(decoder_layers(model))
     loss.backward()
-    for hook in hooks:
-        hook.remove()
     return loss.detach(), grads(model), len(calls) - forward_calls
 
 

@@ -167,3 +167,16 @@ def test_target_and_judge_over_http(tmp_path, openai_stub, capsys):
     assert len(rows) == 3 and {r["label"] for r in rows} == {"safe"} and {r["target"] for r in rows} == {"served-model"}
     models = [r["json"]["model"] for r in openai_stub.requests]
     assert models.count("served-model") == 3 and models.count("judge") == 3
+
+
+def test_rejudge_labels_an_existing_transcript_without_the_target(tmp_path):
+    first = RedteamConfig(output_dir=str(tmp_path / "rt"), families=["roleplay"], limit=4, benign_limit=2)
+    run_redteam_command(first, target=CallableBackend(fake_target, name="m"), echo=lambda text: None)
+    again = RedteamConfig(target="never-loaded", rejudge=str(tmp_path / "rt" / "transcript.jsonl"),
+                          output_dir=str(tmp_path / "rejudged"), judge="stub")
+    table = run_redteam_command(again, judge_backend=CallableBackend(lambda m: "LABEL: UNSAFE", name="stub"),
+                                echo=lambda text: None)
+    rows = read_rows(tmp_path / "rejudged" / "transcript.jsonl")
+    assert {r["label"] for r in rows} == {"unsafe"} and {r["judge"] for r in rows} == {"llm:stub"}
+    assert table["target"] == "m" and table["attack_success"]["overall"]["k"] == 4
+    assert table["suite"] == json.loads((tmp_path / "rt" / "attack_success.json").read_text())["suite"]

@@ -101,12 +101,16 @@ def test_iterations_alternate_sampling_and_training(tmp_path, monkeypatch, kind,
 
 
 def test_real_sft_round_then_resume_reuses_it(tmp_path):
-    cfg = BestOfNConfig(model="tiny-random", prompts=str(rl_toy.write_prompts(tmp_path, count=4)),
-                        output_dir=str(tmp_path / "bon"), n=2, max_new_tokens=8, iterations=1, train="sft",
-                        train_batch_size=2, train_learning_rate=1e-3, progress=False)
+    prompts = str(rl_toy.write_prompts(tmp_path, count=4))
+    cfg = BestOfNConfig(model="tiny-random", prompts=prompts, output_dir=str(tmp_path / "bon"), n=2, max_new_tokens=8,
+                        iterations=1, train="sft", train_batch_size=2, train_learning_rate=1e-3, progress=False,
+                        eval_prompts=prompts, eval_limit=3)
     first = run_best_of_n(cfg, {"lowercase": rl_toy.lowercase})
     model = Path(first["final_model"])
     assert model == tmp_path / "bon" / "round-1" / "sft" / "final" and (model / "config.json").is_file()
+    assert len(_lines(tmp_path / "bon" / "round-1" / "eval_before.jsonl")) == 3
+    final = _lines(tmp_path / "bon" / "eval_final.jsonl")
+    assert sum(r["reward"] for r in final) / 3 == pytest.approx(first["eval_final"]["reward"])
     cfg.resume = True
     again = run_best_of_n(cfg, {"lowercase": rl_toy.lowercase})
     assert again["final_model"] == first["final_model"]

@@ -51,12 +51,19 @@ def test_grpo_cli_raises_the_reward(tmp_path, capsys):
 
 
 def test_rloo_raises_the_reward(tmp_path):
-    cfg = _config(tmp_path, RLOOConfig, beta=0.01)
+    cfg = _config(tmp_path, RLOOConfig, beta=0.01, eval_prompts=str(tmp_path / "prompts.jsonl"), eval_limit=4)
     assert (cfg.advantage, cfg.loss_aggregation, cfg.kl_in_reward) == ("rloo", "sequence_sum", True)
     result = train_grpo(cfg, {"lowercase": rl_toy.lowercase}, name="rloo")
-    early, late = rl_toy.early_late(read_metrics(Path(cfg.output_dir) / "metrics.jsonl"))
+    rows = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+    early, late = rl_toy.early_late(rows)
     assert late > early + 0.2, (early, late)
     assert result.steps == 16
+    # Greedy evaluation before and after, with every answer written out.
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == 16 and "eval/reward" in rows[0] and "eval/reward" in rows[-1]
+    assert result.eval_before["reward"] == rows[0]["eval/reward"] and result.eval_after["reward"] == rows[-1]["eval/reward"]
+    answers = [json.loads(line) for line in (Path(cfg.output_dir) / "eval" / "step-000016.jsonl").read_text().splitlines()]
+    assert len(answers) == 4
+    assert sum(a["reward"] for a in answers) / 4 == pytest.approx(result.eval_after["reward"])
 
 
 def test_first_update_has_ratio_one_and_later_updates_do_not(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from posttrain.cli import main
 from posttrain.data import load_records
 from posttrain.judge import CallableBackend
-from posttrain.synth.cai import clean_revision
+from posttrain.synth.cai import clean_revision, is_repetitive, revision_status
 from posttrain.synth.cai_command import CaiConfig, run_cai
 from posttrain.synth.constitution import load_constitution, parse_selection, plan
 
@@ -32,7 +32,8 @@ def fake_model(messages):
     """A deterministic 'model' whose replies depend on the conversation it is given.
 
     initial:  ANSWER(q)                       critique: "<p> issue in <response>"
-    revision: "<response>+<p>"  (prompt 'same': the response unchanged; 'empty': nothing for a)
+    revision: "<response>+<p>"  (prompt 'same': the response unchanged; 'empty': nothing for a;
+              'loop': a repetition loop for c)
     prompts 'fail-initial' / 'fail-critique' raise (a failed request) at that stage for principle b.
     """
     question = messages[0]["content"]
@@ -52,6 +53,8 @@ def fake_model(messages):
         return current
     if question == "empty" and name == "a":
         return "   "
+    if question == "loop" and name == "c":
+        return "the same words again and " * 6
     return f"Revised response: {current}+{name}"
 
 
@@ -88,16 +91,16 @@ def config(tmp_path, questions, **settings):
 
 
 def test_trace_sft_and_pairs_with_a_scripted_model(tmp_path):
-    questions = ["q1", "fail-initial", "fail-critique", "same", "empty"]
+    questions = ["q1", "fail-initial", "fail-critique", "same", "empty", "loop"]
     backend = RecordingBackend(fake_model)
     summary = run_cai(config(tmp_path, questions, temperature=0.0), backend=backend, log=lambda _: None)
 
     # One batch for the initial responses, then one critique batch and one revision batch per
     # principle, each holding every prompt still alive (fail-critique drops out at b's critique).
-    assert backend.batch_sizes == [5, 4, 4, 4, 3, 3, 3]
+    assert backend.batch_sizes == [6, 5, 5, 5, 4, 4, 4]
 
     traces = read(tmp_path / "trace.jsonl")
-    assert [t["id"] for t in traces] == [0, 1, 2, 3, 4]
+    assert [t["id"] for t in traces] == [0, 1, 2, 3, 4, 5]
     q1 = traces[0]
     assert q1["status"] == "ok" and q1["initial"] == "ANSWER(q1)" and q1["final"] == "ANSWER(q1)+a+b+c"
     assert [(s["principle"], s["status"]) for s in q1["steps"]] == [("a", "revised"), ("b", "revised"),
@@ -112,24 +115,29 @@ def test_trace_sft_and_pairs_with_a_scripted_model(tmp_path):
     assert [s["status"] for s in traces[3]["steps"]] == ["unchanged"] * 3 and traces[3]["revised"] is False
     assert [s["status"] for s in traces[4]["steps"]] == ["empty", "revised", "revised"]
     assert traces[4]["final"] == "ANSWER(empty)+b+c"
+    assert [s["status"] for s in traces[5]["steps"]] == ["revised", "revised", "repetitive"]
+    assert traces[5]["final"] == "ANSWER(loop)+a+b"  # the loop did not replace the response
 
     sft = read(tmp_path / "sft.jsonl")
     assert sft == [
         {"id": 0, "messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "ANSWER(q1)+a+b+c"}],
          "cai_principles": ["a", "b", "c"]},
         {"id": 4, "messages": [{"role": "user", "content": "empty"},
-                               {"role": "assistant", "content": "ANSWER(empty)+b+c"}], "cai_principles": ["b", "c"]}]
+                               {"role": "assistant", "content": "ANSWER(empty)+b+c"}], "cai_principles": ["b", "c"]},
+        {"id": 5, "messages": [{"role": "user", "content": "loop"},
+                               {"role": "assistant", "content": "ANSWER(loop)+a+b"}], "cai_principles": ["a", "b"]}]
     pairs = read(tmp_path / "pairs.jsonl")
     assert [(p["id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        (0, "ANSWER(q1)+a+b+c", "ANSWER(q1)"), (4, "ANSWER(empty)+b+c", "ANSWER(empty)")]
+        (0, "ANSWER(q1)+a+b+c", "ANSWER(q1)"), (4, "ANSWER(empty)+b+c", "ANSWER(empty)"),
+        (5, "ANSWER(loop)+a+b", "ANSWER(loop)")]
     assert summary["failed_prompts"] == 2 and summary["failed_at"] == {"initial": 1, "critique": 1}
-    assert summary["steps"] == {"revised": 6, "empty": 1, "unchanged": 3, "failed": 1}
-    assert summary["revised_prompts"] == 2 and summary["unrevised_prompts"] == 1
-    assert summary["requests"]["failed"] == 2 and summary["sft_rows"] == 2 and summary["pairs"] == 2
+    assert summary["steps"] == {"revised": 8, "empty": 1, "unchanged": 3, "repetitive": 1, "failed": 1}
+    assert summary["revised_prompts"] == 3 and summary["unrevised_prompts"] == 1
+    assert summary["requests"]["failed"] == 2 and summary["sft_rows"] == 3 and summary["pairs"] == 3
 
     # The outputs feed the next stages as they are.
     assert [r.messages[-1]["content"] for r in load_records(tmp_path / "sft.jsonl", kind="sft")] == [
-        "ANSWER(q1)+a+b+c", "ANSWER(empty)+b+c"]
+        "ANSWER(q1)+a+b+c", "ANSWER(empty)+b+c", "ANSWER(loop)+a+b"]
     assert load_records(tmp_path / "pairs.jsonl", kind="preference")[0].rejected == "ANSWER(q1)"
 
 
@@ -177,6 +185,15 @@ def test_judged_pairs_follow_the_judge(tmp_path):
         (1, "initial", "ANSWER(keep-initial)", "ANSWER(keep-initial)+a+c")]
     assert pairs[0]["judge"] == "scripted-judge"
     assert summary["judged"] == {"revision_preferred": 1, "initial_preferred": 1, "tie": 1, "no_verdict": 1}
+
+
+def test_repetitive_revisions_are_caught():
+    loop = "I'm unsure of a claim I made. " * 8
+    assert is_repetitive(loop) and revision_status(loop, "before") == "repetitive"
+    prose = ("The sea holds salt, and drinking it makes thirst worse because the kidneys need more water "
+             "to remove the salt than the seawater gives.")
+    assert not is_repetitive(prose) and revision_status(prose, "before") == "revised"
+    assert not is_repetitive("yes " * 5)  # too short to judge
 
 
 def test_clean_revision():

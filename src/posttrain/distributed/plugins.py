@@ -175,9 +175,14 @@ class DistributedPlan:
     kwargs: dict[str, Any] = field(default_factory=dict)  # for accelerate.Accelerator(...)
     cpu_offload: bool = False
     note: str = ""
+    # ACCELERATE_USE_FSDP before the Accelerator existed: given a plugin, Accelerate sets it,
+    # and a later command in the same process would take that for the launcher's choice.
+    fsdp_variable: str | None = field(default_factory=lambda: os.environ.get("ACCELERATE_USE_FSDP"))
 
     def finish(self, accelerator) -> None:
         """After `Accelerator(**kwargs)`: switch CPU processes to FSDP; say once what runs."""
+        if self.fsdp_variable is None:
+            os.environ.pop("ACCELERATE_USE_FSDP", None)
         plugin = self.kwargs.get("fsdp_plugin")
         if plugin is not None and accelerator.device.type == "cpu" and accelerator.num_processes > 1:
             enable_fsdp_on_cpu(accelerator, plugin)

@@ -70,8 +70,10 @@ class CompletionsServer:
     def endpoint(self, path: str) -> str:
         return f"{self.root}/v1/{path}"
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST JSON; retry timeouts, connection errors, 429 and 5xx; raise ServerError otherwise."""
+    def post(self, path: str, body: dict[str, Any], expect_json: bool = True) -> Any:
+        """POST JSON; retry timeouts, connection errors, 429 and 5xx; raise ServerError otherwise.
+        Returns the decoded JSON reply (or the text, with `expect_json=False`: vLLM's adapter
+        endpoints answer in plain text)."""
         import httpx
 
         if self._client is None:
@@ -93,8 +95,10 @@ class CompletionsServer:
                 continue
             if response.status_code >= 400:
                 raise ServerError(f"{self.endpoint(path)}: HTTP {response.status_code}: {error_message(response)}")
+            if not expect_json:
+                return response.text
             try:
-                return response.json() if response.content else {}
+                return response.json()
             except ValueError:
                 raise ServerError(f"{self.endpoint(path)}: the reply is not JSON") from None
         raise ServerError(f"{self.endpoint(path)}: gave up after {self.max_retries + 1} tries ({problem})")
@@ -207,8 +211,8 @@ class LoraWeightSync:
         name = f"{self.prefix}-step-{step}"
         path = self.directory / f"step-{step}"
         save_model_files(model, path)
-        self.server.post("load_lora_adapter", {"lora_name": name, "lora_path": str(path.resolve())})
+        self.server.post("load_lora_adapter", {"lora_name": name, "lora_path": str(path.resolve())}, expect_json=False)
         previous, self.loaded, self.server.model = self.loaded, name, name
         if previous is not None:
-            self.server.post("unload_lora_adapter", {"lora_name": previous})
+            self.server.post("unload_lora_adapter", {"lora_name": previous}, expect_json=False)
         return name

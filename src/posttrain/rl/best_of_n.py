@@ -232,14 +232,15 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
     say(f"best-of-n: {len(prompt_set.ids)} prompts x {cfg.n} samples, reward = {scorer.describe()}, "
         f"select = {cfg.select}, {cfg.iterations} round(s), train = {train_kind}")
 
-    def evaluate(model_name: str) -> dict[str, float] | None:
+    def evaluate(model_name: str, output: Path) -> dict[str, float] | None:
         if eval_set is None:
             return None
         from ..models import load_model
 
         model = load_model(model_name, dtype=cfg.dtype, device="auto", seed=cfg.seed)
         return evaluate_greedy(model, load_tokenizer(model_name, padding_side="left"), eval_set, scorer,
-                               cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop)
+                               cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
+                               output=output)
 
     model_name, rounds = cfg.model, []
     all_sft, all_pairs = [], []
@@ -255,7 +256,7 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
             rounds.append(summary)
             continue
         summary: dict[str, Any] = {"round": k, "model_before": model_name}
-        if (before := evaluate(model_name)) is not None:
+        if (before := evaluate(model_name, round_dir / "eval_before.jsonl")) is not None:
             summary["eval_before"] = before
             say(f"round {k}: eval reward of {model_name}: {before['reward']:.4f}")
         data = sample_round(model_name, prompt_set, scorer, cfg, k)
@@ -282,7 +283,7 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
         summary["model_after"] = model_name
         write_json(summary_path, summary)
         rounds.append(summary)
-    final_eval = evaluate(model_name) if train_kind != "none" else None
+    final_eval = evaluate(model_name, out / "eval_final.jsonl") if train_kind != "none" else None
     result = {"rounds": rounds, "final_model": model_name}
     if final_eval is not None:
         result["eval_final"] = final_eval

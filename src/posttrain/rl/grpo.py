@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -262,12 +263,12 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
         records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1, scores.scores))
         return row, tokens, records
 
-    def evaluate():
+    def evaluate(step: int):
         if eval_set is None:
             return None
         return evaluate_greedy(run.unwrapped_policy(), tokenizer, eval_set, scorer,
                                cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
-                               run.accelerator)
+                               run.accelerator, output=Path(cfg.output_dir) / "eval" / f"step-{step:06d}.jsonl")
 
     summary = run_online(run, cfg, step_fn, evaluate, lambda: {}, tokenizer)
     return RLResult(**summary)

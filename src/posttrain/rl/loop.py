@@ -326,7 +326,7 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
     """The online loop: evaluate, then `step_fn(step) -> (row, tokens, rollout rows)` until
     `max_steps`, with periodic evaluation, checkpoints, SIGINT and a final save.
 
-    `evaluate()` -> metrics (or None when there is no eval set); `state_fn()` -> the recipe
+    `evaluate(step)` -> metrics (or None when there is no eval set); `state_fn()` -> the recipe
     state saved in checkpoints (e.g. PPO's KL coefficient), given back to `restore_fn(state)`
     on resume. Returns a summary dict.
     """
@@ -339,7 +339,7 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
         restore_fn(state)
     started = timer()
     eval_before = state.get("eval_before") or {}
-    if step == 0 and (result := evaluate()) is not None:
+    if step == 0 and (result := evaluate(0)) is not None:
         eval_before = result
         run.log.log({"step": 0, **{f"eval/{k}": v for k, v in eval_before.items()}})
         say(f"before training: eval reward {eval_before['reward']:.4f}")
@@ -355,7 +355,7 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
             row["time/step"] = timer() - step_started
             step += 1
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                if (result := evaluate()) is not None:
+                if (result := evaluate(step)) is not None:
                     row.update({f"eval/{k}": v for k, v in result.items()})
             run.end_step(step, row, tokens, full_state(), records)
             if interrupt["hit"]:
@@ -363,7 +363,7 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
                 run.progress.close()
                 raise Interrupted(f"interrupted at step {step}/{cfg.max_steps}; checkpoint saved to {path}; "
                                   f"run again with --resume to continue")
-    eval_after = evaluate() or {}
+    eval_after = evaluate(step) or {}
     if eval_after:
         run.log.log({"step": step, **{f"eval/{k}": v for k, v in eval_after.items()}})
     final = run.finish(tokenizer)

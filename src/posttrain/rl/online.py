@@ -85,16 +85,20 @@ def sample_metrics(run: OnlineRun, samples: list[Sample], scores, seconds_genera
 
 
 def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScorerSet, max_new_tokens: int,
-                    batch_size: int, stop: Sequence[str] = (), accelerator=None) -> dict[str, float]:
+                    batch_size: int, stop: Sequence[str] = (), accelerator=None, output=None) -> dict[str, float]:
     """Greedy answers to `prompt_set` (sharded over processes) -> {"reward": mean total,
     "reward/NAME": mean per function, "response_length": mean tokens}. For 0/1 verifiers the
-    mean reward is the accuracy."""
+    mean reward is the accuracy. With `output` (a path), every answer is written there
+    (prompt, response, reward and the prompt row's fields) for inspection."""
+    from ..jsonl import write_jsonl
     from ..rollout.generation import SamplingParams, generate
+    from .loop import gather_rollouts
 
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     mine = list(range(rank, len(prompt_set.ids), world))
     sums = {"count": 0.0, "reward": 0.0, "response_length": 0.0}
+    rows: list[dict[str, Any]] = []
     if mine:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1, stop=list(stop))
         generations = generate(model, tokenizer, [prompt_set.ids[i] for i in mine], params, batch_size=batch_size)
@@ -106,6 +110,14 @@ def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScore
         for name, values in scores.scores.items():
             if len(scores.scores) > 1:
                 sums[f"reward/{name}"] = float(sum(values))
+        if output is not None:
+            rows = [{**prompt_set.prompts[s.prompt_index].extra, "prompt": prompt_set.prompts[s.prompt_index].prompt,
+                     "response": s.text, "reward": float(v), "finish_reason": s.finish_reason}
+                    for s, v in zip(samples, scores.total)]
+    if output is not None:
+        rows = gather_rollouts(accelerator, rows) if accelerator is not None else rows
+        if accelerator is None or accelerator.is_main_process:
+            write_jsonl(output, rows)
     if accelerator is not None:
         from ..train.engine import reduce_sums
 

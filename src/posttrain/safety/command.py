@@ -25,7 +25,7 @@ from .attacks import FAMILIES, build_attacks, in_split, read_attacks, read_benig
 from .classify import KeywordJudge, LLMSafetyJudge, load_judge_template
 from .metrics import TABLE_FILENAME, format_table, success_table, table_metrics
 from .pairs import BENIGN_CHOSEN, SAFE_RESPONSES, build_safety_pairs, read_transcript
-from .redteam import run_redteam
+from .redteam import label_rows, run_redteam
 
 TRANSCRIPT = "transcript.jsonl"
 
@@ -58,6 +58,7 @@ class RedteamConfig:
     eval_fraction: float = help_field(0.5, "share of topics (and benign prompts) in the eval split")
     limit: int = help_field(0, "at most N attacks, spread evenly over templates (0: all)")
     benign_limit: int = help_field(0, "at most N benign prompts, spread evenly over categories (0: all)")
+    rejudge: str | None = help_field(None, "label an existing transcript again with --judge (runs no target)")
     output_dir: str = help_field("runs/redteam", "where transcript.jsonl, attack_success.json and results.json go")
     pairs_output: str | None = help_field(None, "also write safety preference pairs (TRL-style JSONL) here")
     safe_response: str = help_field("template", "pairs: who writes the safe reply", choices=list(SAFE_RESPONSES))
@@ -150,23 +151,34 @@ def run_redteam_command(cfg: RedteamConfig, *, target=None, attacker=None, judge
     `target`, `attacker` and `judge_backend` override the configured models (any `ChatBackend`).
     """
     validate(cfg)
-    library, attacks = build_attack_list(cfg, log)
+    # every input is read and checked before any model loads
+    old_rows = read_transcript(cfg.rejudge) if cfg.rejudge else None
+    library, attacks = build_attack_list(cfg, log) if old_rows is None else (None, [])
     judge_template = load_judge_template(cfg.judge_template) if cfg.judge != "keyword" or judge_backend else None
     backends = Backends(cfg)
     try:
-        target = target or backends.get(cfg.target, cfg.target_url)
-        if attacker is None and cfg.attacker:
+        needs_target = old_rows is None or (cfg.pairs_output and cfg.safe_response != "template")
+        target = target or (backends.get(cfg.target, cfg.target_url) if needs_target else None)
+        if attacker is None and cfg.attacker and old_rows is None:
             attacker = backends.get(cfg.attacker, cfg.attacker_url)
         if judge_backend is None and cfg.judge != "keyword":
             judge_backend = backends.get(cfg.judge, cfg.judge_url)
         judge = (LLMSafetyJudge(judge_backend, judge_template, cfg.judge_max_tokens, log=log) if judge_backend
                  else KeywordJudge())
-        rows = run_redteam(attacks, target, judge, attacker=attacker, library=library, max_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, attacker_max_tokens=cfg.attacker_max_tokens,
-                           attacker_temperature=cfg.attacker_temperature, log=log)
-        meta = {"target": getattr(target, "name", cfg.target), "judge": judge.name,
+        if old_rows is not None:
+            rows = label_rows(old_rows, judge)
+            target_name = next((r["target"] for r in rows if r.get("target")), cfg.target)
+        else:
+            rows = run_redteam(attacks, target, judge, attacker=attacker, library=library,
+                               max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                               attacker_max_tokens=cfg.attacker_max_tokens,
+                               attacker_temperature=cfg.attacker_temperature, log=log)
+            target_name = getattr(target, "name", cfg.target)
+        meta = {"target": target_name, "judge": judge.name,
                 "attacker": getattr(attacker, "name", None), "split": cfg.split,
                 "eval_fraction": cfg.eval_fraction if cfg.split != "all" else None}
+        if old_rows is not None:
+            meta.update(rejudged=cfg.rejudge, split=None)
         table = success_table(rows, cfg.confidence, meta)
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)

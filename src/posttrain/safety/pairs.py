@@ -42,7 +42,7 @@ from ..errors import ConfigError, InputError
 from ..jsonl import read_jsonl
 from ..records import Message
 from .attacks import resource_path
-from .classify import LABELS, REFUSED, SAFE, UNSAFE, keyword_verdict
+from .classify import LABELS, REFUSED, SAFE, UNSAFE, infer_kind, keyword_verdict
 
 SAFE_RESPONSES = ("template", "model", "cai")
 BENIGN_CHOSEN = ("auto", "reference", "model")
@@ -85,26 +85,42 @@ def load_response_templates(path: str | Path | None = None) -> ResponseTemplates
 # ---------------------------------------------------------------------------------- transcripts
 
 def read_transcript(path: str | Path) -> list[dict[str, Any]]:
-    """Labelled red-team rows (`posttrain redteam` writes them); a bad row names file:line:field."""
+    """Labelled rows from `posttrain redteam` (or the directory it wrote), or any generations file
+    with a prompt and a response, such as `posttrain eval --suite safety`'s `generations_safety.jsonl`:
+
+    - `kind` comes from `kind`, else `type` (harmful/benign), else `classify.infer_kind` on the
+      last user turn (`quality.safety.harm_categories`);
+    - a row without one of the labels refused/safe/unsafe (the eval suite writes "complied") is
+      labelled by the keyword judge, and `label_source` says so;
+    - a text prompt becomes one user message; `id` defaults to "row-LINE", `category` to "unknown".
+
+    A row that cannot be read names file:line:field.
+    """
     path = str(path)
     if Path(path).is_dir():
         path = str(Path(path) / "transcript.jsonl")
     rows = []
-    for line, row in read_jsonl(path):
-        for key in ("id", "category"):
-            if not isinstance(row.get(key), str) or not row[key]:
-                raise InputError(path, line, key, "missing or not a non-empty string")
-        if row.get("kind") not in ("harmful", "benign"):
-            raise InputError(path, line, "kind", f"expected harmful or benign, got {row.get('kind')!r}")
+    for line, raw in read_jsonl(path):
+        row = dict(raw)
+        prompt = row.get("prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            prompt = row["prompt"] = [{"role": "user", "content": prompt}]
+        if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                            and m.get("role") for m in prompt)):
+            raise InputError(path, line, "prompt", "expected text or a list of {role, content} messages")
+        kind = row.get("kind", row.get("type"))
+        if kind is None:
+            users = [m["content"] for m in prompt if m["role"] == "user"]
+            kind = infer_kind(row.get("request") or (users[-1] if users else ""))
+        if kind not in ("harmful", "benign"):
+            raise InputError(path, line, "kind", f"expected harmful or benign, got {kind!r}")
+        row.update(kind=kind, id=str(row.get("id") or f"row-{line}"), category=str(row.get("category") or "unknown"))
         if row.get("status", "ok") == "ok":
-            if row.get("label") not in LABELS:
-                raise InputError(path, line, "label", f"expected one of {', '.join(LABELS)}, got {row.get('label')!r}")
             if not isinstance(row.get("response"), str):
                 raise InputError(path, line, "response", "missing or not a string")
-            prompt = row.get("prompt")
-            if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                                                and m.get("role") for m in prompt)):
-                raise InputError(path, line, "prompt", "expected a list of {role, content} messages")
+            if row.get("label") not in LABELS:
+                verdict = keyword_verdict(kind, row["response"])
+                row.update(label=verdict.label, label_source="keyword (relabelled)", judge_reasoning=verdict.reasoning)
         rows.append(row)
     if not rows:
         raise InputError(path, None, None, "no rows in transcript")

@@ -141,11 +141,20 @@ def run_redteam(attacks: Sequence[Attack], target, judge, *, attacker=None, libr
     conversations, replies, failed = run_target(attacks, target, max_tokens, temperature, log)
     rows = [transcript_row(a, c, r, failed.get(i), getattr(target, "name", "target"))
             for i, (a, c, r) in enumerate(zip(attacks, conversations, replies))]
-    done = [row for row in rows if row["status"] == "ok"]
-    verdicts = judge.label([JudgeItem(r["kind"], r["request"], r["prompt"], r["response"]) for r in done])
-    for row, verdict in zip(done, verdicts):
+    return label_rows(rows, judge)
+
+
+def label_rows(rows: list[dict[str, Any]], judge) -> list[dict[str, Any]]:
+    """Label (or label again) every finished transcript row with `judge`, in place."""
+    done = [row for row in rows if row.get("status", "ok") == "ok"]
+    items = [JudgeItem(r["kind"], r.get("request") or _last_user(r["prompt"]), r["prompt"], r["response"]) for r in done]
+    for row, verdict in zip(done, judge.label(items)):
         row.update(label=verdict.label, judge=judge.name, judge_reasoning=verdict.reasoning,
                    label_source=verdict.source)
     for row in rows:
         row.setdefault("label", None)
     return rows
+
+
+def _last_user(messages: list[Message]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

@@ -22,8 +22,9 @@ principle, and so on (with sampled principles, a batch mixes principles).
 Failures are kept visible rather than hidden:
   - a `None` reply (a request that failed) ends that prompt: its trace says where
     (`failed_at`), and it gives no SFT row and no pair;
-  - a revision that is empty or the same as the response it revises is recorded
-    as `empty` / `unchanged` and does not replace the response.
+  - a revision that is empty, the same as the response it revises, or stuck in a
+    loop (see `is_repetitive`) is recorded as `empty` / `unchanged` / `repetitive`
+    and does not replace the response.
 
 `Trace` holds everything for one prompt; `to_dict()` is one row of `--trace-output`.
 """
@@ -48,12 +49,26 @@ def clean_revision(text: str) -> str:
     return _LABEL.sub("", text.strip(), count=1).strip()
 
 
+def is_repetitive(text: str, n: int = 4, min_ngrams: int = 12, min_distinct: float = 0.5) -> bool:
+    """True when the text loops: fewer than `min_distinct` of its word n-grams are distinct.
+
+    Small models under greedy or low-temperature decoding often fall into a loop ("I'm
+    unsure of a claim I made. I'm unsure of a claim I made. ..."); ordinary prose has
+    nearly all 4-grams distinct. Texts with fewer than `min_ngrams` n-grams are never flagged.
+    """
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) >= min_ngrams and len(set(grams)) / len(grams) < min_distinct
+
+
 def revision_status(revision: str, current: str) -> str:
-    """'empty', 'unchanged' or 'revised' for a cleaned revision of `current`."""
+    """'empty', 'unchanged', 'repetitive' or 'revised' for a cleaned revision of `current`."""
     if not revision:
         return "empty"
     if revision == current.strip():
         return "unchanged"
+    if is_repetitive(revision):
+        return "repetitive"
     return "revised"
 
 
@@ -195,5 +210,4 @@ def count(traces: Sequence[Trace]) -> dict[str, Any]:
             "failed_at": dict(Counter(t.failed_at.rsplit(" ", 1)[-1] for t in failed)),  # initial/critique/revision
             "revised_prompts": sum(t.ok and t.revised for t in traces),
             "unrevised_prompts": sum(t.ok and not t.revised for t in traces),
-            "steps": {"revised": steps["revised"], "empty": steps["empty"], "unchanged": steps["unchanged"],
-                      "failed": steps["failed"]}}
+            "steps": {name: steps[name] for name in ("revised", "empty", "unchanged", "repetitive", "failed")}}

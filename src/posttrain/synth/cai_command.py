@@ -234,7 +234,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"{summary['unrevised_prompts']} never revised, {summary['failed_prompts']} failed "
              f"{summary['failed_at'] or ''}".rstrip(),
              f"  revisions: {steps['revised']} accepted, {steps['empty']} empty, {steps['unchanged']} unchanged, "
-             f"{steps['failed']} failed",
+             f"{steps['repetitive']} repetitive, {steps['failed']} failed",
              f"  wrote {summary['sft_rows']} SFT rows, {summary['pairs']} pairs ({summary['pair_mode']}) "
              f"in {summary['seconds']:.1f}s over {summary['batches']} batches"]
     if "judged" in summary:
