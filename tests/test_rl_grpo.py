@@ -60,7 +60,8 @@ def test_rloo_raises_the_reward(tmp_path):
     assert result.steps == 16
     # Greedy evaluation before and after, with every answer written out.
     assert rows[0]["step"] == 0 and rows[-1]["step"] == 16 and "eval/reward" in rows[0] and "eval/reward" in rows[-1]
-    assert result.eval_before["reward"] == rows[0]["eval/reward"] and result.eval_after["reward"] == rows[-1]["eval/reward"]
+    assert result.eval_before["reward"] == pytest.approx(rows[0]["eval/reward"])
+    assert result.eval_after["reward"] == pytest.approx(rows[-1]["eval/reward"])
     answers = [json.loads(line) for line in (Path(cfg.output_dir) / "eval" / "step-000016.jsonl").read_text().splitlines()]
     assert len(answers) == 4
     assert sum(a["reward"] for a in answers) / 4 == pytest.approx(result.eval_after["reward"])

@@ -46,6 +46,7 @@ class StageType:
     config: str  # "module:Class"
     run: str  # "module:function", called with the config
     outputs: dict[str, tuple[str, str]]  # config field -> (output name, path inside the stage dir)
+    files: dict[str, str] = field(default_factory=dict)  # further outputs: name -> path inside the stage dir
 
 
 def _train(module: str, config: str, function: str) -> StageType:
@@ -61,6 +62,9 @@ STAGE_TYPES: dict[str, StageType] = {
     "grpo": _train("rl.grpo", "GRPOConfig", "train_grpo"),
     "rloo": _train("rl.grpo", "RLOOConfig", "train_grpo"),
     "ppo": _train("rl.ppo", "PPOConfig", "train_ppo"),
+    "best-of-n": StageType("posttrain.rl.best_of_n:BestOfNConfig", "posttrain.rl.best_of_n:run_best_of_n",
+                           {"output_dir": ("dir", ".")},
+                           {"sft": "round-1/sft.jsonl", "pairs": "round-1/pairs.jsonl", "samples": "round-1/samples.jsonl"}),
     "score": StageType("posttrain.rollout.score:ScoreConfig", "posttrain.rollout.score:score_file",
                        {"output": ("scored", "scored.jsonl")}),
     "generate": StageType("posttrain.generate:GenerateConfig", "posttrain.generate:run_generate",
@@ -142,8 +146,10 @@ def _applicable_defaults(kind: str, defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_outputs(kind: str, stage_dir: Path) -> dict[str, str]:
+    spec = STAGE_TYPES[kind]
+    named = {**dict(spec.outputs.values()), **spec.files}
     return {name: str((stage_dir / rel).resolve()) if rel != "." else str(stage_dir.resolve())
-            for name, rel in STAGE_TYPES[kind].outputs.values()}
+            for name, rel in named.items()}
 
 
 def resolve_references(value: Any, outputs: dict[str, dict[str, str]], stage: str) -> Any:
