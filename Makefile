@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.posttrain-installed
 
-.PHONY: venv demo test test-all test-slow bench clean
+.PHONY: venv demo demo-format test test-all test-slow bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ venv: $(STAMP)
 
 demo: venv
 	$(PY) -m posttrain.demo
+
+demo-format: venv
+	$(PY) -m posttrain.demo_format
 
 test: venv
 	$(PY) -m pytest -q

@@ -80,6 +80,22 @@ def test_first_update_has_ratio_one_and_later_updates_do_not(tmp_path):
         assert row["clip_fraction"] > 0  # the second pass saw ratios outside [0.8, 1.2]
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "sum_over_constant"])
+def test_micro_batching_does_not_change_the_update(tmp_path, aggregation):
+    """The loss denominator is that of the whole minibatch, so 16 sequences in one forward or in
+    micro-batches of 3 give the same gradient: same updated policy, same next samples."""
+    rows = {}
+    for size in (16, 3):
+        cfg = _config(tmp_path, max_steps=3, micro_batch_size=size, loss_aggregation=aggregation, beta=0.1,
+                      output_dir=str(tmp_path / f"mb{size}"))
+        train_grpo(cfg, {"lowercase": rl_toy.lowercase})
+        rows[size] = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "loss" in r]
+    for whole, split in zip(rows[16], rows[3]):
+        assert split["reward"] == pytest.approx(whole["reward"], abs=1e-6)
+        for key in ("loss", "kl", "entropy", "grad_norm"):
+            assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+
+
 def test_group_advantages_by_hand():
     samples = [Sample(i // 2, i % 2, [1], [2], "", "eos", score=s) for i, s in enumerate([1.0, 0.0, 0.5, 0.5])]
     stats = group_advantages(samples, n=2, estimator="grpo", beta_in_reward=0.0)
@@ -188,3 +204,17 @@ train_ppo(PPOConfig(**common, output_dir={str(tmp_path / 'ppo')!r}, n=2, ppo_epo
         assert "eval/reward" in rows[0] and "eval/reward" in rows[-1]
         assert len((tmp_path / name / "rollouts.jsonl").read_text().splitlines()) == 3 * per_step
         assert (tmp_path / name / "checkpoints" / "step-00000002").is_dir()
+
+
+def test_rewards_from_yaml_mapping_and_flags(tmp_path):
+    from posttrain.config import parse_config
+    from posttrain.rl.loop import merge_repeated_flags
+    from posttrain.rl.online import build_scorer
+
+    config = tmp_path / "grpo.yaml"
+    config.write_text(f"reward: [answer_format]\nreward_weights:\n  '{TOY}:lowercase': 0.5\n  '{TOY}:short': 2\n")
+    cfg = parse_config(GRPOConfig, ["--config", str(config)])
+    assert build_scorer(cfg).weights == {"answer_format": 1.0, f"{TOY}:lowercase": 0.5, f"{TOY}:short": 2.0}
+    argv = merge_repeated_flags(["--reward", "math:2", "--prompts", "p.jsonl", "--reward", f"{TOY}:short:0.1"], "--reward")
+    cfg = parse_config(GRPOConfig, argv)
+    assert build_scorer(cfg).weights == {"math": 2.0, f"{TOY}:short": 0.1}

@@ -97,3 +97,34 @@ def test_the_score_reaches_every_token_through_gae(tmp_path):
     samples[0].tokens["ref_logps"] = torch.tensor([-2.0, -2.0, -2.0])  # k1 = 1 per token
     compute_advantages(run, samples, 0, cfg, kl_coef=0.1)
     assert samples[0].tokens["advantages"].tolist() == pytest.approx([0.7, 0.8, 0.9])
+
+
+def test_resume_restores_the_adaptive_kl_coefficient(tmp_path, monkeypatch):
+    import posttrain.rl.ppo as ppo
+
+    reward = {"lowercase": rl_toy.lowercase}
+    options = dict(max_steps=3, kl_controller="adaptive", kl_coef=0.1, kl_target=0.01, kl_horizon=4,
+                   value_model="shared")
+    full = _config(tmp_path, output_dir=str(tmp_path / "full"), **options)
+    train_ppo(full, reward)
+
+    real, calls = ppo.ppo_update, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "ppo_update", crash_on_third)
+    broken = _config(tmp_path, output_dir=str(tmp_path / "broken"), save_every=2, **options)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_ppo(broken, reward)
+    monkeypatch.setattr(ppo, "ppo_update", real)
+    broken.resume = True
+    train_ppo(broken, reward)
+    a = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "kl_coef" in r]
+    b = [r for r in read_metrics(tmp_path / "broken" / "metrics.jsonl") if "kl_coef" in r]
+    assert a[2]["kl_coef"] != pytest.approx(0.1)  # the controller moved it
+    assert [r["kl_coef"] for r in b] == pytest.approx([r["kl_coef"] for r in a])
+    assert [r["reward"] for r in b] == [r["reward"] for r in a]

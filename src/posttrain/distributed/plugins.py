@@ -143,6 +143,11 @@ def deepspeed_plugin(stage: int, args, from_environment: bool = False):
 
     if from_environment:
         plugin = DeepSpeedPlugin()
+        if getattr(args, "cpu_offload", False):  # --cpu-offload on top of the launcher's config
+            zero = plugin.deepspeed_config.setdefault("zero_optimization", {})
+            zero["offload_optimizer"] = {"device": "cpu"}
+            if stage == 3:
+                zero["offload_param"] = {"device": "cpu"}
     else:
         offload = "cpu" if getattr(args, "cpu_offload", False) else "none"
         zero: dict[str, Any] = {"stage": stage, "offload_optimizer": {"device": offload},
@@ -191,14 +196,18 @@ class DistributedPlan:
 
 
 def describe(accelerator, plan: DistributedPlan) -> str:
-    world = accelerator.num_processes
-    what = {"ddp": "DDP (whole model on every process)", "fsdp": "FSDP2 full shard",
-            "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}.get(plan.mode, plan.mode)
+    """One line on what actually runs (read back from Accelerate's state, not from the plan)."""
+    from accelerate.utils import DistributedType
+
+    world, kind = accelerator.num_processes, accelerator.distributed_type
+    mode = "fsdp" if kind == DistributedType.FSDP else plan.mode if kind == DistributedType.DEEPSPEED else "ddp"
+    what = {"ddp": "DDP (whole model on every process)", "fsdp": "FSDP2 full shard" if accelerator.is_fsdp2 else "FSDP1",
+            "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}[mode]
     if world == 1:
         what = "single process"
     parts = [what, f"{world} process{'es' if world != 1 else ''} ({accelerator.device.type}, "
                    f"{getattr(accelerator.state, 'backend', None) or 'no'} backend)"]
-    if plan.cpu_offload and plan.mode != "ddp" and world > 1:
+    if plan.cpu_offload and mode != "ddp" and world > 1:
         parts.append("CPU offload")
     if plan.note:
         parts.append(plan.note)

@@ -160,20 +160,20 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
             for j, batch in enumerate(collated):
                 batch = {k: v.to(run.device) for k, v in batch.items()}
                 mask = batch["response_mask"]
-                with run.accelerator.autocast():
+                with run.micro_batch(last=j == len(collated) - 1):
                     out = batch_logprobs(run.model, batch, temperature, entropy=True)
-                logps = out.logprobs
-                old = batch["old_logps"] if has_old else logps.detach()
-                losses, clipped = ppo_clip_losses(logps, old, batch["advantage"], mask, clip_low=cfg.epsilon,
-                                                  clip_high=clip_high)
-                if kl_term:
-                    kl = KL_ESTIMATORS[cfg.kl_estimator](logps, batch["ref_logps"], mask)
-                    losses = losses + cfg.beta * kl
-                    add_sum(sums, "kl_sum", kl.detach().sum())
-                if cfg.entropy_coef:
-                    losses = losses - cfg.entropy_coef * torch.where(mask, out.entropy, 0.0)
-                num, _ = aggregate_parts(losses, mask, cfg.loss_aggregation, constant)
-                run.backward(num * run.world / max(den, 1e-12), last_micro_batch=j == len(collated) - 1)
+                    logps = out.logprobs
+                    old = batch["old_logps"] if has_old else logps.detach()
+                    losses, clipped = ppo_clip_losses(logps, old, batch["advantage"], mask, clip_low=cfg.epsilon,
+                                                      clip_high=clip_high)
+                    if kl_term:
+                        kl = KL_ESTIMATORS[cfg.kl_estimator](logps, batch["ref_logps"], mask)
+                        losses = losses + cfg.beta * kl
+                        add_sum(sums, "kl_sum", kl.detach().sum())
+                    if cfg.entropy_coef:
+                        losses = losses - cfg.entropy_coef * torch.where(mask, out.entropy, 0.0)
+                    num, _ = aggregate_parts(losses, mask, cfg.loss_aggregation, constant)
+                    run.accelerator.backward(num * run.world / max(den, 1e-12))
                 loss_total += float(num.detach()) / max(den, 1e-12)
                 _token_metrics(sums, logps.detach(), old, batch["advantage"], clipped, mask, out.entropy,
                                cfg.epsilon, clip_high, first)

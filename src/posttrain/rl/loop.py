@@ -283,13 +283,16 @@ class OnlineRun:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
-        """Backward with DDP gradient sync only on the last micro-batch of an optimizer step."""
+    def micro_batch(self, last: bool):
+        """Context for one micro-batch's forward *and* backward: autocast, and DDP gradient
+        sync only on the last micro-batch of an optimizer step (DDP decides in the forward)."""
         import contextlib
 
-        sync = contextlib.nullcontext() if last_micro_batch else self.accelerator.no_sync(self.model)
-        with sync:
-            self.accelerator.backward(loss)
+        stack = contextlib.ExitStack()
+        if not last:
+            stack.enter_context(self.accelerator.no_sync(self.model))
+        stack.enter_context(self.accelerator.autocast())
+        return stack
 
     # ----- bookkeeping
     def end_step(self, step: int, row: dict[str, Any], tokens: int, state: dict[str, Any],

@@ -232,17 +232,17 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
             for j, batch in enumerate(collated):
                 batch = {k: v.to(run.device) for k, v in batch.items()}
                 mask = batch["response_mask"]
-                with run.accelerator.autocast():
+                with run.micro_batch(last=j == len(collated) - 1):
                     logps, entropy, values = run.model(batch["input_ids"], batch["attention_mask"], mask, temperature)
-                policy_t, clipped = ppo_clip_losses(logps, batch["old_logps"], batch["advantages"], mask,
-                                                    clip_low=cfg.cliprange, clip_high=clip_high)
-                value_t, value_clipped = clipped_value_losses(values, batch["old_values"], batch["returns"], mask,
-                                                              clip=value_clip)
-                loss_t = policy_t + cfg.vf_coef * value_t
-                if cfg.entropy_coef:
-                    loss_t = loss_t - cfg.entropy_coef * torch.where(mask, entropy, 0.0)
-                num, _ = aggregate_parts(loss_t, mask, cfg.loss_aggregation, constant)
-                run.backward(num * run.world / den, last_micro_batch=j == len(collated) - 1)
+                    policy_t, clipped = ppo_clip_losses(logps, batch["old_logps"], batch["advantages"], mask,
+                                                        clip_low=cfg.cliprange, clip_high=clip_high)
+                    value_t, value_clipped = clipped_value_losses(values, batch["old_values"], batch["returns"], mask,
+                                                                  clip=value_clip)
+                    loss_t = policy_t + cfg.vf_coef * value_t
+                    if cfg.entropy_coef:
+                        loss_t = loss_t - cfg.entropy_coef * torch.where(mask, entropy, 0.0)
+                    num, _ = aggregate_parts(loss_t, mask, cfg.loss_aggregation, constant)
+                    run.accelerator.backward(num * run.world / den)
                 total += float(num.detach()) / den
                 tokens = float(mask.sum())
                 add_sum(sums, "tokens", tokens)
