@@ -208,19 +208,38 @@ def test_default_constitution():
     assert all(p.critique and p.revision and p.rubric for p in constitution.principles)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Generation of a tiny model is dominated by thread overhead on a busy shared CPU:
-    one thread is ~30x faster here than the default (measured: 0.2 s vs 6.5 s per batch)."""
-    import torch
+def test_over_http_with_failed_requests(tmp_path, openai_stub, capsys):
+    """--url: the same loop over a real OpenAI-compatible server; an HTTP 400 is a failed request."""
+    from openai_stub import Reply
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    def handle(request):
+        try:
+            return fake_model(request["json"]["messages"])
+        except (TimeoutError, ConnectionError):
+            return Reply(status=400)
+
+    openai_stub.handler = handle
+    cfg = config(tmp_path, ["q1", "fail-initial", "fail-critique"])
+    code = main(["cai", cfg.prompts, "--url", openai_stub.url, "--model", "fake", "--constitution", cfg.constitution,
+                 "--trace-output", cfg.trace_output, "--sft-output", cfg.sft_output, "--max-retries", "0"])
+    assert code == 0
+    traces = read(cfg.trace_output)
+    assert [t["failed_at"] for t in traces] == [None, "initial", "round 1 principle b critique"]
+    assert traces[0]["final"] == "ANSWER(q1)+a+b+c"
+    assert [r["messages"][-1]["content"] for r in read(cfg.sft_output)] == ["ANSWER(q1)+a+b+c"]
+    summary = json.loads((tmp_path / "trace.summary.json").read_text())
+    assert summary["requests"]["failure_reasons"] == {"HTTP 400": 2} and summary["failed_prompts"] == 2
+    assert {r["json"]["model"] for r in openai_stub.requests} == {"fake"}
+    assert "2 failed" in capsys.readouterr().err
+
+    openai_stub.handler = lambda request: Reply(status=400)  # nothing works: exit 2, traces still written
+    assert main(["cai", cfg.prompts, "--url", openai_stub.url, "--model", "fake", "--constitution", cfg.constitution,
+                 "--trace-output", cfg.trace_output, "--max-retries", "0"]) == 2
+    assert "every prompt failed (HTTP 400 x3)" in capsys.readouterr().err
+    assert [t["failed_at"] for t in read(cfg.trace_output)] == ["initial"] * 3
 
 
-def test_tiny_random_through_local_backend(tmp_path, one_torch_thread):
+def test_tiny_random_through_local_backend(tmp_path):
     """The real path: tiny-random behind LocalChatBackend (garbage text; the plumbing must hold)."""
     source = prompts_file(tmp_path, ["Say hi.", "Name a colour.", "Count to three."])
     out = {name: str(tmp_path / f"{name}.jsonl") for name in ("trace", "sft", "pairs")}
@@ -250,6 +269,8 @@ def test_tiny_random_through_local_backend(tmp_path, one_torch_thread):
     (CONSTITUTION, ["--principles", "sample:4"], "config field 'principles': sample:K needs 1 <= K <= 3"),
     (CONSTITUTION, ["--principles", "a,zzz"], "config field 'principles': expected all, sample:K or principle"),
     (CONSTITUTION, ["--pair-mode", "best"], "config field 'pair_mode': 'best' is not one of"),
+    (CONSTITUTION, ["--pair-mode", "judged"], "config field 'pairs_output': --pair-mode judged makes pairs"),
+    (CONSTITUTION, ["--judge-swap"], "config field 'pair_mode': the judge options need --pair-mode judged"),
 ])
 def test_bad_constitution_or_flags_exit_2(tmp_path, capsys, constitution, args, message):
     source = prompts_file(tmp_path, ["q"])

@@ -76,6 +76,8 @@ def validate(cfg: CaiConfig) -> None:
         raise ConfigError("judge_model", "required with --judge-url: the model name the server serves")
     if cfg.pair_mode == "revision" and (cfg.judge_url or cfg.judge_model or cfg.judge_swap):
         raise ConfigError("pair_mode", "the judge options need --pair-mode judged")
+    if cfg.pair_mode == "judged" and not cfg.pairs_output:
+        raise ConfigError("pairs_output", "--pair-mode judged makes pairs: give --pairs-output")
 
 
 def _http(url: str, model: str, cfg: CaiConfig):

@@ -288,7 +288,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         dropped = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in tally.items() if k != "pairs" and v)
         lines.append(f"  {name}: {tally['pairs']} pairs" + (f" (dropped/skipped: {dropped})" if dropped else ""))
     if summary["duplicates_across_strategies"]:
-        lines.append(f"  {summary['duplicates_across_strategies']} pairs found by more than one strategy were written once")
+        lines.append(f"  {summary['duplicates_across_strategies']} pairs found by more than one strategy "
+                     "were written once")
     return lines
 
 
