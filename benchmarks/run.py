@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--batch-size", type=int, default=4, help="examples (SFT), pairs (RM, DPO) or packs per step")
     p.add_argument("--warmup", type=int, default=1, help="steps run first and left out of the timing (>= 1)")
-    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run")
+    p.add_argument("--steps", type=int, default=2, help="timed optimizer steps per run")
     p.add_argument("--reps", type=int, default=3, help="alternations: runs per framework and configuration")
     p.add_argument("--prompt-median", type=float, default=64.0, help="median prompt length (tokens)")
     p.add_argument("--response-median", type=float, default=64.0, help="median response length (tokens)")
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true", help="in both frameworks")
     # posttrain's batch layouts (TRL has no equivalent switch except packing)
     p.add_argument("--sft-packing", action="store_true", help="pack SFT examples into --max-length rows (both)")
-    p.add_argument("--dpo-layout", choices=["padded", "padding_free", "prefix_sharing", "both"], default="padding_free",
+    p.add_argument("--dpo-layout", choices=["padded", "padding_free", "prefix_sharing", "both"], default="both",
                    help="posttrain's DPO batch layout (TRL always pads)")
     p.add_argument("--rm-layout", choices=["auto", "shared_prompt", "padded"], default="auto",
                    help="posttrain's reward-model batch layout (TRL always pads)")

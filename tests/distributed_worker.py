@@ -84,6 +84,22 @@ def train_losses(run: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def accelerate_launch_env(config_file) -> dict[str, str]:
+    """The variables `accelerate launch --config_file FILE` gives each process (via Accelerate's own
+    launcher code; private helpers, so this test breaks loudly if Accelerate changes them)."""
+    from accelerate.commands import launch as accelerate_launch
+
+    args = accelerate_launch.launch_command_parser().parse_args(
+        ["--config_file", str(config_file), "--num_processes", "2", "-m", "posttrain.cli", "sft"])
+    args, defaults, _ = accelerate_launch._validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = list(defaults.deepspeed_config.keys())
+        _, env = accelerate_launch.prepare_deepspeed_cmd_env(args)
+    else:
+        env = accelerate_launch.prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+
+
 def copy_step(src: Path, dst: Path) -> dict:
     """A worker step: rank 0 copies directory `src` to `dst` while the others wait."""
     return {"copy": [str(src), str(dst)]}

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from distributed_worker import accelerate_launch_env
 from posttrain.cli import main as cli_main
 from posttrain.distributed.configs import SHIPPED, config_path
 from posttrain.distributed.launch import LaunchConfig, build_argv, split_argv
-from posttrain.distributed.plugins import deepspeed_plugin, fsdp_plugin, launcher_mode, plan_distributed, resolve_mode
+from posttrain.distributed.plugins import deepspeed_plugin, launcher_mode, plan_distributed, resolve_mode
 from posttrain.errors import ConfigError
 
 LAUNCH_VARIABLES = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "FSDP_VERSION",
@@ -103,22 +104,6 @@ def test_impossible_choices_are_one_line_errors(tmp_path, capsys, clean_env, fla
 
 
 # --------------------------------------------------------------------------- shipped configs
-
-
-def accelerate_launch_env(config_file) -> dict[str, str]:
-    """The variables `accelerate launch --config_file FILE` gives each process (via Accelerate's own
-    launcher code; private helpers, so this test breaks loudly if Accelerate changes them)."""
-    from accelerate.commands import launch as accelerate_launch
-
-    args = accelerate_launch.launch_command_parser().parse_args(
-        ["--config_file", str(config_file), "--num_processes", "2", "-m", "posttrain.cli", "sft"])
-    args, defaults, _ = accelerate_launch._validate_launch_command(args)
-    if args.use_deepspeed:
-        args.deepspeed_fields_from_accelerate_config = list(defaults.deepspeed_config.keys())
-        _, env = accelerate_launch.prepare_deepspeed_cmd_env(args)
-    else:
-        env = accelerate_launch.prepare_multi_gpu_env(args)
-    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
 
 
 @pytest.mark.parametrize("name, mode", [("ddp", None), ("fsdp", "fsdp"), ("fsdp_offload", "fsdp"),

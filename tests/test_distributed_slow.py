@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from distributed_worker import ROOT, final_weights, launch, recipe_commands, train_losses, write_data
+from distributed_worker import ROOT, accelerate_launch_env, final_weights, launch, recipe_commands, train_losses, write_data
 from posttrain.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,6 @@ def test_posttrain_launch_runs_fsdp_end_to_end(single, tmp_path):
 
 
 def test_shipped_fsdp_config_drives_an_auto_run(single, tmp_path):
-    from test_distributed_config import accelerate_launch_env
     from posttrain.distributed.configs import config_path
 
     env = accelerate_launch_env(config_path("fsdp"))

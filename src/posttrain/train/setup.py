@@ -33,7 +33,7 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
                          modules_to_save: list[str] | None = None, quiet: bool = False):
     """Load `cfg.model` and wrap it in the chosen PEFT method; returns the model in train mode."""
     from ..models import load_model
-    from ..models.peft import apply_peft, trainable_parameter_summary
+    from ..models.peft import apply_peft, is_peft_model, merge_adapter, trainable_parameter_summary
 
     from accelerate.utils import set_seed
 
@@ -41,6 +41,10 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
     set_seed(seed)
     extra = {"load_in_4bit": True} if cfg.peft == "qlora" else {}
     model = load_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, seed=seed, **extra)
+    if is_peft_model(model):
+        # Starting from an adapter run (e.g. DPO after LoRA SFT): fold it into the base weights,
+        # so the new stage trains one adapter (or the full model) on top of what SFT learned.
+        model = merge_adapter(model)
     if cfg.peft != "none":
         target = cfg.lora_target_modules
         target = target[0] if target == ["all-linear"] else target
