@@ -35,7 +35,7 @@ from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_de
 from .preference_batch import BatchLayout, check_layout
 from .preference_data import INVALID_POLICIES, load_data, load_pairs, write_report
 from .reference import STRATEGIES, build_reference, describe, model_identity, resolve_strategy, summary_line
-from .setup import load_trainable_model, prepare_run_dir
+from .setup import load_trainable_model, prepare_run_dir, say
 
 
 def _loss_names() -> list[str]:
@@ -168,7 +168,7 @@ def train_dpo(cfg: DPOConfig):
                  "max_length": cfg.max_length, "length_policy": cfg.length_policy}
     reference = build_reference(strategy, cfg, model, accelerator, datasets=files, score=score,
                                 token_fields=("prompt_ids", "chosen_ids", "rejected_ids"), key_parts=key_parts)
-    print(f"reference: {summary_line(reference)}")
+    say(f"reference: {summary_line(reference)}")
     write_report(cfg.output_dir, reports, describe(reference))
 
     compute_loss = make_loss(components, options, reference)
@@ -178,7 +178,7 @@ def train_dpo(cfg: DPOConfig):
                      name="dpo")
     result = run_training(task, cfg, accelerator=accelerator, tokenizer=tokenizer)
     last, evals = result.last_metrics, result.eval_metrics
-    print(f"done: {result.steps} steps in {result.seconds:.0f}s; loss {last.get('loss', float('nan')):.4f}, "
+    say(f"done: {result.steps} steps in {result.seconds:.0f}s; loss {last.get('loss', float('nan')):.4f}, "
           f"margin {last.get('rewards/margins', float('nan')):.4f}, accuracy {last.get('rewards/accuracies', float('nan')):.3f}"
           + (f"; eval margin {evals['eval/rewards/margins']:.4f}, eval accuracy {evals['eval/rewards/accuracies']:.3f}"
              if "eval/rewards/margins" in evals else "") + f"; model in {result.final_dir}")

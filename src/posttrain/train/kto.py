@@ -40,7 +40,7 @@ from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_de
 from .preference_batch import BatchLayout, check_layout
 from .preference_data import INVALID_POLICIES, load_data, load_unpaired, write_report
 from .reference import STRATEGIES, build_reference, describe, eval_mode, model_identity, resolve_strategy, summary_line
-from .setup import load_trainable_model, prepare_run_dir
+from .setup import load_trainable_model, prepare_run_dir, say
 
 
 @dataclass
@@ -149,11 +149,11 @@ def check_weights(cfg: KTOConfig, examples: list) -> None:
     n_d = sum(1 for e in examples if e.desirable)
     n_u = len(examples) - n_d
     if not n_d or not n_u:
-        print(f"note: the training data has {n_d} desirable and {n_u} undesirable examples; KTO learns from both kinds")
+        say(f"note: the training data has {n_d} desirable and {n_u} undesirable examples; KTO learns from both kinds")
         return
     ratio = cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u)
     if not 1.0 <= ratio <= 4 / 3:
-        print(f"note: lambda_D*n_D / (lambda_U*n_U) = {ratio:.2f} ({n_d} desirable, {n_u} undesirable); the KTO paper "
+        say(f"note: lambda_D*n_D / (lambda_U*n_U) = {ratio:.2f} ({n_d} desirable, {n_u} undesirable); the KTO paper "
               "recommends 1 to 4/3 (adjust --desirable-weight / --undesirable-weight)")
 
 
@@ -188,7 +188,7 @@ def train_kto(cfg: KTOConfig):
                  "max_length": cfg.max_length, "length_policy": cfg.length_policy}
     reference = build_reference(strategy, cfg, model, accelerator, datasets=files, score=score,
                                 token_fields=("prompt_ids", "completion_ids", "mismatched_ids"), key_parts=key_parts)
-    print(f"reference: {summary_line(reference)}")
+    say(f"reference: {summary_line(reference)}")
     write_report(cfg.output_dir, reports, describe(reference))
 
     state: dict[str, Any] = {}
@@ -199,7 +199,7 @@ def train_kto(cfg: KTOConfig):
                      prepare_step=make_prepare_step(state, reference, layout, accelerator, cfg.grad_accum), name="kto")
     result = run_training(task, cfg, accelerator=accelerator, tokenizer=tokenizer)
     last, evals = result.last_metrics, result.eval_metrics
-    print(f"done: {result.steps} steps in {result.seconds:.0f}s; loss {last.get('loss', float('nan')):.4f}, "
+    say(f"done: {result.steps} steps in {result.seconds:.0f}s; loss {last.get('loss', float('nan')):.4f}, "
           f"kl {last.get('kl', float('nan')):.4f}, margin {last.get('rewards/margins', float('nan')):.4f}"
           + (f"; eval margin {evals['eval/rewards/margins']:.4f}" if "eval/rewards/margins" in evals else "")
           + f"; model in {result.final_dir}")

@@ -39,6 +39,7 @@ from ..data.readers import read_rows, split_location
 from ..data.tokenize import LengthStats, apply_length_policy, tokenize_prompt_response
 from ..errors import ConfigError, InputError
 from ..records import PreferencePair, Unpaired
+from .setup import say
 
 INVALID_POLICIES = ("error", "drop")
 MISMATCH_SEED = 1234  # fixed, so the mismatched pairs (and their cache) do not depend on the run's seed
@@ -256,10 +257,10 @@ def load_data(cfg, tokenizer, template, loader) -> tuple[list, list, list, dict[
                   limit=cfg.limit or None)
     train, report = loader(cfg.data, tokenizer, template, **kwargs)
     reports, files = {"train": report}, [(cfg.data, train)]
-    print(report.summary())
+    say(report.summary())
     if cfg.eval_data:
         held_out, eval_report = loader(cfg.eval_data, tokenizer, template, **kwargs)
-        print(eval_report.summary())
+        say(eval_report.summary())
         reports["eval"] = eval_report
         files.append((cfg.eval_data, held_out))
     else:
