@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.train.setup import load_trainable_model
 
     torch.set_num_threads(args.threads)
-    model_dir, has_text = materialise(args.model, Path(tempfile.mkdtemp(prefix="posttrain-profile-")))
+    scratch = tempfile.TemporaryDirectory(prefix="posttrain-profile-")  # removed at exit
+    model_dir, has_text = materialise(args.model, Path(scratch.name))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.model_max_length = 10**9
     rows = make_rows(args.batch_size, LengthSpec(args.prompt_median), LengthSpec(args.response_median), seed=args.seed,

@@ -9,8 +9,7 @@ import pytest
 
 from posttrain.cli import main as cli
 from posttrain.records import Prompt, user_prompt
-from posttrain.rl.best_of_n import (BestOfNConfig, best_worst_pair, build_round_data, run_best_of_n, select_best,
-                                    select_threshold)
+from posttrain.rl.best_of_n import BestOfNConfig, build_round_data, run_best_of_n, select_best, select_threshold
 
 import rl_toy
 from rl_toy import one_thread  # noqa: F401  (fixture)
@@ -28,9 +27,6 @@ def test_selection_rules():
     assert select_best([0.5, 0.5]) == [0]  # ties: the first
     assert select_best([0.1, 0.2], threshold=0.5) == []
     assert select_threshold([0.1, 0.9, 0.5], 0.5) == [1, 2]
-    assert best_worst_pair([0.1, 0.9, 0.5]) == (1, 0)
-    assert best_worst_pair([0.3, 0.3]) is None
-    assert best_worst_pair([0.0, 0.2], min_margin=0.5) is None
 
 
 def test_round_data_rows(tmp_path):
@@ -52,12 +48,22 @@ def test_round_data_rows(tmp_path):
     # dedup: the second "x" is the same response to the same prompt
     assert [r["messages"][-1]["content"] for r in kept.sft] == ["b", "c", "x"]
 
+    # A truncated response is never kept or chosen, but may be rejected; equal scores give no pair.
+    finish = [["eos", "length", "eos"], ["eos", "eos", "eos"]]
+    cut = build_round_data(prompts, texts, [[0.1, 0.9, 0.5], [0.3, 0.3, 0.3]], components, cfg, finish)
+    assert [r["messages"][-1]["content"] for r in cut.sft] == ["c", "x"]
+    assert [(p["chosen"], p["rejected"]) for p in cut.pairs] == [("c", "a")]
+    assert [s["finish_reason"] for s in cut.samples][:3] == ["eos", "length", "eos"]
+    margin = build_round_data(prompts, texts, scores, components, BestOfNConfig(prompts="u", pair_min_margin=0.6))
+    assert [p["chosen"] for p in margin.pairs] == ["b"]  # 0.9 - 0.1 > 0.6; 0.7 - 0.2 is not
+
 
 def test_best_of_n_writes_the_best_sample_per_prompt(tmp_path):
     prompts = rl_toy.write_prompts(tmp_path, count=6)
     out = tmp_path / "bon"
     code = cli(["best-of-n", "--model", "tiny-random", "--prompts", str(prompts), "--reward", f"{TOY}:lowercase",
-                "--n", "4", "--max-new-tokens", "10", "--output-dir", str(out), "--no-progress"])
+                "--n", "4", "--max-new-tokens", "10", "--output-dir", str(out), "--no-progress",
+                "--keep-truncated"])  # tiny-random rarely stops before max_new_tokens
     assert code == 0
     samples, sft, pairs = (_lines(out / "round-1" / name) for name in ("samples.jsonl", "sft.jsonl", "pairs.jsonl"))
     assert len(samples) == 6 * 4 and len(sft) == 6
@@ -87,7 +93,7 @@ def test_iterations_alternate_sampling_and_training(tmp_path, monkeypatch, kind,
     monkeypatch.setattr(__import__(module, fromlist=[name]), name, fake_train)
     cfg = BestOfNConfig(model="tiny-random", prompts=str(rl_toy.write_prompts(tmp_path, count=4)),
                         output_dir=str(tmp_path / "bon"), n=3, max_new_tokens=8, iterations=2, train=kind,
-                        train_learning_rate=1e-4, progress=False)
+                        train_learning_rate=1e-4, progress=False, keep_truncated=True)
     result = run_best_of_n(cfg, {"lowercase": rl_toy.lowercase})
     assert len(calls) == 2
     data_file = "sft.jsonl" if kind == "sft" else "pairs.jsonl"
@@ -104,7 +110,7 @@ def test_real_sft_round_then_resume_reuses_it(tmp_path):
     prompts = str(rl_toy.write_prompts(tmp_path, count=4))
     cfg = BestOfNConfig(model="tiny-random", prompts=prompts, output_dir=str(tmp_path / "bon"), n=2, max_new_tokens=8,
                         iterations=1, train="sft", train_batch_size=2, train_learning_rate=1e-3, progress=False,
-                        eval_prompts=prompts, eval_limit=3)
+                        eval_prompts=prompts, eval_limit=3, keep_truncated=True)
     first = run_best_of_n(cfg, {"lowercase": rl_toy.lowercase})
     model = Path(first["final_model"])
     assert model == tmp_path / "bon" / "round-1" / "sft" / "final" and (model / "config.json").is_file()

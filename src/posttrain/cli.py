@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("posttrain.models.export:main", "merge a LoRA adapter into its base and save a HF directory"),
     "run": ("posttrain.pipeline:main", "run a multi-stage YAML pipeline with per-stage caching and resume"),
     "report": ("posttrain.report.html:main", "write a self-contained HTML report (config, curves, evals, samples) of a run"),
-    "data check": ("posttrain.data.check:main", "validate a data file: shapes, counts, length statistics"),
+    "data check": ("posttrain.data.check:main", "check a data file before training: row shapes, counts, token lengths"),
     "ab": ("posttrain.ab.command:main", "A/B analysis of feedback logs: rates, tests, power, ship/keep/collect"),
     "data agreement": ("posttrain.quality.agreement:main", "inter-annotator agreement: Cohen/Fleiss kappa, Krippendorff alpha"),
     "data bias": ("posttrain.quality.bias:main", "position, length and model bias of pairwise labels, with tests"),

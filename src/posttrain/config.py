@@ -151,14 +151,16 @@ def build_parser(cls: type, prog: str, description: str = "") -> argparse.Argume
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{help_text} (default: {default!r})"}
+        choices = f.metadata.get("choices")
+        shown = f" [{'|'.join(map(str, choices))}]" if choices else ""  # list fields too (--loss, --suite)
+        # A help text that already explains its default is not followed by the raw value (often None).
+        suffix = "" if "(default" in help_text else f" (default: {default!r})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{help_text}{shown}{suffix}"}
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is list:
             parser.add_argument(flag, nargs="+", metavar="VALUE", **kwargs)
         else:
-            if f.metadata.get("choices"):
-                kwargs["help"] = f"{help_text} [{'|'.join(map(str, f.metadata['choices']))}] (default: {default!r})"
             parser.add_argument(flag, metavar=f.name.upper(), **kwargs)
     return parser
 

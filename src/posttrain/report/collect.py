@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GENERATION_GLOBS = ("generations.jsonl", "*generations*.jsonl", "before.jsonl", "after.jsonl", "rollouts.jsonl")
+GENERATION_GLOBS = ("generations.jsonl", "*generations*.jsonl", "before.jsonl", "after.jsonl", "rollouts.jsonl",
+                    "round-*/samples.jsonl")
 
 
 @dataclass
@@ -64,7 +65,7 @@ def collect_section(name: str, kind: str, directory: Path, status: dict[str, Any
         for path in sorted(directory.glob(pattern)):
             if path not in seen and path.is_file():
                 seen.add(path)
-                section.generations[path.name] = read_jsonl_rows(path, limit=6)
+                section.generations[str(path.relative_to(directory))] = read_jsonl_rows(path, limit=6)
     return section
 
 

@@ -56,6 +56,7 @@ class BestOfNConfig(ModelArgs):
     threshold: float | None = help_field(None, "threshold: keep samples scoring >= this; best: keep the best only if it does")
     condition: str = help_field("", "condition: module:function(prompt, response, score, **extra) -> bool")
     dedup: bool = help_field(True, "keep one copy of identical responses to the same prompt")
+    keep_truncated: bool = help_field(False, "let responses cut at max_new_tokens be kept (and chosen in pairs)")
     pair_min_margin: float = help_field(0.0, "write a best-vs-worst pair only when best - worst exceeds this")
     iterations: int = help_field(1, "rounds of sample -> select -> train (Llama-2-style rejection sampling)")
     train: str = help_field("auto", "what each round trains: sft on kept samples, dpo on pairs, none; auto: sft when iterations > 1",
@@ -86,15 +87,6 @@ def select_best(scores: Sequence[float], threshold: float | None = None) -> list
 
 def select_threshold(scores: Sequence[float], threshold: float) -> list[int]:
     return [i for i, s in enumerate(scores) if s >= threshold]
-
-
-def best_worst_pair(scores: Sequence[float], min_margin: float = 0.0) -> tuple[int, int] | None:
-    """(best, worst) indices when best - worst > min_margin, else None."""
-    if len(scores) < 2:
-        return None
-    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    worst = min(range(len(scores)), key=lambda i: (scores[i], i))
-    return (best, worst) if scores[best] - scores[worst] > min_margin else None
 
 
 def make_condition(spec: str) -> Callable[[str, str, float, Mapping[str, Any]], bool]:
@@ -128,14 +120,18 @@ def build_round_data(prompts: Sequence[Any], texts: Sequence[Sequence[str]], sco
         if cfg.dedup:  # the first copy of each distinct response
             seen: dict[str, int] = {}
             candidates = [seen.setdefault(texts[p][i], i) for i in candidates if texts[p][i] not in seen]
-        values = [scores[p][i] for i in candidates]
+        # A response cut at max_new_tokens is not a finished answer: never kept or chosen
+        # (unless keep_truncated), though it can be the rejected side of a pair.
+        complete = [i for i in candidates
+                    if cfg.keep_truncated or finish is None or finish[p][i] != "length"]
+        values = [scores[p][i] for i in complete]
         if cfg.select == "best":
-            picked = [candidates[i] for i in select_best(values, cfg.threshold)]
+            picked = [complete[i] for i in select_best(values, cfg.threshold)]
         elif cfg.select == "threshold":
-            picked = [candidates[i] for i in select_threshold(values, cfg.threshold)]
+            picked = [complete[i] for i in select_threshold(values, cfg.threshold)]
         else:
             text = prompt_text(prompt.prompt)
-            picked = [i for i in candidates if condition(text, texts[p][i], scores[p][i], prompt.extra)]
+            picked = [i for i in complete if condition(text, texts[p][i], scores[p][i], prompt.extra)]
         for i, response in enumerate(texts[p]):
             row = {**prompt.extra, "prompt": prompt.prompt, "response": response, "reward": scores[p][i],
                    "sample": i, "selected": i in picked}
@@ -147,12 +143,13 @@ def build_round_data(prompts: Sequence[Any], texts: Sequence[Sequence[str]], sco
         covered += bool(picked)
         for i in picked:
             sft.append({**prompt.extra, "messages": conversation(prompt.prompt, texts[p][i]), "reward": scores[p][i]})
-        pair = best_worst_pair(values, cfg.pair_min_margin)
-        if pair is not None:
-            best, worst = candidates[pair[0]], candidates[pair[1]]
-            pairs.append({**prompt.extra, "prompt": prompt.prompt, "chosen": texts[p][best], "rejected": texts[p][worst],
-                          "margin": scores[p][best] - scores[p][worst], "chosen_reward": scores[p][best],
-                          "rejected_reward": scores[p][worst]})
+        if complete:
+            best = complete[select_best(values)[0]]
+            worst = min(candidates, key=lambda i: (scores[p][i], i))
+            if scores[p][best] - scores[p][worst] > cfg.pair_min_margin:
+                pairs.append({**prompt.extra, "prompt": prompt.prompt, "chosen": texts[p][best],
+                              "rejected": texts[p][worst], "margin": scores[p][best] - scores[p][worst],
+                              "chosen_reward": scores[p][best], "rejected_reward": scores[p][worst]})
     flat = [s for row in scores for s in row]
     summary = {"prompts": len(prompts), "samples": len(flat), "kept": len(sft), "pairs": len(pairs),
                "mean_reward": sum(flat) / max(len(flat), 1),

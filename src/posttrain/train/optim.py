@@ -29,7 +29,23 @@ def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Opti
         except ImportError:
             raise ConfigError("optimizer", "adamw_8bit needs bitsandbytes (pip install bitsandbytes)") from None
         return bnb.optim.AdamW8bit(groups, lr=args.learning_rate)
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    # The fused kernel updates every tensor in one pass: the same AdamW to float rounding
+    # (tests/test_equivalence_optimizer.py), about 4x faster than the per-tensor loop on CPU
+    # (a 135M model: 0.7 s against 2.7 s per step on one core; see docs/benchmarks.md).
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=fused_supported([p for _, p in named]))
+
+
+# Devices with a fused AdamW kernel: CUDA, and the CPU from torch 2.4. (Parameters built on the
+# CPU may move to the GPU afterwards, as under Accelerate; the kernel is picked at the first step.)
+FUSED_DEVICES = ("cpu", "cuda") if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4) else ("cuda",)
+FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def fused_supported(params: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW takes these parameters: plain floating tensors (not the DTensor
+    shards of FSDP2, not quantized storage) on a device with the kernel."""
+    return all(type(p.data) is torch.Tensor and p.device.type in FUSED_DEVICES and p.dtype in FUSED_DTYPES
+               for p in params)
 
 
 def warmup_steps(args: TrainArgs, total_steps: int) -> int:
