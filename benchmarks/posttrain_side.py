@@ -21,7 +21,8 @@ def common_config(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 batch_size=spec["batch_size"], grad_accum=1, max_steps=spec["warmup"] + spec["steps"],
                 learning_rate=spec["learning_rate"], seed=spec["seed"], max_length=spec["max_length"],
                 output_dir=str(workdir / "posttrain-run"), progress=False, eval_fraction=0.0, log_every=1,
-                gradient_checkpointing=spec["gradient_checkpointing"], attn_implementation="sdpa",
+                gradient_checkpointing=spec["gradient_checkpointing"],
+                attn_implementation=spec.get("attn_implementation", "sdpa"),
                 lora_r=16, lora_alpha=32.0, lora_dropout=0.05)
 
 

@@ -57,9 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=1024, help="longest sequence; the pack size with --sft-packing")
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in each run (0: torch's default, one per core). 1 by default: on a shared, "
-                        "oversubscribed CPU, OpenMP barriers stall and 2 threads ran up to 20x slower than 1")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads in each run (0: torch's default, one per core). Default: 1 on the CPU (on a "
+                        "shared, oversubscribed machine OpenMP barriers stall: 2 threads ran up to 20x slower than 1), "
+                        "0 with --device cuda")
+    p.add_argument("--attn-implementation", choices=["sdpa", "eager", "flash_attention_2"], default="sdpa",
+                   help="attention kernel, in both frameworks (flash_attention_2 needs the flash-attn package and "
+                        "--dpo-layout padded or padding_free)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="in both frameworks")
     # posttrain's batch layouts (TRL has no equivalent switch except packing)
     p.add_argument("--sft-packing", action="store_true", help="pack SFT examples into --max-length rows (both)")
@@ -82,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads is None:
+        args.threads = 1 if args.device == "cpu" else 0
     return args
 
 
@@ -107,6 +113,8 @@ def row_command(args: argparse.Namespace, method: str, mode: str) -> str:
              "--response-median", f"{args.response_median:g}", "--sigma", f"{args.sigma:g}",
              "--min-len", str(args.min_len), "--max-len", str(args.max_len), "--max-length", str(args.max_length)]
     parts += ["--threads", str(args.threads)]
+    if args.attn_implementation != "sdpa":
+        parts += ["--attn-implementation", args.attn_implementation]
     if args.gradient_checkpointing:
         parts.append("--gradient-checkpointing")
     if method == "sft" and args.sft_packing:
@@ -238,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data_path": str(data_files[method]), "device": args.device, "batch_size": args.batch_size,
                 "warmup": args.warmup, "steps": args.steps, "max_length": args.max_length,
                 "learning_rate": args.learning_rate, "seed": args.seed, "threads": args.threads,
+                "attn_implementation": args.attn_implementation,
                 "gradient_checkpointing": args.gradient_checkpointing, "options": options(args)}
         workdir = scratch / f"run-{n:03d}-{method}-{mode}-{framework}"
         result = {**run_child(spec, workdir, args.timeout), "rep": rep, "method": method, "mode": mode,

@@ -47,6 +47,10 @@ def model_dtype(spec: dict[str, Any]):
     return resolve_dtype("auto", torch.device(spec["device"]))
 
 
+def attention(spec: dict[str, Any]) -> str:
+    return spec.get("attn_implementation", "sdpa")
+
+
 def clock_callback(clock: StepClock):
     from transformers import TrainerCallback
 
@@ -75,7 +79,7 @@ def run_sft(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     packing = spec["options"].get("sft_packing", False)
     args = SFTConfig(**training_kwargs(spec, workdir), packing=packing, packing_strategy="bfd")
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=model_dtype(spec), attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=model_dtype(spec), attn_implementation=attention(spec))
     dataset = Dataset.from_list([{"input_ids": r["prompt"] + r["chosen"], "labels": [-100] * len(r["prompt"]) + r["chosen"]}
                                  for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -95,7 +99,7 @@ def run_rm(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepClo
     args = RewardConfig(**training_kwargs(spec, workdir))
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = AutoModelForSequenceClassification.from_pretrained(spec["model_dir"], num_labels=1, dtype=model_dtype(spec),
-                                                               attn_implementation="sdpa")
+                                                               attn_implementation=attention(spec))
     model.config.pad_token_id = tokenizer.pad_token_id
     dataset = Dataset.from_list([{"chosen_ids": r["prompt"] + r["chosen"], "rejected_ids": r["prompt"] + r["rejected"]}
                                  for r in rows])
@@ -113,7 +117,7 @@ def run_dpo(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     args = DPOConfig(**training_kwargs(spec, workdir), precompute_ref_log_probs=precompute, beta=0.1,
                      loss_type=["sigmoid"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=model_dtype(spec), attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=model_dtype(spec), attn_implementation=attention(spec))
     dataset = Dataset.from_list([{"prompt_ids": r["prompt"], "chosen_ids": r["chosen"], "rejected_ids": r["rejected"]}
                                  for r in rows])
     # The rows are token ids already; TRL's preparation would tokenise "prompt"/"chosen" text.
