@@ -46,15 +46,7 @@ class ScalarHeadModel(nn.Module):
 
     @classmethod
     def from_causal_lm(cls, model: nn.Module, seed: int = 0) -> "ScalarHeadModel":
-        """A fresh head: weight ~ N(0, 1/(H+1)), bias 0 (deterministic for `seed`).
-
-        A PEFT model (e.g. a LoRA SFT run used as the critic's start) is merged first: the head
-        sits on the adapted backbone, and a new adapter may then be applied on top.
-        """
-        from .peft import is_peft_model, merge_adapter
-
-        if is_peft_model(model):
-            model = merge_adapter(model)
+        """A fresh head: weight ~ N(0, 1/(H+1)), bias 0 (deterministic for `seed`)."""
         hidden = _hidden_size(model)
         param = next(model.parameters())
         head = nn.Linear(hidden, 1, device=param.device, dtype=param.dtype)

@@ -122,7 +122,7 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
     """(critic, None) for a separate value model, (None, head) for a shared one."""
     from ..models import load_model
     from ..models.heads import ScalarHeadModel, _hidden_size, is_scalar_head_dir
-    from ..models.peft import apply_peft
+    from ..models.peft import apply_peft, merge_adapter
 
     if cfg.value_model == "shared":
         param = next(policy.parameters())
@@ -136,7 +136,8 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
     if cfg.value_model_path and is_scalar_head_dir(path):
         critic = ScalarHeadModel.from_pretrained(path, dtype=cfg.dtype)
     else:
-        critic = ScalarHeadModel.from_causal_lm(load_model(path, dtype=cfg.dtype, seed=cfg.seed), seed=cfg.seed + 1)
+        # A LoRA run as the critic's start is merged first, so a new adapter can go on top.
+        critic = ScalarHeadModel.from_causal_lm(merge_adapter(load_model(path, dtype=cfg.dtype, seed=cfg.seed)), seed=cfg.seed + 1)
     if cfg.peft != "none" and cfg.peft in ("lora", "dora"):
         target = cfg.lora_target_modules
         critic.model = apply_peft(critic.model, cfg.peft, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
