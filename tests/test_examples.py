@@ -25,6 +25,8 @@ def shrink(stage: dict) -> dict:
         settings["model"] = "tiny-random"
     if "threshold" in settings:
         settings["threshold"] = 0.0  # tiny-random is never right; keep every best sample
+    if stage["type"] == "best-of-n":
+        settings["keep_truncated"] = True  # 6 new tokens never finish an answer
     if stage["type"] in ("sft", "dpo", "rm", "kto", "grpo", "rloo", "ppo"):
         settings["max_steps"] = 2
         settings["progress"] = False
