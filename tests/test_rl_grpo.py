@@ -218,3 +218,14 @@ def test_rewards_from_yaml_mapping_and_flags(tmp_path):
     argv = merge_repeated_flags(["--reward", "math:2", "--prompts", "p.jsonl", "--reward", f"{TOY}:short:0.1"], "--reward")
     cfg = parse_config(GRPOConfig, argv)
     assert build_scorer(cfg).weights == {"math": 2.0, f"{TOY}:short": 0.1}
+
+
+def test_task_defaults_and_eval_off():
+    from posttrain.rl.loop import apply_task_defaults
+    from posttrain.rollout.rewards import task_file
+
+    cfg = apply_task_defaults(GRPOConfig(task="sorting"))
+    assert (cfg.prompts, cfg.eval_prompts, cfg.reward) == (str(task_file("sorting")), str(task_file("sorting", "test")),
+                                                           ["sort"])
+    cfg = apply_task_defaults(GRPOConfig(task="arithmetic", eval_prompts="none", reward=["math:2"]))
+    assert (cfg.eval_prompts, cfg.reward) == ("", ["math:2"])

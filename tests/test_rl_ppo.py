@@ -128,3 +128,20 @@ def test_resume_restores_the_adaptive_kl_coefficient(tmp_path, monkeypatch):
     assert a[2]["kl_coef"] != pytest.approx(0.1)  # the controller moved it
     assert [r["kl_coef"] for r in b] == pytest.approx([r["kl_coef"] for r in a])
     assert [r["reward"] for r in b] == [r["reward"] for r in a]
+
+
+def test_a_trained_reward_model_as_reward_and_value_model(tmp_path):
+    """`posttrain rm` output -> `--reward rm:DIR` (weighted with a function) and `--value-model-path DIR`."""
+    from posttrain.cli import main as cli
+    from posttrain.data import demo_data_path
+
+    rm_dir = tmp_path / "rm"
+    assert cli(["rm", "--model", "tiny-random", "--data", str(demo_data_path("sample_preference.jsonl")),
+                "--output-dir", str(rm_dir), "--max-steps", "1", "--batch-size", "4", "--no-progress"]) == 0
+    toy = str(Path(rl_toy.__file__).resolve())
+    cfg = _config(tmp_path, max_steps=1, prompts_per_step=4, reward=[f"rm:{rm_dir}", f"{toy}:lowercase:0.5"],
+                  value_model_path=str(rm_dir))
+    train_ppo(cfg)
+    row = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "reward" in r][0]
+    assert row["reward"] == pytest.approx(row[f"reward/rm:{rm_dir}"] + 0.5 * row[f"reward/{toy}:lowercase"], abs=1e-6)
+    assert row["values_mean"] != 0

@@ -72,6 +72,22 @@ def test_training_logprobs_line_up_with_the_sampled_tokens():
         assert torch.allclose(ours, torch.tensor(generation.logprobs), atol=1e-4)
 
 
+def test_sharing_the_prompt_cache_gives_the_same_samples():
+    """share_prompt: each prompt prefilled once, its KV cache copied to the n samples; the
+    random draws and the model's numbers are those of prefilling it n times."""
+    from posttrain.models import load_model, load_tokenizer
+    from posttrain.rollout.generation import SamplingParams, generate
+
+    model, tokenizer = load_model("tiny-random"), load_tokenizer("tiny-random", padding_side="left")
+    prompts = [tokenizer("What is 2 + 2?" + " x" * i)["input_ids"] for i in range(5)] + [tokenizer("a")["input_ids"]]
+    params = SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.95, n=3, seed=11)
+    plain = generate(model, tokenizer, prompts, params, batch_size=4, return_logprobs=True)
+    shared = generate(model, tokenizer, prompts, params, batch_size=4, return_logprobs=True, share_prompt=True)
+    assert [g.response_ids for g in shared] == [g.response_ids for g in plain]
+    for a, b in zip(plain, shared):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
 def test_prompt_schedule_is_deterministic_and_disjoint_across_processes():
     steps = [[step_prompt_indices(10, 2, 2, rank, seed=1, step=s) for rank in (0, 1)] for s in range(4)]
     assert steps == [[step_prompt_indices(10, 2, 2, rank, seed=1, step=s) for rank in (0, 1)] for s in range(4)]

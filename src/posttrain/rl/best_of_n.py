@@ -172,7 +172,8 @@ def sample_round(model_name: str, prompt_set, scorer, cfg: BestOfNConfig, round_
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             top_k=cfg.top_k, n=cfg.n, stop=list(cfg.stop), seed=cfg.seed * 1_000_003 + round_index)
     started = timer()
-    generations = generate(model, tokenizer, prompt_set.ids, params, batch_size=cfg.generation_batch_size)
+    generations = generate(model, tokenizer, prompt_set.ids, params, batch_size=cfg.generation_batch_size,
+                           share_prompt=True)
     seconds = timer() - started
     samples = samples_from_generations(generations, list(range(len(prompt_set.ids))))
     result = scorer.score(reward_rows(samples, prompt_set.prompts))

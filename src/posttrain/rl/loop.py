@@ -43,7 +43,8 @@ class RLArgs(ModelArgs):
                                        "or rm:DIR (a reward model)")
     reward_weights: dict[str, float] | None = help_field(None, "YAML only: a {spec: weight} mapping, added to reward")
     limit: int = help_field(0, "use only the first N prompts (0: all)")
-    eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before training, every eval_every steps, and at the end")
+    eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before training, every eval_every steps, "
+                                   "and at the end ('none': no evaluation, also with --task)")
     eval_limit: int = help_field(200, "evaluate on at most this many eval prompts (0: all)")
     eval_every: int = help_field(0, "evaluate every N steps (0: only before and after training)")
     eval_max_new_tokens: int = help_field(0, "response length for evaluation (0: max_new_tokens)")
@@ -83,20 +84,23 @@ class RLArgs(ModelArgs):
 
 
 def apply_task_defaults(cfg: RLArgs) -> RLArgs:
-    """`--task NAME`: the shipped train/test files and the task's verifier, unless given."""
-    if not cfg.task:
-        return cfg
+    """`--task NAME`: the shipped train/test files and the task's verifier, unless given.
+    `--eval-prompts none` turns evaluation off (with or without a task)."""
     from ..errors import PosttrainError
     from ..rollout.rewards import TASKS, task_file
 
-    try:
-        train, test = task_file(cfg.task, "train"), task_file(cfg.task, "test")
-    except PosttrainError as exc:
-        raise ConfigError("task", str(exc)) from None
-    cfg.prompts = cfg.prompts or str(train)
-    cfg.eval_prompts = cfg.eval_prompts or str(test)
-    if not cfg.reward and not cfg.reward_weights:
-        cfg.reward = [TASKS[cfg.task]]
+    no_eval = cfg.eval_prompts.strip().lower() == "none"
+    if cfg.task:
+        try:
+            train, test = task_file(cfg.task, "train"), task_file(cfg.task, "test")
+        except PosttrainError as exc:
+            raise ConfigError("task", str(exc)) from None
+        cfg.prompts = cfg.prompts or str(train)
+        cfg.eval_prompts = cfg.eval_prompts or str(test)
+        if not cfg.reward and not cfg.reward_weights:
+            cfg.reward = [TASKS[cfg.task]]
+    if no_eval:
+        cfg.eval_prompts = ""
     return cfg
 
 

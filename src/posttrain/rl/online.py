@@ -46,7 +46,8 @@ def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set,
     indices = step_prompt_indices(len(prompt_set.ids), cfg.prompts_per_step, run.world, run.rank, cfg.seed, step)
     started = timer()
     generations = generate(run.unwrapped_policy(), tokenizer, [prompt_set.ids[i] for i in indices],
-                           sampling_params(cfg, n, step, run.rank), batch_size=cfg.generation_batch_size)
+                           sampling_params(cfg, n, step, run.rank), batch_size=cfg.generation_batch_size,
+                           share_prompt=True)
     samples = samples_from_generations(generations, indices)
     generated = timer()
     scores = scorer.score(reward_rows(samples, prompt_set.prompts))

@@ -81,10 +81,31 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, n: int):
+    """Run the prompts once (all but their last token) and copy the KV cache n times.
+
+    `generate` with `num_return_sequences=n` would prefill every prompt n times; with
+    this cache it only processes each copy's last prompt token, then samples as usual.
+    Returns the cache, or None when the model gives none back.
+    """
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+                use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams,
-             batch_size: int = 8, return_logprobs: bool = False) -> list[Generation]:
-    """Sample `params.n` responses for each prompt (token ids). Returns prompt-major order."""
+             batch_size: int = 8, return_logprobs: bool = False, share_prompt: bool = False) -> list[Generation]:
+    """Sample `params.n` responses for each prompt (token ids). Returns prompt-major order.
+
+    `share_prompt`: with n > 1, compute each prompt's KV cache once and copy it to its n
+    samples (`shared_prompt_cache`) instead of prefilling the prompt n times.
+    """
     if not prompts:
         return []
     device = next(model.parameters()).device
@@ -110,7 +131,13 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             if params.stop:
                 kwargs.update(stop_strings=params.stop, tokenizer=tokenizer)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            ids, mask = ids.to(device), mask.to(device)
+            if share_prompt and params.n > 1 and ids.shape[1] > 1 and bool(mask[:, :-1].any(-1).all()):
+                cache = shared_prompt_cache(model, ids, mask, params.n)
+                if cache is not None:
+                    ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
+                    kwargs.update(past_key_values=cache, num_return_sequences=1)
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new_tokens = out.sequences[:, ids.shape[1]:].tolist()
             token_logprobs = None
             if return_logprobs:
