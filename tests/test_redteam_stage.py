@@ -31,7 +31,6 @@ stages:
 """
 
 
-@pytest.mark.slow  # ~20 s of CPU (4 model loads and a DPO run); minutes on a busy machine
 def test_safety_stage_runs_in_a_pipeline_and_reports_before_after(tmp_path):
     path = tmp_path / "safety.yaml"
     path.write_text(PIPELINE)
