@@ -43,9 +43,9 @@ import torch
 from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
-from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, disable_dropout, gather_rollouts,
-                   global_sum, load_prompt_set, merge_repeated_flags, run_online, timer)
-from .online import (Reference, RLResult, add_sum, batch_logprobs, build_scorer, evaluate_greedy,
+from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
+                   global_sum, merge_repeated_flags, run_online, timer)
+from .online import (prepare_online_inputs, Reference, RLResult, add_sum, batch_logprobs, evaluate_greedy,
                      logprob_temperature, sample_and_score, sample_metrics)
 from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
 
@@ -224,17 +224,11 @@ def _finish_metrics(run: OnlineRun, sums: dict[str, float], losses: list[float],
 
 def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None = None, name: str = "grpo") -> RLResult:
     """Run GRPO (or RLOO, by its config) as configured; see the module docstring."""
-    from ..models import load_tokenizer
-    from ..train.setup import load_trainable_model, prepare_run_dir, say
+    from ..train.setup import load_trainable_model, say
 
-    cfg = apply_task_defaults(cfg)
-    check_grpo(cfg)
-    scorer = build_scorer(cfg, reward_functions)
-    tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_set = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
-    eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
-    prepare_run_dir(cfg)  # after the input checks: bad input leaves nothing behind
+    inputs = prepare_online_inputs(cfg, check_grpo, reward_functions)
+    cfg, scorer, tokenizer, pad_id = inputs.cfg, inputs.scorer, inputs.tokenizer, inputs.pad_id
+    train_set, eval_set = inputs.train_set, inputs.eval_set
     say(f"{name}: {len(train_set.ids)} prompts, reward = {scorer.describe()}, G = {cfg.n}, "
         f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, beta = {cfg.beta}")
 

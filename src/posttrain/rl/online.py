@@ -180,3 +180,32 @@ class Reference:
             policy.train(was_training)
 
 
+
+
+@dataclass
+class OnlineInputs:
+    """What every online recipe reads before it loads a model (checked first, so bad input leaves nothing behind)."""
+
+    cfg: Any
+    scorer: Any
+    tokenizer: Any
+    pad_id: int
+    train_set: Any
+    eval_set: Any
+
+
+def prepare_online_inputs(cfg, check: Callable[[Any], None], reward_functions=None) -> OnlineInputs:
+    """Task defaults, config checks, reward functions, tokenizer and prompt sets; then the run directory."""
+    from ..models import load_tokenizer
+    from ..train.setup import prepare_run_dir
+    from .loop import apply_task_defaults, load_prompt_set
+
+    cfg = apply_task_defaults(cfg)
+    check(cfg)
+    scorer = build_scorer(cfg, reward_functions)
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_set = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
+    eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
+    prepare_run_dir(cfg)  # after the input checks: bad input leaves nothing behind
+    return OnlineInputs(cfg, scorer, tokenizer, pad_id, train_set, eval_set)

@@ -40,9 +40,9 @@ from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import (KL_CONTROLLERS, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, approx_kl, clipped_value_losses,
                       explained_variance, gae, kl_penalized_rewards, masked_moments, ppo_clip_losses, whiten)
-from .loop import (OnlineRun, RLArgs, apply_task_defaults, check_common, disable_dropout, gather_rollouts,
-                   global_sum, load_prompt_set, merge_repeated_flags, run_online, timer)
-from .online import (Reference, RLResult, add_sum, build_scorer, evaluate_greedy, logprob_temperature,
+from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
+                   global_sum, merge_repeated_flags, run_online, timer)
+from .online import (prepare_online_inputs, Reference, RLResult, add_sum, evaluate_greedy, logprob_temperature,
                      sample_and_score, sample_metrics)
 from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
 
@@ -270,17 +270,11 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
 
 def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = None) -> RLResult:
     """Run PPO as configured; see the module docstring."""
-    from ..models import load_tokenizer
-    from ..train.setup import load_trainable_model, prepare_run_dir, say
+    from ..train.setup import load_trainable_model, say
 
-    cfg = apply_task_defaults(cfg)
-    check_ppo(cfg)
-    scorer = build_scorer(cfg, reward_functions)
-    tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_set = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
-    eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
-    prepare_run_dir(cfg)  # after the input checks: bad input leaves nothing behind
+    inputs = prepare_online_inputs(cfg, check_ppo, reward_functions)
+    cfg, scorer, tokenizer, pad_id = inputs.cfg, inputs.scorer, inputs.tokenizer, inputs.pad_id
+    train_set, eval_set = inputs.train_set, inputs.eval_set
     say(f"ppo: {len(train_set.ids)} prompts, reward = {scorer.describe()}, value model = {cfg.value_model}, "
         f"kl = {cfg.kl_estimator} x {cfg.kl_coef} ({cfg.kl_controller})")
 
