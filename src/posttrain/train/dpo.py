@@ -141,6 +141,8 @@ def make_evaluator(examples: list, collate, compute_loss, batch_size: int):
 
 def train_dpo(cfg: DPOConfig):
     """Run DPO-family training as configured; returns the engine's `TrainResult`."""
+    if not cfg.data:  # before loading (or converting) any model
+        raise ConfigError("data", "give the training data (--data FILE)")
     from ..data import get_template
     from ..models import load_tokenizer
 

@@ -159,6 +159,8 @@ def check_weights(cfg: KTOConfig, examples: list) -> None:
 
 def train_kto(cfg: KTOConfig):
     """Run KTO as configured; returns the engine's `TrainResult`."""
+    if not cfg.data:  # before loading (or converting) any model
+        raise ConfigError("data", "give the training data (--data FILE)")
     from ..data import get_template
     from ..models import load_tokenizer
 
