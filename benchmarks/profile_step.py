@@ -6,7 +6,9 @@
 Builds the batch from the benchmark's synthetic data (data.py) exactly as the recipe's
 collate does, runs the recipe's loss and backward `--repeat` times (the first is a
 warmup), and prints seconds per pass, the batch shape and the process's peak RSS.
-`--profile` adds torch.profiler's table of the most expensive operators (CPU time).
+`--profile` adds torch.profiler's table of the most expensive operators (CPU time);
+`--compile` compiles every decoder layer with torch.compile first (the first pass pays
+the compilation).
 No optimizer step: this isolates the model and the loss from the training loop.
 """
 from __future__ import annotations
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every decoder layer (regional compilation; the first pass compiles)")
     args = p.parse_args(argv)
     if args.layout not in LAYOUTS[args.method]:
         p.error(f"--layout for {args.method}: one of {', '.join(LAYOUTS[args.method])}")
@@ -112,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         model = load_trainable_model(cfg, gradient_checkpointing=args.gradient_checkpointing, quiet=True)
         if args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+    if args.compile:
+        for module in model.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                module.compile()
     batch, compute = build(args.method, args.layout, rows, tokenizer.pad_token_id, args.max_length)
     shapes = {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
     print(f"{args.method} {args.layout} {args.mode}: input_ids {shapes['input_ids']}, "

@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     p.add_argument("--out", default="runs/benchmarks", help="directory for results.jsonl and results.md")
     p.add_argument("--keep", action="store_true", help="keep each run's working directory and log")
+    p.add_argument("--from-results", nargs="+", metavar="JSONL", default=None,
+                   help="run nothing: build the table from earlier results.jsonl files (a configuration found in a "
+                        "later file replaces the same configuration from earlier files)")
     args = p.parse_args(argv)
     if args.warmup < 1:
         p.error("--warmup must be at least 1 (the first step is never timed)")
@@ -216,10 +219,25 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_results(paths: list[str]) -> list[dict]:
+    """Runs from results.jsonl files; a (method, mode) present in a later file replaces earlier ones."""
+    merged: dict[tuple[str, str], list[dict]] = {}
+    for path in paths:
+        runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        for key in {(r["method"], r["mode"]) for r in runs}:
+            merged[key] = [r for r in runs if (r["method"], r["mode"]) == key]
+    return [r for runs in merged.values() for r in runs]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_results:
+        text = markdown(summarise(load_results(args.from_results), args), args)
+        (out / "results.md").write_text(text)
+        print(text)
+        return 0
     scratch = Path(tempfile.mkdtemp(prefix="posttrain-bench-"))
     model_dir, has_text = materialise(args.model, scratch)
     from transformers import AutoConfig, AutoTokenizer

@@ -125,3 +125,18 @@ def test_smoke_run_of_both_frameworks_on_tiny_random(tmp_path):
         counts = {r["framework"]: r["batch_tokens"] for r in runs if r["method"] == method}
         assert counts["posttrain"] == counts["trl"]
     assert "| sft | lora |" in (tmp_path / "results.md").read_text()
+
+
+def test_table_from_earlier_results_later_files_replace_a_configuration(tmp_path):
+    from benchmarks.run import main
+
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    old = [fake_result(f, "rm", "lora", v, 900) for f, v in (("posttrain", 500), ("trl", 50))]
+    kept = [fake_result(f, "sft", "full", v, 1000) for f, v in (("posttrain", 60), ("trl", 40))]
+    new = [fake_result(f, "rm", "lora", v, 1000) for f, v in (("posttrain", 120), ("trl", 60))]
+    first.write_text("".join(json.dumps(r) + "\n" for r in old + kept))
+    second.write_text("".join(json.dumps(r) + "\n" for r in new))
+    assert main(["--device", "cpu", "--methods", "sft", "rm", "--modes", "full", "lora", "--out", str(tmp_path),
+                 "--from-results", str(first), str(second)]) == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| rm | lora | 120 | 60 | 2.00x |" in table and "| sft | full | 60 | 40 | 1.50x |" in table
