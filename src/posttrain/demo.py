@@ -1,7 +1,7 @@
 """`make demo`: the quickstart pipeline on SmolLM2-135M-Instruct, with a measured before/after.
 
 Runs `examples/quickstart.yaml` (baseline eval -> best-of-n sampling with a math verifier ->
-LoRA SFT on the accepted samples -> final eval), then prints held-out accuracy before and
+full SFT on the accepted samples -> final eval), then prints held-out accuracy before and
 after with 95% intervals, the difference with its interval, and the report's path.
 A rerun reuses finished stages (delete the run directory to start over).
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     print("\n" + "=" * 78)
-    print("held-out arithmetic accuracy, base model (A) vs after best-of-n + LoRA SFT (B):")
+    print("held-out arithmetic accuracy, base model (A) vs after best-of-n + SFT (B):")
     print("\n".join(lines))
     print("=" * 78)
     print(f"total {time.perf_counter() - started:.0f}s; report: {report}")
