@@ -185,9 +185,12 @@ def field_default(f: dataclasses.Field) -> Any:
     return None
 
 
-def flag_name(name: str, is_bool: bool) -> str:
+def flag_name(name: str, is_bool: bool, aliases: list[str] = ()) -> str:
     flag = "--" + name.replace("_", "-")
-    return f"`{flag}` / `--no-{flag[2:]}`" if is_bool else f"`{flag}`"
+    text = f"`{flag}` / `--no-{flag[2:]}`" if is_bool else f"`{flag}`"
+    if aliases:  # other accepted spellings (flags and YAML keys), see help_field(aliases=...)
+        text += " (also " + ", ".join(f"`--{a.replace('_', '-')}`" for a in aliases) + ")"
+    return text
 
 
 @dataclass
@@ -206,7 +209,8 @@ def _field_option(cls: type, f: dataclasses.Field) -> Option:
     tp = typing.get_type_hints(cls)[f.name]
     base, _ = _unwrap_optional(tp)
     choices = f.metadata.get("choices") or []
-    return Option(f.name, flag_name(f.name, base is bool), type_name(tp), value_text(field_default(f)),
+    return Option(f.name, flag_name(f.name, base is bool, f.metadata.get("aliases", [])), type_name(tp),
+                  value_text(field_default(f)),
                   ", ".join(f"`{c}`" for c in choices), cell(f.metadata.get("help", "")))
 
 
@@ -245,7 +249,7 @@ def _owner(cls: type, name: str, shared: list[type]) -> type | None:
 
 def _same(a: dataclasses.Field, b: dataclasses.Field) -> bool:
     return field_default(a) == field_default(b) and a.metadata.get("help") == b.metadata.get("help") \
-        and a.metadata.get("choices") == b.metadata.get("choices")
+        and a.metadata.get("choices") == b.metadata.get("choices") and a.metadata.get("aliases") == b.metadata.get("aliases")
 
 
 def own_options(cls: type, shared: list[type]) -> tuple[list[Option], list[type]]:
@@ -354,8 +358,13 @@ Conventions shared by every command:
 - Every option is a flag and a YAML key: `posttrain sft --config sft.yaml --learning-rate 1e-4`
   reads `sft.yaml` (keys are the field names, `learning_rate` or `learning-rate`), then applies
   the flags, which win. An unknown or ill-typed key or flag is an error naming it.
+- Flags are spelt in full (`--lr` is an error, not a shortcut for another flag). Some options
+  also take another spelling, shown as "(also `--old-name`)": an older name or what other tools
+  call it; it works as a flag and as a YAML key.
 - Yes/no options are `--flag` / `--no-flag`. List options take several values after one flag
-  (`--data a.jsonl b.jsonl`) or a YAML list.
+  or over repeats (`--data a.jsonl b.jsonl` = `--data a.jsonl --data b.jsonl`), or a YAML list
+  (a single string is a one-element list); a list flag replaces the YAML list as a whole.
+  Mapping options take `KEY=VALUE` pairs (`--reward-weights math=1 rm:runs/rm=0.5`) or a YAML mapping.
 - A *positional* argument, where a synopsis shows one, is the same as its option
   (`posttrain data check FILE` = `posttrain data check --file FILE`).
 - Errors a user can fix (bad data, a bad flag, a missing file) print one line,

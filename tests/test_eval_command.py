@@ -252,7 +252,13 @@ def test_compare_two_runs(tmp_path, capsys):
     assert expected in table
     [row] = comparison
     assert row.metric == "task/arithmetic/accuracy" and row.difference == pytest.approx(-0.5)
-    assert row.method == "newcombe"
+    # both runs scored the same six items: paired interval and exact McNemar (3 discordant, p = 2/8)
+    assert row.method == "paired newcombe, exact McNemar" and row.p_value == pytest.approx(0.25)
+    assert row.paired_counts == {"both": 3, "a_only": 3, "b_only": 0, "neither": 0}
+    assert "exact McNemar" in table
+    assert cli(["eval", "--compare", str(a), str(b), "--output-dir", str(tmp_path / "cmp")]) == 0
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved["rows"][0]["p_value"] == pytest.approx(0.25) and saved["rows"][0]["ci"] == pytest.approx(list(row.ci))
 
 
 def check_error(capsys, argv, *fragments):

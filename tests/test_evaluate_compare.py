@@ -3,11 +3,13 @@ import json
 
 import numpy as np
 import pytest
+from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from posttrain.errors import InputError
 from posttrain.evaluate.accuracy import accuracy, perplexity_result
-from posttrain.evaluate.compare import compare_files, compare_results
+from posttrain.evaluate.compare import compare_files, compare_results, format_comparison
+from posttrain.evaluate.intervals import newcombe_paired_diff_interval
 from posttrain.evaluate.reference import bleu
 from posttrain.evaluate.results import MetricResult, mean_result, read_results, write_results
 from posttrain.evaluate.winrate import length_controlled_win_rate
@@ -99,3 +101,60 @@ def test_malformed_and_missing(tmp_path):
         read_results(path)
     with pytest.raises(InputError, match="file not found"):
         read_results(tmp_path / "nope")
+
+
+def paired_runs():
+    """20 items: 8 right in both, 1 right in A only, 7 right in B only, 4 wrong in both."""
+    ids = [f"item{i}" for i in range(20)]
+    out_a = [1] * 8 + [1] + [0] * 7 + [0] * 4
+    out_b = [1] * 8 + [0] + [1] * 7 + [0] * 4
+    return ids, out_a, out_b
+
+
+def test_paired_proportions_use_newcombe_paired_and_mcnemar():
+    ids, out_a, out_b = paired_runs()
+    a = {"acc": accuracy(out_a, item_ids=ids, name="acc")}
+    b = {"acc": accuracy(out_b, item_ids=ids, name="acc")}
+    (row,) = compare_results(a, b)
+    assert row.paired_counts == {"both": 8, "a_only": 1, "b_only": 7, "neither": 4}
+    assert row.method == "paired newcombe, exact McNemar"
+    assert row.ci == pytest.approx(newcombe_paired_diff_interval(8, 1, 7, 4))
+    assert row.p_value == pytest.approx(mcnemar([[8, 1], [7, 4]], exact=True).pvalue)  # 2 * 9/256 = 0.0703
+    assert row.difference == pytest.approx(0.3)
+    # the same counts treated as independent give a wider interval
+    independent = confint_proportions_2indep(15, 20, 9, 20, method="newcomb", compare="diff")
+    assert row.ci[1] - row.ci[0] < independent[1] - independent[0]
+    saved = row.to_dict()
+    assert saved["p_value"] == row.p_value and saved["paired_counts"]["b_only"] == 7
+    table = format_comparison([row], "base", "tuned")
+    assert table.splitlines()[0].split()[-2:] == ["p", "method"] and "0.07031" in table
+
+
+def test_pairing_matches_ids_in_any_order_and_falls_back():
+    ids, out_a, out_b = paired_runs()
+    order = list(range(20))[::-1]
+    a = {"acc": accuracy(out_a, item_ids=ids, name="acc")}
+    shuffled = {"acc": accuracy([out_b[i] for i in order], item_ids=[ids[i] for i in order], name="acc")}
+    (row,) = compare_results(a, shuffled)
+    assert row.paired_counts == {"both": 8, "a_only": 1, "b_only": 7, "neither": 4}
+    # other items, missing ids (results written before ids were stored): independent samples, no p
+    other = {"acc": accuracy(out_b, item_ids=[f"x{i}" for i in range(20)], name="acc")}
+    no_ids = {"acc": accuracy(out_b, name="acc")}
+    for b in (other, no_ids):
+        (row,) = compare_results(a, b)
+        assert row.method == "newcombe" and row.p_value is None and row.paired_counts is None
+        assert row.ci == pytest.approx(confint_proportions_2indep(15, 20, 9, 20, method="newcomb", compare="diff"))
+    assert "  p  " not in format_comparison([row])
+    # Wald was asked for explicitly: independent Wald interval, but the paired test is still reported
+    (row,) = compare_results(a, {"acc": accuracy(out_b, item_ids=ids, name="acc")}, proportion_method="wald")
+    assert row.method == "wald, exact McNemar" and row.p_value == pytest.approx(0.0703125)
+    assert row.ci == pytest.approx(confint_proportions_2indep(15, 20, 9, 20, method="wald", compare="diff"))
+
+
+def test_old_results_json_without_ids_still_compares(tmp_path):
+    """A results.json from before per-item ids: proportion with successes only."""
+    for name, k in (("a", 9), ("b", 15)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"run": name, "metrics": {"acc": {"value": k / 20, "n": 20, "kind": "proportion", "successes": k}}}))
+    _, rows = compare_files(str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert rows[0].method == "newcombe" and rows[0].p_value is None

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 # Per-field caps that keep each stage to seconds on CPU, applied wherever the field exists.
-SMALL = {"max_steps": 2, "limit": 4, "max_new_tokens": 6, "max_tokens": 6, "n": 2, "epochs": 1,
+SMALL = {"max_steps": 2, "limit": 4, "max_new_tokens": 6, "max_tokens": 6, "num_samples": 2, "n": 2, "epochs": 1,
          "prompts_per_step": 2, "batch_size": 2, "generation_batch_size": 4, "eval_limit": 2}
 
 

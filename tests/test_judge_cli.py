@@ -7,8 +7,8 @@ import pytest
 
 from openai_stub import OpenAIStub, Reply, backend_handler
 from posttrain.cli import main
-from posttrain.judge import CallableBackend
 from posttrain.judge.command import JudgeConfig, run_judge
+from posttrain.rollout.chat import CallableBackend
 
 
 def write_rows(path, rows):
@@ -216,7 +216,7 @@ def test_local_tiny_random_end_to_end(tmp_path, capsys):
 
 def test_http_stub_serving_a_local_model(tmp_path):
     """The stub can serve real model output: tiny-random behind the OpenAI protocol."""
-    from posttrain.judge.local_backend import LocalChatBackend
+    from posttrain.rollout.chat import LocalChatBackend
 
     model_backend = LocalChatBackend.from_name("tiny-random", device="cpu")
     source = write_rows(tmp_path / "resp.jsonl", [{"prompt": "2+2?", "responses": ["4", "five"]}])

@@ -9,7 +9,7 @@ import pytest
 
 from openai_stub import Reply
 from posttrain.errors import ConfigError
-from posttrain.judge.http_backend import HttpChatBackend, backoff_delay, chat_completions_url
+from posttrain.rollout.chat.http_backend import HttpChatBackend, backoff_delay, chat_completions_url
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -8,7 +8,7 @@ import pytest
 from posttrain.cli import main
 
 judge = pytest.importorskip("posttrain.judge.command")
-from posttrain.judge import CallableBackend  # noqa: E402
+from posttrain.rollout.chat import CallableBackend  # noqa: E402
 
 
 def _write(path, rows):

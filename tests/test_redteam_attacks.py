@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from posttrain.errors import InputError
-from posttrain.judge import CallableBackend
+from posttrain.rollout.chat import CallableBackend
 from posttrain.safety.attacks import (ENCODINGS, AttackLibrary, AttackTemplate, Topic, build_attacks, decode, encode,
                                       in_split, read_attacks, read_benign, read_topics, render, select, topic_split)
 from posttrain.safety.redteam import run_target

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from posttrain.errors import ConfigError
-from posttrain.judge import CallableBackend
+from posttrain.rollout.chat import CallableBackend
 from posttrain.safety.classify import (JudgeItem, KeywordJudge, LLMSafetyJudge, infer_kind, keyword_verdict,
                                        load_judge_template, parse_safety_label, render_conversation)
 

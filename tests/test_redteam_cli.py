@@ -7,8 +7,8 @@ import pytest
 
 from posttrain.cli import main as cli_main
 from posttrain.evaluate.results import read_results
-from posttrain.judge import CallableBackend
 from posttrain.report.html import render_report
+from posttrain.rollout.chat import CallableBackend
 from posttrain.safety.attacks import read_attacks
 from posttrain.safety.command import RedteamConfig, run_redteam_command
 
@@ -98,7 +98,7 @@ def test_llm_judge_labels_and_reasoning_reach_the_transcript(tmp_path):
     def judge(messages):
         return "It complied.\nLABEL: UNSAFE" if "Sure" in messages[-1]["content"] else "Declined.\nLABEL: REFUSED"
 
-    cfg = RedteamConfig(output_dir=str(tmp_path / "rt"), judge="stub-judge", families=["roleplay"], limit=4,
+    cfg = RedteamConfig(output_dir=str(tmp_path / "rt"), judge_model="stub-judge", families=["roleplay"], limit=4,
                         benign_limit=2)
     table = run_redteam_command(cfg, target=CallableBackend(fake_target),
                                 judge_backend=CallableBackend(judge, name="stub-judge"), echo=lambda text: None)
@@ -113,7 +113,7 @@ def test_llm_judge_labels_and_reasoning_reach_the_transcript(tmp_path):
     (["--limit", "-1"], "config field 'limit': must be 0 or more"),
     (["--families", "dance"], "'dance' is not one of"),
     (["--eval-fraction", "1.5"], "config field 'eval_fraction'"),
-    (["--judge-url", "http://localhost:1/v1"], "config field 'judge': with --judge-url"),
+    (["--judge-url", "http://localhost:1/v1"], "config field 'judge_model': with --judge-url"),
     (["--max-new-tokens", "0"], "config field 'max_new_tokens'"),
     (["--attacks", "missing.yaml"], "missing.yaml: file not found"),
 ])
@@ -173,7 +173,7 @@ def test_rejudge_labels_an_existing_transcript_without_the_target(tmp_path):
     first = RedteamConfig(output_dir=str(tmp_path / "rt"), families=["roleplay"], limit=4, benign_limit=2)
     run_redteam_command(first, target=CallableBackend(fake_target, name="m"), echo=lambda text: None)
     again = RedteamConfig(target="never-loaded", rejudge=str(tmp_path / "rt" / "transcript.jsonl"),
-                          output_dir=str(tmp_path / "rejudged"), judge="stub")
+                          output_dir=str(tmp_path / "rejudged"), judge_model="stub")
     table = run_redteam_command(again, judge_backend=CallableBackend(lambda m: "LABEL: UNSAFE", name="stub"),
                                 echo=lambda text: None)
     rows = read_rows(tmp_path / "rejudged" / "transcript.jsonl")

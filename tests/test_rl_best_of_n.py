@@ -92,13 +92,13 @@ def test_iterations_alternate_sampling_and_training(tmp_path, monkeypatch, kind,
     module, name = recipe.rsplit(".", 1)
     monkeypatch.setattr(__import__(module, fromlist=[name]), name, fake_train)
     cfg = BestOfNConfig(model="tiny-random", prompts=str(rl_toy.write_prompts(tmp_path, count=4)),
-                        output_dir=str(tmp_path / "bon"), n=3, max_new_tokens=8, iterations=2, train=kind,
+                        output_dir=str(tmp_path / "bon"), num_samples=3, max_new_tokens=8, iterations=2, train=kind,
                         train_learning_rate=1e-4, progress=False, keep_truncated=True)
     result = run_best_of_n(cfg, {"lowercase": rl_toy.lowercase})
     assert len(calls) == 2
     data_file = "sft.jsonl" if kind == "sft" else "pairs.jsonl"
     for k, call in enumerate(calls, start=1):
-        data = call.data if kind == "dpo" else call.data[0]
+        data = call.data[0]  # sft and dpo both take a list of files
         assert data == str(tmp_path / "bon" / f"round-{k}" / data_file)
         assert call.output_dir == str(tmp_path / "bon" / f"round-{k}" / kind)
         assert call.learning_rate == 1e-4
@@ -108,7 +108,7 @@ def test_iterations_alternate_sampling_and_training(tmp_path, monkeypatch, kind,
 
 def test_real_sft_round_then_resume_reuses_it(tmp_path):
     prompts = str(rl_toy.write_prompts(tmp_path, count=4))
-    cfg = BestOfNConfig(model="tiny-random", prompts=prompts, output_dir=str(tmp_path / "bon"), n=2, max_new_tokens=8,
+    cfg = BestOfNConfig(model="tiny-random", prompts=prompts, output_dir=str(tmp_path / "bon"), num_samples=2, max_new_tokens=8,
                         iterations=1, train="sft", train_batch_size=2, train_learning_rate=1e-3, progress=False,
                         eval_prompts=prompts, eval_limit=3, keep_truncated=True)
     first = run_best_of_n(cfg, {"lowercase": rl_toy.lowercase})

@@ -7,8 +7,8 @@ import pytest
 
 from posttrain.cli import main as cli_main
 from posttrain.data.formats import load_records
-from posttrain.judge import CallableBackend
 from posttrain.records import PreferencePair
+from posttrain.rollout.chat import CallableBackend
 from posttrain.safety.classify import keyword_verdict
 from posttrain.safety.pairs import build_safety_pairs, load_response_templates
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from posttrain.cai_command import CaiConfig, run_cai
 from posttrain.cli import main
 from posttrain.data import load_records
-from posttrain.judge import CallableBackend
+from posttrain.rollout.chat import CallableBackend
 from posttrain.synth.cai import clean_revision, is_repetitive, revision_status
-from posttrain.synth.cai_command import CaiConfig, run_cai
 from posttrain.synth.constitution import load_constitution, parse_selection, plan
 
 CONSTITUTION = """

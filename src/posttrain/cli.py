@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kto": ("posttrain.train.kto:main", "KTO on unpaired desirable/undesirable examples (or split preference pairs)"),
     "generate": ("posttrain.generate:main", "batched sampling from one or more models over a prompts file"),
     "pairs": ("posttrain.synth.pairs:main", "preference pairs from scored/ranked responses: all, best-vs-random, best-vs-worst, stronger-vs-weaker"),
-    "cai": ("posttrain.synth.cai_command:main", "Constitutional AI: critique and revise responses by principle; SFT data, pairs, traces"),
+    "cai": ("posttrain.cai_command:main", "Constitutional AI: critique and revise responses by principle; SFT data, pairs, traces"),
     "export": ("posttrain.models.export:main", "merge a LoRA adapter into its base and save a HF directory"),
     "run": ("posttrain.pipeline:main", "run a multi-stage YAML pipeline with per-stage caching and resume"),
     "report": ("posttrain.report.html:main", "write a self-contained HTML report (config, curves, evals, samples) of a run"),

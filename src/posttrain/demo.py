@@ -2,7 +2,8 @@
 
 Runs `examples/quickstart.yaml` (baseline eval -> best-of-n sampling with a math verifier ->
 full SFT on the accepted samples -> final eval), then prints held-out accuracy before and
-after with 95% intervals, the difference with its interval, and the report's path.
+after with 95% intervals, the difference with its interval (paired: same problems before and
+after, with an exact McNemar p-value), and the report's path.
 A rerun reuses finished stages (delete the run directory to start over).
 
     python -m posttrain.demo [--pipeline examples/quickstart.yaml] [--output-dir runs/quickstart]
@@ -16,11 +17,14 @@ from pathlib import Path
 
 
 def accuracy_lines(before_dir: Path, after_dir: Path) -> list[str]:
-    """Before/after accuracy with intervals, and the difference with its interval."""
-    from .evaluate.compare import compare_files
+    """Before/after accuracy, the difference with its interval, and how it was computed.
+
+    Both evals score the same held-out problems, so `compare_files` pairs them by item id:
+    Newcombe's paired interval and an exact McNemar p-value on the problems that changed."""
+    from .evaluate.compare import comparison_legend, compare_files
 
     table, rows = compare_files(str(before_dir), str(after_dir))
-    return [table]
+    return [table, comparison_legend(rows)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ first step of building preference data from several models' responses.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,8 @@ class GenerateConfig:
     prompts: str = help_field("", "prompts file (prompt / messages / instruction / question rows)")
     output: str = help_field("generations.jsonl", "output JSONL (written atomically)")
     template: str = help_field("auto", "prompt template", choices=["auto", "chat", "basic", "conversational", "with_input", "alpaca"])
-    n: int = help_field(1, "samples per prompt")
-    max_new_tokens: int = help_field(256, "longest response in tokens")
+    num_samples: int = help_field(1, "samples per prompt", aliases=["n", "samples"])
+    max_new_tokens: int = help_field(256, "longest response in tokens", aliases=["max_tokens"])
     temperature: float = help_field(0.7, "sampling temperature (0: greedy)")
     top_p: float = help_field(1.0, "nucleus sampling threshold")
     top_k: int = help_field(0, "sample from the k most likely tokens (0: off)")
@@ -44,16 +45,19 @@ def render_prompts(prompts, tokenizer, template_name: str) -> list[list[int]]:
 
 
 def generate_rows(model_name: str, prompts, cfg: GenerateConfig) -> list[dict[str, Any]]:
-    """Load one model and answer every prompt `cfg.n` times."""
+    """Load one model and answer every prompt `cfg.num_samples` times (a progress line per batch on stderr)."""
     from .models import load_model, load_tokenizer
     from .rollout.generation import SamplingParams, generate
+    from .rollout.progress import progress_logger
 
     tokenizer = load_tokenizer(model_name, padding_side="left")
     model = load_model(model_name, dtype=cfg.dtype, device="auto")
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            top_k=cfg.top_k, n=cfg.n, stop=cfg.stop, seed=cfg.seed)
+                            top_k=cfg.top_k, n=cfg.num_samples, stop=cfg.stop, seed=cfg.seed)
     started = time.perf_counter()
-    outputs = generate(model, tokenizer, render_prompts(prompts, tokenizer, cfg.template), params, cfg.batch_size)
+    on_batch = progress_logger(model_name, len(prompts), lambda line: print(line, file=sys.stderr, flush=True))
+    outputs = generate(model, tokenizer, render_prompts(prompts, tokenizer, cfg.template), params, cfg.batch_size,
+                       on_batch=on_batch)
     seconds = time.perf_counter() - started
     new_tokens = sum(len(o.response_ids) for o in outputs)
     print(f"{model_name}: {len(outputs)} responses, {new_tokens} tokens in {seconds:.1f}s "
@@ -67,8 +71,8 @@ def run_generate(cfg: GenerateConfig) -> list[dict[str, Any]]:
 
     if not cfg.prompts:
         raise ConfigError("prompts", "give a prompts file (--prompts FILE)")
-    if cfg.n < 1:
-        raise ConfigError("n", "must be at least 1")
+    if cfg.num_samples < 1:
+        raise ConfigError("num_samples", "must be at least 1")
     prompts = load_prompts(cfg.prompts, limit=cfg.limit or None)
     rows = [row for name in cfg.model for row in generate_rows(name, prompts, cfg)]
     write_jsonl(cfg.output, rows)

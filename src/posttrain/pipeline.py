@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import from_mapping, help_field, load_yaml_mapping, parse_config
+from .config import canonical_name, from_mapping, help_field, load_yaml_mapping, parse_config
 from .errors import ConfigError, PosttrainError
 from .jsonl import write_json
 
@@ -73,7 +73,7 @@ STAGE_TYPES: dict[str, StageType] = {
                        {"output": ("pairs", "pairs.jsonl"), "summary": ("summary", "summary.json")}),
     "judge": StageType("posttrain.judge.command:JudgeConfig", "posttrain.judge.command:run_judge",
                        {"output": ("judgements", "judgements.jsonl"), "summary": ("summary", "summary.json")}),
-    "cai": StageType("posttrain.synth.cai_command:CaiConfig", "posttrain.synth.cai_command:run_cai",
+    "cai": StageType("posttrain.cai_command:CaiConfig", "posttrain.cai_command:run_cai",
                      {"sft_output": ("sft", "sft.jsonl"), "pairs_output": ("pairs", "pairs.jsonl"),
                       "trace_output": ("trace", "trace.jsonl"), "summary": ("summary", "summary.json")}),
     "eval": StageType("posttrain.evaluate.run:EvalConfig", "posttrain.evaluate.run:run_eval",
@@ -130,7 +130,7 @@ def load_pipeline(path: str, output_dir: str | None = None) -> Pipeline:
         extra = set(raw) - {"name", "type", "with"}
         if extra:
             raise ConfigError(f"{where}.{sorted(extra)[0]}", "unknown stage field (put command options under 'with:')", path)
-        settings = {**_applicable_defaults(kind, defaults), **(raw.get("with") or {})}
+        settings = {**_applicable_defaults(kind, defaults, raw.get("with") or {}), **(raw.get("with") or {})}
         for ref_stage, _ in REFERENCE.findall(json.dumps(settings)):
             if ref_stage not in {s.name for s in stages}:
                 raise PosttrainError(f"{path}: stage '{name}' refers to '${{{ref_stage}.…}}', "
@@ -140,9 +140,11 @@ def load_pipeline(path: str, output_dir: str | None = None) -> Pipeline:
     return Pipeline(str(data.get("name") or Path(path).stem), out, stages, path)
 
 
-def _applicable_defaults(kind: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(_import(STAGE_TYPES[kind].config))}
-    return {k: v for k, v in defaults.items() if k.replace("-", "_") in names}
+def _applicable_defaults(kind: str, defaults: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline defaults this stage type takes and does not set itself (under any spelling)."""
+    config_class = _import(STAGE_TYPES[kind].config)
+    names = {f.name for f in dataclasses.fields(config_class)} - {canonical_name(config_class, k) for k in own}
+    return {k: v for k, v in defaults.items() if canonical_name(config_class, k) in names}
 
 
 def stage_outputs(kind: str, stage_dir: Path) -> dict[str, str]:

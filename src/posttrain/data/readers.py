@@ -25,7 +25,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import InputError, PosttrainError
 from ..jsonl import read_jsonl
@@ -56,6 +56,16 @@ def split_location(source: str | None) -> tuple[str | None, int | None]:
     if sep and number.isdigit():
         return path, int(number)
     return source, None
+
+
+def check_sources(sources: Iterable[str | os.PathLike]) -> None:
+    """Raise read_rows' "file not found" for a source that is neither a file, a directory nor a
+    hub id, without reading anything: commands call it before loading a model or making a run
+    directory, so a typo in a path costs nothing."""
+    for source in sources:
+        path = str(source)
+        if not os.path.exists(path) and not _looks_like_hub_id(path):
+            raise InputError(path, None, None, "file not found")
 
 
 def read_rows(source: str | os.PathLike, split: str | None = None) -> Iterator[tuple[str, Row]]:

@@ -4,6 +4,8 @@
   (`plan_distributed`), used by `train.engine.make_accelerator`.
 - `training`: helpers the loops use so DDP, FSDP and DeepSpeed train alike
   (`micro_batch_sync`, `gradient_norm`, `full_state_dict`, `is_sharded`).
+- `processes`: `Processes`, the launcher's processes without an Accelerator (rank, shares,
+  gather, reduce), for sampling outside a training loop (`posttrain best-of-n`).
 - `launch`: `posttrain launch`, a wrapper around torchrun / accelerate launch.
 - `configs`: the shipped Accelerate config files (`resources/accelerate/*.yaml`).
 - `server_generation`: sampling through an OpenAI-compatible completions server

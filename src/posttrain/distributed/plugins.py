@@ -159,8 +159,10 @@ def deepspeed_plugin(stage: int, args, from_environment: bool = False):
         config = {"zero_optimization": zero, "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
         plugin = DeepSpeedPlugin(hf_ds_config=config)
     ds = plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = args.batch_size
-    ds["train_batch_size"] = args.batch_size * world_size()
+    # Offline recipes: --batch-size; online RL: sequences per forward/backward (--micro-batch-size).
+    micro = getattr(args, "batch_size", None) or getattr(args, "micro_batch_size", 1)
+    ds["train_micro_batch_size_per_gpu"] = micro
+    ds["train_batch_size"] = micro * world_size()
     ds["gradient_accumulation_steps"] = 1
     plugin.gradient_accumulation_steps = 1
     if args.max_grad_norm > 0:

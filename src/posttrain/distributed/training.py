@@ -109,3 +109,41 @@ def root_owned_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
     walk(model)
     return found
+
+
+@contextlib.contextmanager
+def full_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Every FSDP2 unit of `model` gathered on entry and kept whole until exit (a no-op when
+    the model is not FSDP-sharded). Call on every process.
+
+    For generation: under full shard each forward gathers each layer from all processes,
+    so processes would have to run exactly the same forward passes in lockstep, which
+    sampling (responses end at different lengths) and an uneven evaluation split do not.
+    Inside this context forwards need no communication at all. The price is the whole
+    model in memory per process while it lasts (as when TRL/OpenRLHF gather ZeRO-3 weights
+    for generation). Only the collectives on entry and exit must match across processes.
+
+    FSDP2 frees a unit's weights after its forward when the unit reshards after forward;
+    that is switched off inside (the group's `post_forward_mesh_info`, which
+    `FSDPModule.set_reshard_after_forward` sets, saved and restored as it was).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    # One group can serve several modules (`fully_shard([norm, head])`): each once.
+    groups = list({id(g): g for m in units for g in m._get_fsdp_state()._fsdp_param_groups}.values())
+    saved = [g.post_forward_mesh_info for g in groups]
+    for group in groups:
+        group.post_forward_mesh_info = None  # keep gathered after forward
+    try:
+        for unit in units:  # the same order on every process: these are collectives
+            unit.unshard()
+        yield
+    finally:
+        for group, info in zip(groups, saved):
+            group.post_forward_mesh_info = info
+        for unit in units:
+            unit.reshard()

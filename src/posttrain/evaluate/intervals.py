@@ -7,6 +7,9 @@ All functions are pure and work on plain numbers or 1-D arrays.
   near p = 0 or 1 and for small n, which is where refusal rates and win rates live.
 - `newcombe_diff_interval` / `wald_diff_interval`: the difference of two
   independent proportions, p_b - p_a.
+- `newcombe_paired_diff_interval` / `mcnemar_exact_pvalue`: the difference of two
+  proportions measured on the same items (before/after on one test set), from the
+  paired 2x2 table, and the exact McNemar test of "no difference".
 - `bootstrap_mean_interval` / `bootstrap_diff_interval`: percentile bootstrap
   intervals, seeded, so the same inputs always give the same interval.
 
@@ -62,7 +65,8 @@ def wald_diff_interval(x_a: float, n_a: float, x_b: float, n_b: float, confidenc
 
 
 def newcombe_diff_interval(x_a: float, n_a: float, x_b: float, n_b: float, confidence: float = 0.95) -> Interval:
-    """Newcombe's hybrid score interval for p_b - p_a (Newcombe 1998, method 10).
+    """Newcombe's hybrid score interval for p_b - p_a (Newcombe 1998, "Interval estimation
+    for the difference between independent proportions", Stat Med 17:873, method 10).
 
     With Wilson intervals (l_a, u_a) and (l_b, u_b) for each proportion and d = p_b - p_a:
         lower = d - sqrt((p_b - l_b)² + (u_a - p_a)²)
@@ -73,6 +77,74 @@ def newcombe_diff_interval(x_a: float, n_a: float, x_b: float, n_b: float, confi
     _check_counts(x_b, n_b)
     return mover_diff_interval(x_a / n_a, wilson_interval(x_a, n_a, confidence),
                                x_b / n_b, wilson_interval(x_b, n_b, confidence))
+
+
+def newcombe_paired_diff_interval(both: int, a_only: int, b_only: int, neither: int,
+                                  confidence: float = 0.95) -> Interval:
+    """Newcombe's score interval for p_b - p_a on paired data (Newcombe 1998, "Improved
+    confidence intervals for the difference between binomial proportions based on
+    paired data", Stat Med 17:2635, method 10).
+
+    The paired 2x2 table counts items by their two outcomes: `both` right in A and B,
+    `a_only` right in A only, `b_only` right in B only, `neither`; n is their sum.
+    p_a = (both + a_only)/n, p_b = (both + b_only)/n, d = p_b - p_a = (b_only - a_only)/n.
+    With Wilson intervals (l_a, u_a), (l_b, u_b) for the two margins:
+
+        lower = d - sqrt((p_b - l_b)² - 2φ(p_b - l_b)(u_a - p_a) + (u_a - p_a)²)
+        upper = d + sqrt((u_b - p_b)² - 2φ(u_b - p_b)(p_a - l_a) + (p_a - l_a)²)
+
+    This is the independent-samples hybrid interval with the covariance of the two
+    margins put back through φ, the correlation of the outcomes. Newcombe's φ is
+    corrected towards 0 so that concordant tables do not collapse to a zero-width
+    interval: with D = both·neither - a_only·b_only and M the product of the four
+    margins,  φ = (D - n/2)/sqrt(M) if D > n/2,  0 if 0 <= D <= n/2,  D/sqrt(M) if
+    D < 0, and φ = 0 when any margin is empty. Reproduces the paper's worked
+    examples to 4 decimals (tests/test_evaluate_intervals.py).
+    """
+    counts = (both, a_only, b_only, neither)
+    if any(c < 0 for c in counts) or sum(counts) <= 0:
+        raise ValueError(f"need non-negative counts with a positive total, got {counts}")
+    n = sum(counts)
+    p_a, p_b = (both + a_only) / n, (both + b_only) / n
+    l_a, u_a = wilson_interval(both + a_only, n, confidence)
+    l_b, u_b = wilson_interval(both + b_only, n, confidence)
+    phi = _paired_phi(both, a_only, b_only, neither)
+    d = p_b - p_a
+    down_b, up_a = p_b - l_b, u_a - p_a
+    up_b, down_a = u_b - p_b, p_a - l_a
+    # max(0, .): the radicand is >= 0 in exact arithmetic (|φ| <= 1); guard rounding
+    return (d - math.sqrt(max(0.0, down_b ** 2 - 2 * phi * down_b * up_a + up_a ** 2)),
+            d + math.sqrt(max(0.0, up_b ** 2 - 2 * phi * up_b * down_a + down_a ** 2)))
+
+
+def _paired_phi(both: int, a_only: int, b_only: int, neither: int) -> float:
+    """Newcombe's corrected φ for the paired 2x2 table (see newcombe_paired_diff_interval)."""
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    if margins == 0:
+        return 0.0
+    n = both + a_only + b_only + neither
+    cross = both * neither - a_only * b_only
+    if cross > n / 2:
+        cross -= n / 2
+    elif cross >= 0:
+        cross = 0.0
+    return cross / math.sqrt(margins)
+
+
+def mcnemar_exact_pvalue(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar test of p_a = p_b on paired data.
+
+    Only discordant items carry information: under the null each of the
+    m = a_only + b_only is equally likely to favour A or B, so
+    p = min(1, 2·P(X <= min(a_only, b_only))) with X ~ Binomial(m, 1/2).
+    No discordant items gives p = 1.
+    """
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"need non-negative counts, got {a_only}, {b_only}")
+    m = a_only + b_only
+    if m == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * stats.binom.cdf(min(a_only, b_only), m, 0.5)))
 
 
 def _check_counts(x: float, n: float) -> None:

@@ -75,7 +75,7 @@ def run_winrate(data: WinrateData, ctx: SuiteContext) -> SuiteResult:
     model = [r[0] for r in ctx.answer(data.items, "winrate")]
     baseline = [r[0] for r in ctx.baseline.respond(data.items, 1, cfg.temperature or 0.0, "winrate/baseline")]  # type: ignore[union-attr]
     backend = ctx.judge()
-    judge = LLMJudge(backend, data.template, swap=True, max_tokens=cfg.judge_max_tokens, temperature=0.0)
+    judge = LLMJudge(backend, data.template, swap=True, max_tokens=cfg.judge_max_new_tokens, temperature=0.0)
     # The model's answer is "A": order "ab" shows it first, order "ba" second.
     pairs = [PairItem(item.prompt, m.text, b.text, {"id": item.id}) for item, m, b in zip(data.items, model, baseline)]
     judgements = judge_in_chunks(judge, pairs, ctx)
@@ -170,7 +170,7 @@ def run_safety(data: SafetyData, ctx: SuiteContext) -> SuiteResult:
     classifier = keyword_classifier
     if cfg.safety_classifier == "judge":
         backend = ctx.judge()
-        judged = judge_refusals(backend, probes, texts, cfg.judge_max_tokens, ctx)
+        judged = judge_refusals(backend, probes, texts, cfg.judge_max_new_tokens, ctx)
         labels = [label or keyword_classifier(p.prompt, t) for label, p, t in zip(judged, probes, texts)]
         sources = ["judge" if label else "keyword (judge unparseable)" for label in judged]
         info.update(judge=backend.name, judge_unparseable=judged.count(None))

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, InputError, PosttrainError
 from ..records import Message, prompt_text
+from ..rollout.progress import GenerationStats  # noqa: F401 - also imported from here
 
 
 @dataclass
@@ -41,23 +42,6 @@ class Response:
     text: str
     finish_reason: str = "unknown"  # "eos", "stop", "length", or "file" for given outputs
     tokens: int | None = None
-
-
-@dataclass
-class GenerationStats:
-    """What one `respond` call cost; `tokens_per_s` is new tokens over wall time."""
-
-    responses: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {"responses": self.responses, "tokens": self.tokens, "seconds": round(self.seconds, 3),
-                "tokens_per_s": round(self.tokens_per_s, 1)}
 
 
 def prompt_key(messages: Sequence[Message]) -> str:
@@ -120,8 +104,7 @@ class ModelResponder:
                 stats.responses += 1
             stats.seconds = time.perf_counter() - started
             done = min(start + self.batch_size, len(order))
-            self.log(f"generate {label or self.name}: {done}/{len(order)} prompts, {stats.responses} responses, "
-                     f"{stats.tokens} tokens, {stats.tokens_per_s:.1f} tokens/s")
+            self.log(stats.line(label or self.name, done, len(order)))
         return out
 
 

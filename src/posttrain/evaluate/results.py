@@ -8,8 +8,11 @@ A results JSON looks like
 Each metric keeps what a later comparison needs to put an interval on a
 *difference* between two runs, not just the headline number:
 
-- kind "proportion": `successes` of `n` (refusal rate, accuracy). Compared with
-  Newcombe's interval for p_b - p_a. `per_item` holds the 0/1 outcomes.
+- kind "proportion": `successes` of `n` (refusal rate, accuracy). `per_item` holds
+  the 0/1 outcomes and `item_ids` their items; two runs over the same items are
+  compared as paired data (Newcombe's paired interval, exact McNemar test), others
+  with Newcombe's interval for independent samples. Both fields are optional, so
+  older results files still read.
 - kind "mean": `per_item` values (pass@k per problem, win score per item in
   {0, 0.5, 1}, ROUGE F1 per item). Compared by bootstrapping the mean difference
   (paired when both runs list the same `item_ids`).

@@ -9,7 +9,7 @@
 
 Suites (several at once; see docs/evaluation.md):
   reference   generate, then BLEU, chrF, ROUGE (BERTScore when installed and given a local model)
-  task        a verifiable task set -> accuracy (Wilson interval), or pass@1..N with --samples N
+  task        a verifiable task set -> accuracy (Wilson interval), or pass@1..N with --num-samples N
   perplexity  held-out text or chat data -> token-level perplexity (assistant tokens only for chats)
   winrate     model vs a baseline, judged in both orders -> win-rate and length-controlled win-rate
   safety      the shipped probe suite -> refusal rate (harmful) and over-refusal rate (benign look-alikes)
@@ -44,7 +44,8 @@ SUITES: dict[str, tuple[Callable, Callable]] = {
     "safety": (prepare_safety, run_safety),
     "winrate": (prepare_winrate, run_winrate),
 }
-SAMPLED_TEMPERATURE = 0.8  # default for --samples N > 1 (Chen et al. 2021 use 0.8 for large k)
+COMPARISON_FILENAME = "comparison.json"  # written by --compare when --output-dir is given
+SAMPLED_TEMPERATURE = 0.8  # default for --num-samples N > 1 (Chen et al. 2021 use 0.8 for large k)
 
 
 @dataclass
@@ -52,14 +53,15 @@ class EvalConfig:
     model: str | None = help_field(None, "model to evaluate: alias, local or run directory, .gguf, hub id")
     suite: list[str] = help_field([], "suites to run (one or more)", choices=list(SUITES))
     output_dir: str | None = help_field(None, "where results.json and generations go (default: the run directory "
-                                              "when --model is a posttrain run, else eval/<model>)")
+                                              "when --model is a posttrain run, else eval/<model>); "
+                                              "with --compare, where comparison.json goes")
     run_name: str | None = help_field(None, "run name stored in results.json (default: the output directory's name)")
     compare: list[str] = help_field([], "RUN_A RUN_B: print both results side by side with intervals on B - A; runs no model")
     outputs: list[str] = help_field([], "score these generation files (prompt + response rows) instead of generating")
     # generation
-    max_new_tokens: int = help_field(256, "longest response in tokens")
+    max_new_tokens: int = help_field(256, "longest response in tokens", aliases=["max_tokens"])
     temperature: float | None = help_field(None, f"sampling temperature (default 0 = greedy; {SAMPLED_TEMPERATURE} "
-                                                 "with --samples > 1)")
+                                                 "with --num-samples > 1)")
     top_p: float = help_field(1.0, "nucleus sampling threshold (with temperature > 0)")
     batch_size: int = help_field(16, "prompts per generation batch (sequences per perplexity batch)")
     template: str = help_field("auto", "prompt template", choices=["auto", "chat", "basic", "conversational",
@@ -79,7 +81,8 @@ class EvalConfig:
     task_split: str = help_field("test", "task suite: split of a shipped task", choices=["test", "train"])
     verifier: str | None = help_field(None, "task suite: verifier (math, exact, sort, regex, json_schema, code, "
                                             "answer_format, or module:function); default: from the rows")
-    samples: int = help_field(1, "task suite: responses per prompt; > 1 reports pass@1..pass@N")
+    num_samples: int = help_field(1, "task suite: responses per prompt; > 1 reports pass@1..pass@N",
+                                  aliases=["n", "samples"])
     # perplexity
     heldout: str | None = help_field(None, "perplexity suite: rows with 'text', or chat/SFT rows")
     max_length: int = help_field(1024, "perplexity suite: longest sequence in tokens (longer ones are cut)")
@@ -88,11 +91,12 @@ class EvalConfig:
     baseline_model: str | None = help_field(None, "winrate suite: the baseline model (generates its answers)")
     baseline_outputs: list[str] = help_field([], "winrate suite: the baseline's answers (generation files)")
     # judge (winrate, and safety with --safety-classifier judge)
-    judge_model: str | None = help_field(None, "judge: a local model, or the model name sent to --judge-url")
+    judge_model: str | None = help_field(None, "judge: a local model, or the model name sent to --judge-url",
+                                         aliases=["judge"])
     judge_url: str | None = help_field(None, "judge: OpenAI-compatible endpoint")
     api_key_env: str = help_field("OPENAI_API_KEY", "judge: environment variable holding the API key")
     judge_template: str = help_field("pairwise", "winrate judge template (name or .yaml path)")
-    judge_max_tokens: int = help_field(256, "judge: longest reply in tokens")
+    judge_max_new_tokens: int = help_field(256, "judge: longest reply in tokens", aliases=["judge_max_tokens"])
     judge_concurrency: int = help_field(4, "judge: HTTP requests in flight")
     judge_timeout: float = help_field(60.0, "judge: HTTP timeout in seconds")
     judge_max_retries: int = help_field(3, "judge: HTTP retries")
@@ -108,7 +112,7 @@ def validate(cfg: EvalConfig) -> list[str]:
         raise ConfigError("suite", f"name one or more suites: --suite {' '.join(SUITES)}")
     if not (cfg.model or cfg.outputs):
         raise ConfigError("model", "give --model (or --outputs FILE to score existing generations)")
-    for name in ("max_new_tokens", "batch_size", "samples", "max_length", "judge_max_tokens", "judge_concurrency"):
+    for name in ("max_new_tokens", "batch_size", "num_samples", "max_length", "judge_max_new_tokens", "judge_concurrency"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, "must be at least 1")
     if cfg.limit < 0:
@@ -117,8 +121,8 @@ def validate(cfg: EvalConfig) -> list[str]:
         raise ConfigError("confidence", "must be between 0 and 1")
     if cfg.temperature is not None and cfg.temperature < 0:
         raise ConfigError("temperature", "must be 0 or more")
-    if cfg.samples > 1 and cfg.temperature == 0:
-        raise ConfigError("temperature", "--samples > 1 needs sampling (temperature > 0): greedy samples are identical")
+    if cfg.num_samples > 1 and cfg.temperature == 0:
+        raise ConfigError("temperature", "--num-samples > 1 needs sampling (temperature > 0): greedy samples are identical")
     if cfg.judge_url and not cfg.judge_model:
         raise ConfigError("judge_model", "required with --judge-url: the model name the server serves")
     return [name for name in SUITES if name in cfg.suite]
@@ -144,12 +148,12 @@ def default_output_dir(cfg: EvalConfig) -> str:
 def build_judge(cfg: EvalConfig):
     """The judge backend: an HTTP endpoint when --judge-url is given, else a local model."""
     if cfg.judge_url:
-        from ..judge import HttpChatBackend
+        from ..rollout.chat import HttpChatBackend
 
         return HttpChatBackend(cfg.judge_url, cfg.judge_model or "", api_key_env=cfg.api_key_env,
                                timeout=cfg.judge_timeout, max_retries=cfg.judge_max_retries,
                                concurrency=cfg.judge_concurrency)
-    from ..judge import LocalChatBackend
+    from ..rollout.chat import LocalChatBackend
 
     return LocalChatBackend.from_name(cfg.judge_model or "", batch_size=cfg.batch_size, device=cfg.device)
 
@@ -182,7 +186,7 @@ def check_outputs_cover(ctx: SuiteContext, prepared: dict[str, Any]) -> None:
         if items is None:
             continue
         if isinstance(ctx.responder, OutputsResponder):
-            ctx.responder.lookup(items, n=ctx.cfg.samples if name == "task" else 1)
+            ctx.responder.lookup(items, n=ctx.cfg.num_samples if name == "task" else 1)
         if name == "winrate" and isinstance(ctx.baseline, OutputsResponder):
             ctx.baseline.lookup(items)
 
@@ -232,13 +236,20 @@ def run_eval(cfg: EvalConfig, *, judge_backend=None, log: Callable[[str], None] 
 
 
 def run_compare(cfg: EvalConfig, echo: Callable[[str], None] = print) -> list[Any]:
-    from .compare import compare_files
+    """Print the comparison table; with --output-dir also write it as comparison.json."""
+    from ..jsonl import write_json
+    from .compare import comparison_legend, compare_files
+    from .results import json_safe
 
     if len(cfg.compare) != 2:
         raise ConfigError("compare", f"give exactly two runs (results files or run directories), got {len(cfg.compare)}")
     table, rows = compare_files(cfg.compare[0], cfg.compare[1], seed=cfg.seed)
     echo(table)
-    echo("B - A with its interval; * marks an interval that excludes 0")
+    echo(comparison_legend(rows))
+    if cfg.output_dir:
+        path = os.path.join(cfg.output_dir, COMPARISON_FILENAME)
+        write_json(path, json_safe({"a": cfg.compare[0], "b": cfg.compare[1], "rows": [r.to_dict() for r in rows]}))
+        echo(f"wrote {path}")
     return rows
 
 

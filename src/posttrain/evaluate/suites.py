@@ -235,7 +235,7 @@ def score_responses(data: TaskData, responses: list[list[Response]]) -> list[lis
 
 def run_task(data: TaskData, ctx: SuiteContext) -> SuiteResult:
     cfg, prefix = ctx.cfg, f"task/{data.name}"
-    n = cfg.samples
+    n = cfg.num_samples
     temperature = cfg.temperature if cfg.temperature is not None else (0.8 if n > 1 else 0.0)
     responses = ctx.answer(data.items, "task", n=n, temperature=temperature)
     scores = score_responses(data, responses)

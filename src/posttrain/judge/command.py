@@ -21,7 +21,7 @@ from typing import Any
 from ..config import help_field, parse_config
 from ..errors import ConfigError, InputError, PosttrainError
 from ..jsonl import append_jsonl, write_json, write_jsonl
-from .backends import ChatBackend
+from ..rollout.chat import ChatBackend
 from .inputs import read_items
 from .judging import LLMJudge, summarize
 from .reward_judge import RewardJudge
@@ -37,13 +37,14 @@ class JudgeConfig:
     mode: str = help_field("pairwise", "what to judge", choices=["pairwise", "pointwise"])
     swap: bool = help_field(False, "pairwise: judge both orders; disagreement becomes a tie")
     judge_url: str | None = help_field(None, "OpenAI-compatible endpoint (server root, /v1 or the full /v1/chat/completions URL)")
-    judge_model: str | None = help_field(None, f"model name sent to --judge-url, or a local model (default {DEFAULT_LOCAL_JUDGE})")
+    judge_model: str | None = help_field(None, f"model name sent to --judge-url, or a local model (default {DEFAULT_LOCAL_JUDGE})",
+                                         aliases=["judge"])
     reward_model: str | None = help_field(None, "judge with a trained reward model (a `posttrain rm` run dir) instead of an LLM")
     tie_threshold: float = help_field(0.0, "reward model: a score difference within this is a tie")
     api_key_env: str = help_field("OPENAI_API_KEY", "environment variable holding the API key for --judge-url")
     template: str | None = help_field(None, "template name (pairwise, pairwise_short, pointwise, educational_value) or a .yaml path")
     rubric: str | None = help_field(None, "text replacing the template's {rubric}")
-    max_tokens: int = help_field(512, "longest judge reply, in tokens")
+    max_new_tokens: int = help_field(512, "longest judge reply, in tokens", aliases=["max_tokens"])
     temperature: float = help_field(0.0, "judge sampling temperature (0 = greedy)")
     timeout: float = help_field(60.0, "HTTP: seconds before a request times out")
     max_retries: int = help_field(3, "HTTP: retries after a timeout, 429 or 5xx")
@@ -64,7 +65,7 @@ def validate(cfg: JudgeConfig) -> None:
         raise ConfigError("input", "required: the JSONL file to judge")
     if cfg.judge_url and not cfg.judge_model:
         raise ConfigError("judge_model", "required with --judge-url: the model name the server serves")
-    for name in ("max_tokens", "chunk_size", "concurrency", "batch_size"):
+    for name in ("max_new_tokens", "chunk_size", "concurrency", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, "must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
@@ -92,12 +93,12 @@ def output_paths(cfg: JudgeConfig) -> tuple[str, str, str]:
 def build_backend(cfg: JudgeConfig) -> ChatBackend:
     """HTTP when --judge-url is given, else a local model."""
     if cfg.judge_url:
-        from .http_backend import HttpChatBackend
+        from ..rollout.chat import HttpChatBackend
 
         return HttpChatBackend(cfg.judge_url, cfg.judge_model or "", api_key_env=cfg.api_key_env,
                                timeout=cfg.timeout, max_retries=cfg.max_retries, backoff=cfg.backoff,
                                backoff_max=cfg.backoff_max, concurrency=cfg.concurrency)
-    from .local_backend import LocalChatBackend
+    from ..rollout.chat import LocalChatBackend
 
     return LocalChatBackend.from_name(cfg.judge_model or DEFAULT_LOCAL_JUDGE, batch_size=cfg.batch_size,
                                       device=cfg.device)
@@ -170,7 +171,7 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | RewardJudge | None = None
 
         torch.manual_seed(cfg.seed)
     judge = backend if isinstance(backend, RewardJudge) else LLMJudge(
-        backend, template, swap=cfg.swap, rubric=cfg.rubric, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+        backend, template, swap=cfg.swap, rubric=cfg.rubric, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     try:
         for start in range(0, len(pending), cfg.chunk_size):
             chunk = pending[start:start + cfg.chunk_size]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..records import Judgement, Message
-from .backends import ChatBackend
+from ..rollout.chat.backends import ChatBackend
 from .parse import parse_pairwise, parse_score
 from .templates import JudgeTemplate
 

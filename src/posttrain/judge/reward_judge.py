@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ..records import Judgement, Message
-from .backends import BackendStats
+from ..rollout.chat.backends import BackendStats
 from .judging import PairItem, PointItem
 
 Scorer = Callable[[list[Message], str], float]

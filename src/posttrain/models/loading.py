@@ -295,10 +295,14 @@ def _load_adapter(path: Path, **kwargs: Any):
     """Base model (recursively resolved: an alias, a dir, a hub id) + the PEFT adapter, trainable."""
     from peft import PeftModel
 
-    from .peft import quiet_peft_warnings
+    from .peft import is_peft_model, merge_adapter, quiet_peft_warnings
 
     base_name = adapter_base_name(path)
     base = load_model(base_name, **kwargs)
+    if is_peft_model(base):
+        # An adapter trained on top of another adapter run (DPO after LoRA SFT) was trained on
+        # the merged weights (train/setup.py), so fold the first adapter in before adding this one.
+        base = merge_adapter(base)
     try:
         with quiet_peft_warnings():
             model = PeftModel.from_pretrained(base, str(path), is_trainable=True)

@@ -20,10 +20,20 @@ selected responses with the SFT recipe (`--train sft`), or on its best-vs-worst 
 the DPO recipe (`--train dpo`: iterative, on-policy DPO). With eval prompts each round also
 reports the greedy mean reward (accuracy, for 0/1 verifiers) of the model it starts from,
 and the run ends with the final model's.
+
+Several processes (`torchrun` / `posttrain launch`, `--distributed ddp|fsdp|...`): process r
+samples and scores every N-th prompt (r, r+N, ...), each sample drawn from its own seeded
+stream (run seed, round, prompt, sample index), so the samples do not depend on the split;
+the scored samples are gathered into prompt order on every process, process 0 writes the
+round's files, and the round's SFT/DPO training runs with the same `--distributed` setting,
+its global batch `train_batch_size` split over the processes. Evaluation splits its prompts
+the same way. The files and the final model equal those of one process
+(tests/test_rl_best_of_n_distributed.py).
 """
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -41,11 +51,12 @@ class BestOfNConfig(ModelArgs):
     prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields reach the reward)")
     task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
     reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT] (see posttrain grpo --help)")
-    reward_weights: dict[str, float] | None = help_field(None, "YAML only: a {spec: weight} mapping, added to reward")
+    reward_weights: dict[str, float] | None = help_field(None, "more rewards with their weights, added to --reward: "
+                                                         "SPEC=WEIGHT pairs (YAML: a {spec: weight} mapping)")
     limit: int = help_field(0, "use only the first N prompts (0: all)")
     output_dir: str = help_field("runs/best-of-n", "run directory: round-K/ data (and models), summary.json")
-    n: int = help_field(8, "samples per prompt")
-    max_new_tokens: int = help_field(256, "longest response in tokens")
+    num_samples: int = help_field(8, "samples per prompt (the n of best-of-n)", aliases=["n", "samples"])
+    max_new_tokens: int = help_field(256, "longest response in tokens", aliases=["max_tokens"])
     temperature: float = help_field(0.8, "sampling temperature")
     top_p: float = help_field(1.0, "nucleus sampling threshold")
     top_k: int = help_field(0, "sample from the k most likely tokens (0: off)")
@@ -64,14 +75,20 @@ class BestOfNConfig(ModelArgs):
     accumulate: bool = help_field(False, "train each round on the data of all rounds so far (not only its own)")
     train_learning_rate: float = help_field(1e-5, "learning rate of each round's training")
     train_epochs: float = help_field(1.0, "epochs of each round's training")
-    train_batch_size: int = help_field(8, "batch size of each round's training")
+    train_batch_size: int = help_field(8, "examples per optimizer step of each round's training, all processes "
+                                          "together (split evenly over them)")
     train_max_steps: int = help_field(0, "optimizer steps per round (0: from train_epochs)")
     dpo_beta: float = help_field(0.1, "DPO beta for --train dpo")
     eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before and after each round")
     eval_limit: int = help_field(200, "evaluate on at most this many eval prompts (0: all)")
     eval_max_new_tokens: int = help_field(0, "response length for evaluation (0: max_new_tokens)")
     resume: bool = help_field(False, "reuse finished rounds found in output_dir")
-    progress: bool = help_field(True, "show progress bars while training")
+    distributed: str = help_field("auto", "how processes share each round's training (sampling is split by prompt "
+                                  "in every mode): auto (what the launcher set up), ddp, fsdp, zero2, zero3; "
+                                  "see docs/distributed.md", choices=["auto", "ddp", "fsdp", "zero2", "zero3"])
+    cpu_offload: bool = help_field(False, "training with fsdp/zero3: keep parameters and optimizer state in CPU memory "
+                                   "(zero2: optimizer state)")
+    progress: bool = help_field(True, "show progress: a line per generation batch while sampling (stderr), bars while training")
 
 
 # --------------------------------------------------------------------------- selection
@@ -161,44 +178,76 @@ def build_round_data(prompts: Sequence[Any], texts: Sequence[Sequence[str]], sco
 # --------------------------------------------------------------------------- sampling and training
 
 
-def sample_round(model_name: str, prompt_set, scorer, cfg: BestOfNConfig, round_index: int) -> RoundData:
+def sample_round(model_name: str, prompt_set, scorer, cfg: BestOfNConfig, round_index: int,
+                 processes=None) -> RoundData:
+    """Sample, score and select one round. Under several processes (`processes`, a
+    `distributed.processes.Processes`) each one samples and scores its share of the prompts;
+    the results are gathered into prompt order, so every process returns the whole round,
+    equal to what one process sampling every prompt returns."""
+    from ..distributed.processes import Processes
     from ..models import load_model, load_tokenizer
     from ..rollout.generation import SamplingParams, generate
+    from ..rollout.progress import progress_logger
     from .rollouts import reward_rows, samples_from_generations
-    from .loop import timer
+    from .loop import prompt_seeds, timer
 
-    tokenizer = load_tokenizer(model_name, padding_side="left")
-    model = load_model(model_name, dtype=cfg.dtype, device="auto", seed=cfg.seed)
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            top_k=cfg.top_k, n=cfg.n, stop=list(cfg.stop), seed=cfg.seed * 1_000_003 + round_index)
+    processes = processes or Processes()
+    mine = processes.my_share(len(prompt_set.ids))
+    n = cfg.num_samples
+    per_prompt: list[tuple[int, dict[str, Any]]] = []  # (prompt index, its n samples' texts, scores, ...)
     started = timer()
-    generations = generate(model, tokenizer, prompt_set.ids, params, batch_size=cfg.generation_batch_size,
-                           share_prompt=True)
+    if mine:
+        tokenizer = load_tokenizer(model_name, padding_side="left")
+        model = load_model(model_name, dtype=cfg.dtype, device=processes.device, seed=cfg.seed)
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                top_k=cfg.top_k, n=n, stop=list(cfg.stop), seed=cfg.seed * 1_000_003 + round_index)
+        on_batch = progress_logger(f"round {round_index}", len(mine), _log_err) if cfg.progress else None
+        # One random stream per (seed, round, prompt, sample): the samples do not depend on which
+        # process, batch or padding a prompt lands in.
+        generations = generate(model, tokenizer, [prompt_set.ids[i] for i in mine], params,
+                               batch_size=cfg.generation_batch_size, share_prompt=True,
+                               prompt_seeds=prompt_seeds(cfg.seed, round_index, mine), on_batch=on_batch)
+        del model
+        samples = samples_from_generations(generations, mine)
+        result = scorer.score(reward_rows(samples, prompt_set.prompts))
+        totals = [float(v) for v in result.total]
+        names = list(result.scores)
+        for j, index in enumerate(mine):
+            part = range(j * n, (j + 1) * n)
+            per_prompt.append((index, {
+                "texts": [samples[i].text for i in part], "finish": [samples[i].finish_reason for i in part],
+                "scores": [totals[i] for i in part],
+                "components": [{k: float(result.scores[k][i]) for k in names} for i in part],
+                "tokens": sum(samples[i].length for i in part)}))
     seconds = timer() - started
-    samples = samples_from_generations(generations, list(range(len(prompt_set.ids))))
-    result = scorer.score(reward_rows(samples, prompt_set.prompts))
-    n = cfg.n
-    texts = [[s.text for s in samples[p * n:(p + 1) * n]] for p in range(len(prompt_set.ids))]
-    finish = [[s.finish_reason for s in samples[p * n:(p + 1) * n]] for p in range(len(prompt_set.ids))]
-    totals = [float(v) for v in result.total]
-    scores = [totals[p * n:(p + 1) * n] for p in range(len(prompt_set.ids))]
-    names = list(result.scores)
-    components = [[{k: result.scores[k][p * n + i] for k in names} for i in range(n)] for p in range(len(prompt_set.ids))]
-    data = build_round_data(prompt_set.prompts, texts, scores, components, cfg, finish)
-    tokens = sum(s.length for s in samples)
+    rows = processes.gather_in_order(per_prompt)  # every prompt, in prompt order, on every process
+    seconds = max(processes.all_gather(seconds))  # the round took as long as its slowest process
+    data = build_round_data(prompt_set.prompts, [r["texts"] for r in rows], [r["scores"] for r in rows],
+                            [r["components"] for r in rows], cfg, [r["finish"] for r in rows])
+    tokens = sum(r["tokens"] for r in rows)
     data.summary.update({"generation_seconds": seconds, "generated_tokens": tokens,
                          "generated_tokens_per_s": tokens / max(seconds, 1e-9)})
     return data
 
 
-def train_round(kind: str, model_name: str, data_path: Path, rows: int, out_dir: Path, cfg: BestOfNConfig) -> str:
-    """Train `model_name` on `data_path` with the SFT or DPO recipe; returns the new model directory."""
+def train_batch_per_process(cfg: BestOfNConfig, rows: int, world: int) -> int:
+    """Examples per process per optimizer step: `train_batch_size` is the global batch (lowered to
+    the number of rows when fewer), split evenly over the processes, so N processes take the
+    steps one process takes (exactly so when N divides it). 0: fewer rows than processes."""
+    return min(cfg.train_batch_size, rows) // world
+
+
+def train_round(kind: str, model_name: str, data_path: Path, batch_size: int, out_dir: Path,
+                cfg: BestOfNConfig) -> str:
+    """Train `model_name` on `data_path` with the SFT or DPO recipe (`batch_size` examples per
+    process per step, `--distributed` as given); returns the new model directory.
+    Under a launcher every process calls this: the recipe builds its own Accelerator."""
     from ..train.setup import say
 
-    batch_size = max(1, min(cfg.train_batch_size, rows))
     common = {f: getattr(cfg, f) for f in ModelArgs.__dataclass_fields__}
     common.update(model=model_name, output_dir=str(out_dir), seed=cfg.seed, learning_rate=cfg.train_learning_rate,
-                  epochs=cfg.train_epochs, batch_size=batch_size, max_steps=cfg.train_max_steps, progress=cfg.progress)
+                  epochs=cfg.train_epochs, batch_size=batch_size, max_steps=cfg.train_max_steps, progress=cfg.progress,
+                  distributed=cfg.distributed, cpu_offload=cfg.cpu_offload)
     if kind == "sft":
         from ..train.sft import SFTConfig, train_sft
 
@@ -206,13 +255,15 @@ def train_round(kind: str, model_name: str, data_path: Path, rows: int, out_dir:
     else:
         from ..train.dpo import DPOConfig, train_dpo
 
-        result = train_dpo(DPOConfig(**common, data=str(data_path), beta=cfg.dpo_beta))
+        result = train_dpo(DPOConfig(**common, data=[str(data_path)], beta=cfg.dpo_beta))
     say(f"round model: {result.final_dir}")
     return str(result.final_dir)
 
 
 def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] | None = None) -> dict[str, Any]:
     """All rounds; returns the run summary (also written to output_dir/summary.json)."""
+    from ..distributed.plugins import plan_distributed
+    from ..distributed.processes import Processes
     from ..models import load_tokenizer
     from ..train.setup import prepare_run_dir, say
     from .loop import PromptSet, apply_task_defaults, load_prompt_set
@@ -221,24 +272,35 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
     cfg = apply_task_defaults(cfg)
     check_best_of_n(cfg)
     train_kind = ("sft" if cfg.iterations > 1 else "none") if cfg.train == "auto" else cfg.train
+    if train_kind != "none":
+        plan_distributed(cfg)  # a --distributed / --cpu-offload the recipes would refuse: refused now, before sampling
+    processes = Processes()  # joins the launcher's process group (one process: no-op)
+    world = processes.num_processes
     scorer = build_scorer(cfg, reward_functions)
     out = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     prompt_set: PromptSet = load_prompt_set(cfg.prompts, tokenizer, cfg, cfg.limit)
     eval_set = load_prompt_set(cfg.eval_prompts, tokenizer, cfg, cfg.eval_limit) if cfg.eval_prompts else None
     prepare_run_dir(cfg)  # after the input checks: bad input leaves nothing behind
-    say(f"best-of-n: {len(prompt_set.ids)} prompts x {cfg.n} samples, reward = {scorer.describe()}, "
-        f"select = {cfg.select}, {cfg.iterations} round(s), train = {train_kind}")
+    say(f"best-of-n: {len(prompt_set.ids)} prompts x {cfg.num_samples} samples, reward = {scorer.describe()}, "
+        f"select = {cfg.select}, {cfg.iterations} round(s), train = {train_kind}"
+        + (f", {world} processes" if world > 1 else ""))
+
+    def write(writer, path: Path, rows) -> None:  # process 0 writes; the others wait where they must
+        if processes.is_main_process:
+            writer(path, rows)
 
     def evaluate(model_name: str, output: Path) -> dict[str, float] | None:
         if eval_set is None:
             return None
         from ..models import load_model
 
-        model = load_model(model_name, dtype=cfg.dtype, device="auto", seed=cfg.seed)
+        # Every process answers every N-th eval prompt (uneven shares are fine: no collective
+        # inside generation); sums are reduced and answers written in prompt order by process 0.
+        model = load_model(model_name, dtype=cfg.dtype, device=processes.device, seed=cfg.seed)
         return evaluate_greedy(model, load_tokenizer(model_name, padding_side="left"), eval_set, scorer,
                                cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
-                               output=output)
+                               accelerator=processes, output=output)
 
     model_name, rounds = cfg.model, []
     all_sft, all_pairs = [], []
@@ -257,29 +319,35 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
         if (before := evaluate(model_name, round_dir / "eval_before.jsonl")) is not None:
             summary["eval_before"] = before
             say(f"round {k}: eval reward of {model_name}: {before['reward']:.4f}")
-        data = sample_round(model_name, prompt_set, scorer, cfg, k)
+        data = sample_round(model_name, prompt_set, scorer, cfg, k, processes)
         summary.update(data.summary)
-        write_jsonl(round_dir / "samples.jsonl", data.samples)
-        write_jsonl(round_dir / "sft.jsonl", data.sft)
-        write_jsonl(round_dir / "pairs.jsonl", data.pairs)
+        write(write_jsonl, round_dir / "samples.jsonl", data.samples)
+        write(write_jsonl, round_dir / "sft.jsonl", data.sft)
+        write(write_jsonl, round_dir / "pairs.jsonl", data.pairs)
         all_sft += data.sft
         all_pairs += data.pairs
-        say(f"round {k}: mean reward {data.summary['mean_reward']:.4f}, best-of-{cfg.n} {data.summary['best_of_n_reward']:.4f}; "
+        say(f"round {k}: mean reward {data.summary['mean_reward']:.4f}, best-of-{cfg.num_samples} {data.summary['best_of_n_reward']:.4f}; "
             f"kept {len(data.sft)} samples, {len(data.pairs)} pairs -> {round_dir}")
         if train_kind != "none":
             if cfg.accumulate:  # every round's data so far, in one file
                 rows = all_sft if train_kind == "sft" else all_pairs
                 data_path = round_dir / f"train_{train_kind}.jsonl"
-                write_jsonl(data_path, rows)
+                write(write_jsonl, data_path, rows)
             else:
                 rows = data.sft if train_kind == "sft" else data.pairs
                 data_path = round_dir / ("sft.jsonl" if train_kind == "sft" else "pairs.jsonl")
-            if rows:
-                model_name = train_round(train_kind, model_name, data_path, len(rows), round_dir / train_kind, cfg)
+            processes.wait_for_everyone()  # the data file is complete before any process reads it
+            batch_size = train_batch_per_process(cfg, len(rows), world)
+            if batch_size:
+                model_name = train_round(train_kind, model_name, data_path, batch_size, round_dir / train_kind, cfg)
+            elif rows:
+                say(f"round {k}: {len(rows)} rows for {world} processes, fewer than one per process; "
+                    f"not trained, the model stays {model_name}")
             else:
                 say(f"round {k}: nothing to train on; the model stays {model_name}")
         summary["model_after"] = model_name
-        write_json(summary_path, summary)
+        write(write_json, summary_path, summary)
+        processes.wait_for_everyone()  # every process sees the finished round (and agrees on --resume)
         rounds.append(summary)
     final_eval = evaluate(model_name, out / "eval_final.jsonl") if train_kind != "none" else None
     result = {"rounds": rounds, "final_model": model_name}
@@ -287,8 +355,16 @@ def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] |
         result["eval_final"] = final_eval
         first = rounds[0].get("eval_before", {}).get("reward", float("nan"))
         say(f"eval reward: {first:.4f} before round 1 -> {final_eval['reward']:.4f} after round {cfg.iterations}")
-    write_json(out / "summary.json", result)
+    write(write_json, out / "summary.json", result)
+    processes.wait_for_everyone()
     return result
+
+
+def _log_err(line: str) -> None:
+    from ..train.setup import is_main_process
+
+    if is_main_process():
+        print(line, file=sys.stderr, flush=True)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -300,7 +376,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
 def check_best_of_n(cfg: BestOfNConfig) -> None:
     if not cfg.prompts:
         raise ConfigError("prompts", "give a prompts file (--prompts FILE) or a shipped --task")
-    for name in ("n", "max_new_tokens", "iterations", "generation_batch_size", "train_batch_size"):
+    for name in ("num_samples", "max_new_tokens", "iterations", "generation_batch_size", "train_batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, f"must be at least 1, got {getattr(cfg, name)}")
     if cfg.select == "threshold" and cfg.threshold is None:
@@ -312,9 +388,7 @@ def check_best_of_n(cfg: BestOfNConfig) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from .loop import merge_repeated_flags
-
-    cfg = parse_config(BestOfNConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain best-of-n",
+    cfg = parse_config(BestOfNConfig, argv, prog="posttrain best-of-n",
                        description="rejection sampling: best of n samples -> SFT data and preference pairs")
     run_best_of_n(cfg)
     return 0

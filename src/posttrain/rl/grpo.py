@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -45,7 +44,7 @@ from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
 from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
                    global_sum, merge_repeated_flags, run_online, timer)
-from .online import (prepare_online_inputs, Reference, RLResult, add_sum, batch_logprobs, evaluate_greedy,
+from .online import (prepare_online_inputs, Reference, RLResult, add_sum, batch_logprobs, run_evaluator,
                      logprob_temperature, sample_and_score, sample_metrics)
 from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
 
@@ -53,18 +52,21 @@ from .rollouts import Sample, chunks, collate, rollout_records, split_even, stor
 @dataclass
 class GRPOConfig(RLArgs):
     output_dir: str = help_field("runs/grpo", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
-    n: int = help_field(8, "samples per prompt (the group size G)")
+    num_samples: int = help_field(8, "samples per prompt (the group size G)", aliases=["n", "samples"])
     advantage: str = help_field("grpo", "group baseline: grpo (mean/std), dr_grpo (mean only), rloo (leave-one-out)",
                                 choices=list(GROUP_ADVANTAGES))
     loss_aggregation: str = help_field("token_mean", "how per-token losses become one number: token_mean (DAPO), "
                                        "sequence_mean (GRPO paper), sequence_sum (REINFORCE), "
                                        "sum_over_constant (Dr. GRPO, divides by max_new_tokens)", choices=list(REDUCTIONS))
-    beta: float = help_field(0.04, "KL coefficient to the reference model (0: no reference model is loaded)")
+    kl_coef: float = help_field(0.04, "KL coefficient beta to the reference model (0: no reference model is loaded)",
+                                aliases=["beta"])
     kl_estimator: str = help_field("k3", "per-token KL estimator of the loss term", choices=list(KL_ESTIMATORS))
-    kl_in_reward: bool = help_field(False, "subtract beta * sequence KL (sum of k1) from each reward instead of a KL loss term")
-    epsilon: float = help_field(0.2, "clip range below 1 (eps_low)")
-    epsilon_high: float | None = help_field(None, "clip range above 1 (eps_high; DAPO's clip-higher uses 0.28); default: epsilon")
-    mu: int = help_field(1, "policy updates per rollout batch (reusing it with the old log-probs)")
+    kl_in_reward: bool = help_field(False, "subtract kl_coef * sequence KL (sum of k1) from each reward instead of a KL loss term")
+    epsilon: float = help_field(0.2, "clip range below 1 (eps_low)", aliases=["cliprange"])
+    epsilon_high: float | None = help_field(None, "clip range above 1 (eps_high; DAPO's clip-higher uses 0.28); "
+                                            "default: epsilon", aliases=["cliprange_high"])
+    ppo_epochs: int = help_field(1, "passes over each rollout batch (GRPO's mu; > 1 reuses it with the old "
+                                    "log-probs)", aliases=["mu"])
     num_minibatches: int = help_field(1, "optimizer steps per pass over a rollout batch")
     entropy_coef: float = help_field(0.0, "entropy bonus coefficient (subtracted from the loss)")
     missing_eos_penalty: float = help_field(0.0, "subtract this from the reward of responses cut at max_new_tokens")
@@ -73,25 +75,25 @@ class GRPOConfig(RLArgs):
 @dataclass
 class RLOOConfig(GRPOConfig):
     output_dir: str = help_field("runs/rloo", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
-    n: int = help_field(4, "samples per prompt (k)")
+    num_samples: int = help_field(4, "samples per prompt (k)", aliases=["n", "samples"])
     advantage: str = help_field("rloo", "group baseline: rloo (leave-one-out), grpo, dr_grpo", choices=list(GROUP_ADVANTAGES))
     loss_aggregation: str = help_field("sequence_sum", "per-token loss reduction (sequence_sum: REINFORCE on whole responses)",
                                        choices=list(REDUCTIONS))
-    beta: float = help_field(0.05, "KL coefficient (0: no reference model is loaded)")
-    kl_in_reward: bool = help_field(True, "subtract beta * sequence KL from each reward (RLOO paper) instead of a KL loss term")
+    kl_coef: float = help_field(0.05, "KL coefficient beta (0: no reference model is loaded)", aliases=["beta"])
+    kl_in_reward: bool = help_field(True, "subtract kl_coef * sequence KL from each reward (RLOO paper) instead of a KL loss term")
 
 
 def check_grpo(cfg: GRPOConfig) -> None:
-    check_common(cfg, cfg.n)
-    if cfg.n < 2:
-        raise ConfigError("n", "a group baseline needs at least 2 samples per prompt")
+    check_common(cfg, cfg.num_samples)
+    if cfg.num_samples < 2:
+        raise ConfigError("num_samples", "a group baseline needs at least 2 samples per prompt")
     if cfg.temperature == 0:
         raise ConfigError("temperature", "greedy sampling gives identical samples (no group variance); use > 0")
-    for name in ("mu", "num_minibatches"):
+    for name in ("ppo_epochs", "num_minibatches"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, "must be at least 1")
-    if cfg.beta < 0:
-        raise ConfigError("beta", "must be >= 0")
+    if cfg.kl_coef < 0:
+        raise ConfigError("kl_coef", "must be >= 0")
     if cfg.epsilon <= 0 or (cfg.epsilon_high is not None and cfg.epsilon_high <= 0):
         raise ConfigError("epsilon", "clip ranges must be > 0")
 
@@ -134,6 +136,15 @@ def group_advantages(samples: list[Sample], n: int, estimator: str, beta_in_rewa
     return {"groups_zero_std": zero_std, "reward_std": float(grouped.std(dim=-1).mean())}
 
 
+def global_group_stats(run: OnlineRun, stats: dict[str, float], groups: int) -> dict[str, float]:
+    """`group_advantages`' per-group means (this process) -> means over every process's groups."""
+    from ..train.engine import reduce_sums
+
+    sums = reduce_sums(run.accelerator, {"groups": float(groups), **{k: v * groups for k, v in stats.items()}})
+    count = max(sums.pop("groups"), 1.0)
+    return {k: v / count for k, v in sums.items()}
+
+
 def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOConfig, step: int,
                   has_old: bool, has_ref: bool) -> dict[str, float]:
     """mu passes x num_minibatches optimizer steps over the batch; returns the step's metrics."""
@@ -141,14 +152,14 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
     constant = float(cfg.max_new_tokens)
     clip_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     token_fields = [name for name, on in (("old_logps", has_old), ("ref_logps", has_ref)) if on]
-    kl_term = has_ref and not cfg.kl_in_reward and cfg.beta > 0
+    kl_term = has_ref and not cfg.kl_in_reward and cfg.kl_coef > 0
     sums: dict[str, float] = {}
     shuffle = random.Random(cfg.seed * 7_919 + step)
     losses_seen, grad_norm, first = [], 0.0, True
     run.model.train()
-    for _ in range(cfg.mu):
+    for _ in range(cfg.ppo_epochs):
         order = list(samples)
-        if cfg.mu > 1 or cfg.num_minibatches > 1:
+        if cfg.ppo_epochs > 1 or cfg.num_minibatches > 1:
             shuffle.shuffle(order)
         for minibatch in split_even(order, cfg.num_minibatches):
             micro_batches = chunks(minibatch, cfg.micro_batch_size)
@@ -168,7 +179,7 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
                                                       clip_high=clip_high)
                     if kl_term:
                         kl = KL_ESTIMATORS[cfg.kl_estimator](logps, batch["ref_logps"], mask)
-                        losses = losses + cfg.beta * kl
+                        losses = losses + cfg.kl_coef * kl
                         add_sum(sums, "kl_sum", kl.detach().sum())
                     if cfg.entropy_coef:
                         losses = losses - cfg.entropy_coef * torch.where(mask, out.entropy, 0.0)
@@ -229,26 +240,27 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
     inputs = prepare_online_inputs(cfg, check_grpo, reward_functions)
     cfg, scorer, tokenizer, pad_id = inputs.cfg, inputs.scorer, inputs.tokenizer, inputs.pad_id
     train_set, eval_set = inputs.train_set, inputs.eval_set
-    say(f"{name}: {len(train_set.ids)} prompts, reward = {scorer.describe()}, G = {cfg.n}, "
-        f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, beta = {cfg.beta}")
+    say(f"{name}: {len(train_set.ids)} prompts, reward = {scorer.describe()}, G = {cfg.num_samples}, "
+        f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, kl_coef = {cfg.kl_coef}")
 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.disable_dropout:
         disable_dropout(policy)
-    has_ref = cfg.beta > 0
+    has_ref = cfg.kl_coef > 0
     reference = Reference.for_policy(policy, lambda: run.unwrapped_policy()) if has_ref else None
-    run = OnlineRun(cfg, policy, cfg.max_steps * cfg.mu * cfg.num_minibatches, name)
+    run = OnlineRun(cfg, policy, cfg.max_steps * cfg.ppo_epochs * cfg.num_minibatches, name)
     if reference is not None:
         reference.to(run.device)
     # π_old needs a pass of its own only when the batch is reused or split (or for the KL reward).
-    has_old = cfg.mu > 1 or cfg.num_minibatches > 1 or (cfg.kl_in_reward and has_ref)
+    has_old = cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or (cfg.kl_in_reward and has_ref)
 
     def step_fn(step: int):
-        samples, scores, timing = sample_and_score(run, cfg, cfg.n, tokenizer, train_set, scorer, step,
+        samples, scores, timing = sample_and_score(run, cfg, cfg.num_samples, tokenizer, train_set, scorer, step,
                                                    cfg.missing_eos_penalty)
         row = sample_metrics(run, samples, scores, timing["time/generate"])
         rollout_logprobs(run, samples, pad_id, cfg, reference, has_old)
-        row.update(group_advantages(samples, cfg.n, cfg.advantage, cfg.beta if cfg.kl_in_reward else 0.0))
+        stats = group_advantages(samples, cfg.num_samples, cfg.advantage, cfg.kl_coef if cfg.kl_in_reward else 0.0)
+        row.update(global_group_stats(run, stats, len(samples) // cfg.num_samples))
         trained = timer()
         row.update(update_policy(run, samples, pad_id, cfg, step, has_old, has_ref))
         row.update(timing)
@@ -257,12 +269,7 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
         records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1, scores.scores))
         return row, tokens, records
 
-    def evaluate(step: int):
-        if eval_set is None:
-            return None
-        return evaluate_greedy(run.unwrapped_policy(), tokenizer, eval_set, scorer,
-                               cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
-                               run.accelerator, output=Path(cfg.output_dir) / "eval" / f"step-{step:06d}.jsonl")
+    evaluate = run_evaluator(run, cfg, tokenizer, eval_set, scorer)
 
     summary = run_online(run, cfg, step_fn, evaluate, lambda: {}, tokenizer)
     return RLResult(**summary)

@@ -13,6 +13,13 @@ from the engine's pieces (`make_accelerator`, `build_optimizer`, `build_schedule
   checkpoints + metrics.jsonl + progress + the final save.
 - `run_online`: the loop itself (evaluate, steps, checkpoints, SIGINT, final save).
 
+Several processes (`--distributed ddp|fsdp`, docs/distributed.md): process r answers its own
+slice of each step's prompts (`step_prompt_indices`; all n samples of a prompt stay on one
+process, so group baselines need no communication), each sample is drawn from its own
+seeded stream (`prompt_seeds`), losses are divided by the global token/sequence count, and
+metrics are sums over processes divided once, so 2 processes answering 4 prompts each take
+the same update as 1 process answering the 8.
+
 A "step" of an online run is one rollout batch (its metrics row); it may contain several
 optimizer steps (GRPO's mu x minibatches, PPO's epochs x minibatches).
 """
@@ -29,19 +36,20 @@ import torch
 
 from ..config import help_field
 from ..errors import ConfigError, TrainingError
-from ..train.args import ModelArgs
+from ..train.args import ModelArgs, RunArgs
 from .rollouts import render_prompt_ids
 
 
 @dataclass
-class RLArgs(ModelArgs):
+class RLArgs(ModelArgs, RunArgs):
     # ----- prompts and rewards
     prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields such as 'answer' reach the reward)")
     task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
     reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT]: a built-in (math, sort, exact, regex, "
                                        "json_schema, code, answer_format), module:function, file.py:function, "
                                        "or rm:DIR (a reward model)")
-    reward_weights: dict[str, float] | None = help_field(None, "YAML only: a {spec: weight} mapping, added to reward")
+    reward_weights: dict[str, float] | None = help_field(None, "more rewards with their weights, added to --reward: "
+                                                         "SPEC=WEIGHT pairs (YAML: a {spec: weight} mapping)")
     limit: int = help_field(0, "use only the first N prompts (0: all)")
     eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before training, every eval_every steps, "
                                    "and at the end ('none': no evaluation, also with --task)")
@@ -50,7 +58,7 @@ class RLArgs(ModelArgs):
     eval_max_new_tokens: int = help_field(0, "response length for evaluation (0: max_new_tokens)")
     # ----- sampling
     prompts_per_step: int = help_field(8, "prompts sampled per step (per process)")
-    max_new_tokens: int = help_field(128, "longest response in tokens")
+    max_new_tokens: int = help_field(128, "longest response in tokens", aliases=["max_tokens"])
     temperature: float = help_field(1.0, "sampling temperature; log-probs for the loss use the same temperature")
     top_p: float = help_field(1.0, "nucleus sampling threshold")
     top_k: int = help_field(0, "sample from the k most likely tokens (0: off)")
@@ -59,25 +67,12 @@ class RLArgs(ModelArgs):
     micro_batch_size: int = help_field(8, "sequences per forward/backward pass (gradient accumulation below that)")
     save_rollouts: bool = help_field(True, "append every sampled response with its reward to rollouts.jsonl")
     disable_dropout: bool = help_field(True, "turn dropout off (incl. LoRA dropout), so the training forward scores tokens as sampling did")
-    # ----- optimisation (names as in every training command)
+    # ----- optimisation, checkpoints, logging, --distributed: `RunArgs`, as in every training
+    # command; only the defaults that differ for online RL are set again here.
     output_dir: str = help_field("runs/rl", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
-    seed: int = help_field(0, "seed for prompt order, sampling and weight init")
     learning_rate: float = help_field(1e-6, "peak learning rate (RL wants small ones; LoRA ~1e-5)")
     lr_scheduler: str = help_field("constant", "learning-rate schedule after warmup", choices=["cosine", "linear", "constant"])
-    warmup_ratio: float = help_field(0.0, "fraction of optimizer steps spent warming up (ignored when warmup_steps > 0)")
-    warmup_steps: int = help_field(0, "optimizer steps of warmup")
-    weight_decay: float = help_field(0.0, "AdamW weight decay")
-    optimizer: str = help_field("adamw", "optimizer; adamw_8bit needs bitsandbytes", choices=["adamw", "adamw_8bit"])
     max_steps: int = help_field(100, "rollout steps to run (each: sample, score, update)")
-    max_grad_norm: float = help_field(1.0, "clip the gradient norm to this (0: no clipping)")
-    mixed_precision: str = help_field("auto", "auto: bf16 on GPUs that support it, none on CPU", choices=["auto", "no", "bf16", "fp16"])
-    gradient_checkpointing: bool = help_field(False, "recompute activations in backward to save memory")
-    save_every: int = help_field(0, "write a checkpoint every N steps (0: only on interrupt)")
-    keep_last: int = help_field(2, "checkpoints kept (older ones are deleted)")
-    resume: bool = help_field(False, "continue from the newest checkpoint in output_dir")
-    log_every: int = help_field(1, "log metrics every N steps")
-    report_to: list[str] = help_field([], "also log to: tensorboard, wandb, mlflow (when installed)")
-    progress: bool = help_field(True, "show a progress bar")
 
 
 # --------------------------------------------------------------------------- set-up
@@ -108,7 +103,7 @@ def check_common(cfg: RLArgs, n: int) -> None:
     """Checks with one-line messages naming the field."""
     if not cfg.prompts:
         raise ConfigError("prompts", "give a prompts file (--prompts FILE) or a shipped --task")
-    positive = {"n": n, "prompts_per_step": cfg.prompts_per_step, "max_new_tokens": cfg.max_new_tokens,
+    positive = {"num_samples": n, "prompts_per_step": cfg.prompts_per_step, "max_new_tokens": cfg.max_new_tokens,
                 "micro_batch_size": cfg.micro_batch_size, "generation_batch_size": cfg.generation_batch_size,
                 "max_steps": cfg.max_steps}
     for name, value in positive.items():
@@ -119,6 +114,7 @@ def check_common(cfg: RLArgs, n: int) -> None:
     if cfg.max_length <= cfg.max_new_tokens:
         raise ConfigError("max_length", f"must be larger than max_new_tokens ({cfg.max_new_tokens}); "
                                         "prompts get max_length - max_new_tokens tokens")
+    check_distributed(cfg)
 
 
 @dataclass
@@ -136,6 +132,17 @@ def load_prompt_set(path: str, tokenizer, cfg: RLArgs, limit: int = 0) -> Prompt
     if not kept:
         raise ConfigError("prompts", f"{path}: every prompt is longer than max_length - max_new_tokens")
     return PromptSet([prompts[i] for i in kept], ids)
+
+
+def check_distributed(cfg: RLArgs) -> None:
+    """The `--distributed` modes online RL supports: generation needs whole weights on every process,
+    which posttrain gathers for FSDP (`full_parameters`) but not yet for DeepSpeed ZeRO-3."""
+    from ..distributed.plugins import launcher_mode
+
+    mode = cfg.distributed if cfg.distributed != "auto" else (launcher_mode() or "ddp")
+    if mode == "zero3":
+        raise ConfigError("distributed", "online RL does not support zero3 yet (generation would need "
+                                         "the ZeRO-3 weights gathered); use fsdp")
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -170,13 +177,17 @@ def step_prompt_indices(num_prompts: int, per_process: int, world: int, rank: in
     return order[start:start + per_process]
 
 
-def sampling_params(cfg: RLArgs, n: int, step: int, rank: int):
+def sampling_params(cfg: RLArgs, n: int):
     from ..rollout.generation import SamplingParams
 
-    # A distinct, reproducible sampling seed per (run seed, step, process).
-    seed = (cfg.seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2 ** 31)
     return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          top_k=cfg.top_k, n=n, stop=list(cfg.stop), seed=seed)
+                          top_k=cfg.top_k, n=n, stop=list(cfg.stop), seed=cfg.seed)
+
+
+def prompt_seeds(seed: int, step: int, indices: Sequence[int]) -> list[int]:
+    """The sampling seed of each prompt at `step`: a function of (run seed, step, prompt) only,
+    never of the process or the batch, so any split of the prompts samples the same responses."""
+    return [(seed * 1_000_003 + step * 104_729 + index * 7_919) % (2 ** 31) for index in indices]
 
 
 # --------------------------------------------------------------------------- the run
@@ -202,6 +213,7 @@ class OnlineRun:
                  extra_groups: Sequence[dict[str, Any]] = (), policy_attr: str | None = None):
         from accelerate.utils import set_seed
 
+        from ..distributed.training import settle_sharded_model
         from ..train.engine import enable_gradient_checkpointing, make_accelerator
         from ..train.metrics import MetricsLog
         from ..train.optim import build_optimizer, build_scheduler
@@ -218,6 +230,7 @@ class OnlineRun:
             optimizer.add_param_group({"weight_decay": 0.0, **group})
         self.scheduler = build_scheduler(optimizer, cfg, optimizer_steps)
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        settle_sharded_model(self.model)  # FSDP2: the whole module is the root (distributed/training.py)
         accelerator.register_for_checkpointing(self.scheduler)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -226,6 +239,7 @@ class OnlineRun:
         self.name = name
         self.last_checkpoint: Path | None = None
         self.progress = None
+        self.final_state: dict[str, torch.Tensor] | None = None  # gathered weights (main process), set by finish()
 
     # ----- helpers
     @property
@@ -245,6 +259,22 @@ class OnlineRun:
 
     def unwrapped_policy(self):
         return self._policy_of(self.accelerator.unwrap_model(self.model))
+
+    def sub_state(self, attr: str | None) -> dict[str, torch.Tensor] | None:
+        """The part of the gathered weights (`final_state`) under `attr` (`policy.` keys -> the policy's
+        own names); None when nothing was gathered (unsharded: the live weights are whole)."""
+        if self.final_state is None or attr is None:
+            return self.final_state
+        prefix = attr + "."
+        return {k[len(prefix):]: v for k, v in self.final_state.items() if k.startswith(prefix)}
+
+    def full_parameters(self):
+        """Context for generation: under FSDP every parameter is gathered once on entry and kept
+        whole until exit, so processes may run different numbers of forward passes (sampling
+        lengths and the evaluation split differ); elsewhere it does nothing."""
+        from ..distributed.training import full_parameters
+
+        return full_parameters(self.model)
 
     # ----- resume
     def start(self) -> tuple[int, dict[str, Any]]:
@@ -271,13 +301,9 @@ class OnlineRun:
     # ----- training
     def optimizer_step(self, step: int, loss: float) -> float:
         """Clip, check for NaN/inf (stop *before* a bad update), step, zero. Returns the grad norm."""
-        from ..train.engine import _as_float
+        from ..distributed.training import gradient_norm
 
-        if self.cfg.max_grad_norm > 0:
-            grad_norm = _as_float(self.accelerator.clip_grad_norm_(self.parameters, self.cfg.max_grad_norm))
-        else:
-            norms = [p.grad.norm() for p in self.parameters if p.grad is not None]
-            grad_norm = _as_float(torch.norm(torch.stack(norms))) if norms else 0.0
+        grad_norm = gradient_norm(self.accelerator, self.parameters, self.cfg.max_grad_norm)  # global, sharded-aware
         if not math.isfinite(loss) or not math.isfinite(grad_norm):
             where = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
             what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
@@ -288,13 +314,15 @@ class OnlineRun:
         return grad_norm
 
     def micro_batch(self, last: bool):
-        """Context for one micro-batch's forward *and* backward: autocast, and DDP gradient
-        sync only on the last micro-batch of an optimizer step (DDP decides in the forward)."""
+        """Context for one micro-batch's forward *and* backward: autocast, and gradients reduced
+        over processes only on the last micro-batch of an optimizer step (`micro_batch_sync`:
+        DDP/FSDP `no_sync`, DeepSpeed's accumulation boundary)."""
         import contextlib
 
+        from ..distributed.training import micro_batch_sync
+
         stack = contextlib.ExitStack()
-        if not last:
-            stack.enter_context(self.accelerator.no_sync(self.model))
+        stack.enter_context(micro_batch_sync(self.accelerator, self.model, last))
         stack.enter_context(self.accelerator.autocast())
         return stack
 
@@ -315,14 +343,27 @@ class OnlineRun:
             self.last_checkpoint = save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.keep_last)
 
     def finish(self, tokenizer) -> Path:
-        """Save the policy (HF format, or the adapter) to output_dir/final atomically."""
+        """Save the policy (HF format, or the adapter) to output_dir/final atomically.
+
+        Under FSDP/DeepSpeed the whole module's weights are gathered first (every process
+        takes part; the main process keeps them in `self.final_state` for recipes that save
+        more, e.g. PPO's value model) and the policy's part is written."""
         from types import SimpleNamespace
 
+        from ..distributed.training import full_state_dict
+        from ..models.saving import save_model_files
         from ..train.engine import save_final_atomically
 
         self.progress.close()
+        self.final_state = full_state_dict(self.accelerator, self.model)
         policy = self.unwrapped_policy()
-        final = save_final_atomically(self.accelerator, SimpleNamespace(save_final=None), policy,
+
+        def save(model, directory: Path) -> None:
+            if self.accelerator.is_main_process:
+                save_model_files(policy, directory, state_dict=self.sub_state(self.policy_attr))
+                tokenizer.save_pretrained(directory)
+
+        final = save_final_atomically(self.accelerator, SimpleNamespace(save_final=save), policy,
                                       self.cfg.output_dir, tokenizer)
         if self.cfg.report_to:
             self.accelerator.end_training()
@@ -338,7 +379,7 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
     on resume. Returns a summary dict.
     """
     from ..train.checkpoint import save_checkpoint
-    from ..train.engine import Interrupted, sigint_flag
+    from ..train.engine import Interrupted, any_process, sigint_flag
     from ..train.setup import say
 
     step, state = run.start()
@@ -365,7 +406,7 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
                 if (result := evaluate(step)) is not None:
                     row.update({f"eval/{k}": v for k, v in result.items()})
             run.end_step(step, row, tokens, full_state(), records)
-            if interrupt["hit"]:
+            if any_process(run.accelerator, interrupt["hit"]):  # every process stops at the same step
                 path = save_checkpoint(run.accelerator, cfg.output_dir, step, full_state(), cfg.keep_last)
                 run.progress.close()
                 raise Interrupted(f"interrupted at step {step}/{cfg.max_steps}; checkpoint saved to {path}; "

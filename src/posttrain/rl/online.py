@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .loop import OnlineRun, PromptSet, RLArgs, sampling_params, step_prompt_indices, timer
+from .loop import OnlineRun, PromptSet, RLArgs, prompt_seeds, sampling_params, step_prompt_indices, timer
 from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
 from .rollouts import Sample, reward_rows, samples_from_generations
 
@@ -45,9 +45,10 @@ def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set,
 
     indices = step_prompt_indices(len(prompt_set.ids), cfg.prompts_per_step, run.world, run.rank, cfg.seed, step)
     started = timer()
-    generations = generate(run.unwrapped_policy(), tokenizer, [prompt_set.ids[i] for i in indices],
-                           sampling_params(cfg, n, step, run.rank), batch_size=cfg.generation_batch_size,
-                           share_prompt=True)
+    with run.full_parameters():
+        generations = generate(run.unwrapped_policy(), tokenizer, [prompt_set.ids[i] for i in indices],
+                               sampling_params(cfg, n), batch_size=cfg.generation_batch_size, share_prompt=True,
+                               prompt_seeds=prompt_seeds(cfg.seed, step, indices))
     samples = samples_from_generations(generations, indices)
     generated = timer()
     scores = scorer.score(reward_rows(samples, prompt_set.prompts))
@@ -55,6 +56,13 @@ def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set,
         penalty = missing_eos_penalty if sample.finish_reason == "length" else 0.0
         sample.score = float(value) - penalty
     return samples, scores, {"time/generate": generated - started, "time/reward": timer() - generated}
+
+
+def global_max(accelerator, value: float) -> float:
+    """The largest of a number over processes."""
+    if accelerator.num_processes == 1:
+        return value
+    return float(accelerator.gather(torch.tensor([float(value)], device=accelerator.device)).max())
 
 
 def add_sum(sums: dict[str, float], key: str, value) -> None:
@@ -77,7 +85,7 @@ def sample_metrics(run: OnlineRun, samples: list[Sample], scores, seconds_genera
     row = {"reward": sums.pop("reward") / count, "response_length": generated / count,
            "finished_fraction": sums.pop("finished") / count}
     row.update({k: v / count for k, v in sums.items()})
-    row["response_length_max"] = max(s.length for s in samples)
+    row["response_length_max"] = global_max(run.accelerator, max(s.length for s in samples))
     row["generated_tokens_per_s"] = generated / max(seconds_generating, 1e-9)
     return row
 
@@ -112,19 +120,37 @@ def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScore
             if len(scores.scores) > 1:
                 sums[f"reward/{name}"] = float(sum(values))
         if output is not None:
-            rows = [{**prompt_set.prompts[s.prompt_index].extra, "prompt": prompt_set.prompts[s.prompt_index].prompt,
-                     "response": s.text, "reward": float(v), "finish_reason": s.finish_reason}
+            rows = [(s.prompt_index, {**prompt_set.prompts[s.prompt_index].extra,
+                                      "prompt": prompt_set.prompts[s.prompt_index].prompt, "response": s.text,
+                                      "reward": float(v), "finish_reason": s.finish_reason})
                     for s, v in zip(samples, scores.total)]
     if output is not None:
         rows = gather_rollouts(accelerator, rows) if accelerator is not None else rows
         if accelerator is None or accelerator.is_main_process:
-            write_jsonl(output, rows)
+            # Prompt order, whatever the split over processes (each process holds every N-th).
+            write_jsonl(output, [row for _, row in sorted(rows, key=lambda pair: pair[0])])
     if accelerator is not None:
         from ..train.engine import reduce_sums
 
         sums = reduce_sums(accelerator, sums)
     count = max(sums.pop("count"), 1.0)
     return {k: v / count for k, v in sums.items()}
+
+
+def run_evaluator(run: OnlineRun, cfg: RLArgs, tokenizer, eval_set: PromptSet | None, scorer: RewardScorerSet):
+    """`evaluate(step)` for `run_online`: greedy answers to the eval prompts with the current policy
+    (whole weights, see `OnlineRun.full_parameters`), written to output_dir/eval/step-N.jsonl; None
+    without eval prompts."""
+    from pathlib import Path
+
+    def evaluate(step: int) -> dict[str, float] | None:
+        if eval_set is None:
+            return None
+        with run.full_parameters():
+            return evaluate_greedy(run.unwrapped_policy(), tokenizer, eval_set, scorer,
+                                   cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
+                                   run.accelerator, output=Path(cfg.output_dir) / "eval" / f"step-{step:06d}.jsonl")
+    return evaluate
 
 
 # --------------------------------------------------------------------------- reference model and log-probs

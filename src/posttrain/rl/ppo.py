@@ -42,7 +42,7 @@ from ..losses import (KL_CONTROLLERS, KL_ESTIMATORS, REDUCTIONS, aggregate_parts
                       explained_variance, gae, kl_penalized_rewards, masked_moments, ppo_clip_losses, whiten)
 from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
                    global_sum, merge_repeated_flags, run_online, timer)
-from .online import (prepare_online_inputs, Reference, RLResult, add_sum, evaluate_greedy, logprob_temperature,
+from .online import (prepare_online_inputs, Reference, RLResult, add_sum, run_evaluator, logprob_temperature,
                      sample_and_score, sample_metrics)
 from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
 
@@ -50,18 +50,20 @@ from .rollouts import Sample, chunks, collate, rollout_records, split_even, stor
 @dataclass
 class PPOConfig(RLArgs):
     output_dir: str = help_field("runs/ppo", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/, value_model/")
-    n: int = help_field(1, "samples per prompt")
+    num_samples: int = help_field(1, "samples per prompt", aliases=["n", "samples"])
     value_model: str = help_field("separate", "value model: a separate copy with a scalar head, or a head on the policy's backbone",
                                   choices=["separate", "shared"])
     value_model_path: str = help_field("", "initialise the separate value model from this model or reward-model directory (default: the policy)")
     value_learning_rate: float = help_field(0.0, "learning rate of the value model (0: learning_rate)")
     vf_coef: float = help_field(0.1, "weight of the value loss")
-    cliprange: float = help_field(0.2, "policy ratio clip (eps)")
-    cliprange_high: float | None = help_field(None, "upper ratio clip (clip-higher); default: cliprange")
+    epsilon: float = help_field(0.2, "policy ratio clip range below 1 (eps_low)", aliases=["cliprange"])
+    epsilon_high: float | None = help_field(None, "clip range above 1 (eps_high, clip-higher); default: epsilon",
+                                            aliases=["cliprange_high"])
     cliprange_value: float = help_field(0.2, "value clip around the rollout values (0: no clipping)")
     gamma: float = help_field(1.0, "discount")
     lam: float = help_field(0.95, "GAE lambda")
-    kl_coef: float = help_field(0.05, "KL penalty coefficient beta (the start value for the adaptive controller)")
+    kl_coef: float = help_field(0.05, "KL penalty coefficient beta (the start value for the adaptive controller)",
+                                aliases=["beta"])
     kl_estimator: str = help_field("k1", "per-token KL in the reward: k1 = log π - log π_ref (unbiased), k3 (>= 0, lower variance)",
                                    choices=list(KL_ESTIMATORS))
     kl_controller: str = help_field("fixed", "fixed beta, or adaptive toward kl_target", choices=list(KL_CONTROLLERS))
@@ -69,7 +71,7 @@ class PPOConfig(RLArgs):
     kl_horizon: int = help_field(10000, "adaptive controller: horizon in samples")
     whiten_advantages: bool = help_field(True, "normalise advantages to mean 0, variance 1 over the batch")
     whiten_rewards: bool = help_field(False, "scale per-token rewards to unit variance before GAE")
-    ppo_epochs: int = help_field(4, "passes over each rollout batch")
+    ppo_epochs: int = help_field(4, "passes over each rollout batch", aliases=["mu"])
     num_minibatches: int = help_field(1, "optimizer steps per pass")
     loss_aggregation: str = help_field("token_mean", "how per-token losses become one number", choices=list(REDUCTIONS))
     entropy_coef: float = help_field(0.0, "entropy bonus coefficient")
@@ -92,6 +94,8 @@ class ActorCritic(nn.Module):
         if (critic is None) == (value_head is None):
             raise ValueError("give exactly one of critic (separate) or value_head (shared)")
         self.policy, self.critic, self.value_head = policy, critic, value_head
+        # FSDP wraps each decoder layer (of policy and critic) as its own unit, as for the policy alone.
+        self._no_split_modules = list(getattr(policy, "_no_split_modules", None) or [])
 
     def forward(self, input_ids, attention_mask, response_mask, temperature: float = 1.0):
         from ..models.logprobs import response_logprobs, split_causal_lm
@@ -135,6 +139,9 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
     path = cfg.value_model_path or cfg.model
     if cfg.value_model_path and is_scalar_head_dir(path):
         critic = ScalarHeadModel.from_pretrained(path, dtype=cfg.dtype)
+        # A LoRA reward model loads as a PeftModel: fold its adapter in, so the new adapter below
+        # is the only one (a second PEFT wrapper hides the backbone from the head's forward).
+        critic.model = merge_adapter(critic.model)
     else:
         # A LoRA run as the critic's start is merged first, so a new adapter can go on top.
         critic = ScalarHeadModel.from_causal_lm(merge_adapter(load_model(path, dtype=cfg.dtype, seed=cfg.seed)), seed=cfg.seed + 1)
@@ -147,7 +154,7 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
 
 
 def check_ppo(cfg: PPOConfig) -> None:
-    check_common(cfg, cfg.n)
+    check_common(cfg, cfg.num_samples)
     for name in ("ppo_epochs", "num_minibatches"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, "must be at least 1")
@@ -198,7 +205,22 @@ def compute_advantages(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: 
     count, tokens = max(sums["count"], 1.0), max(sums["tokens"], 1.0)
     return {"kl": sums["kl"] / count, "non_score_reward": sums["non_score"] / count, "kl_coef": kl_coef,
             "values_mean": sums["values"] / tokens, "returns_mean": sums["returns"] / tokens,
-            "explained_variance": float(explained_variance(batch["old_values"], returns, mask))}
+            "explained_variance": _global_explained_variance(run, batch["old_values"], returns, mask)}
+
+
+def _global_explained_variance(run: OnlineRun, values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """`explained_variance` over the tokens of all processes: 1 - Var[R - V] / Var[R] (population
+    variances from all-reduced sums; nan when Var[R] = 0)."""
+    if run.world == 1:
+        return float(explained_variance(values, returns, mask))
+
+    def variance(x: torch.Tensor) -> float:
+        total, total_sq, count = _global_moments(run, x, mask).tolist()
+        count = max(count, 1.0)
+        return total_sq / count - (total / count) ** 2
+
+    var_r = variance(returns)
+    return 1.0 - variance(returns - values) / var_r if var_r > 0 else float("nan")
 
 
 def _global_moments(run: OnlineRun, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -213,7 +235,7 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
     from ..train.engine import reduce_sums
 
     temperature = logprob_temperature(cfg)
-    clip_high = cfg.cliprange if cfg.cliprange_high is None else cfg.cliprange_high
+    clip_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     value_clip = cfg.cliprange_value if cfg.cliprange_value > 0 else None
     fields = ["old_logps", "old_values", "advantages", "returns"]
     constant = float(cfg.max_new_tokens)
@@ -236,7 +258,7 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
                 with run.micro_batch(last=j == len(collated) - 1):
                     logps, entropy, values = run.model(batch["input_ids"], batch["attention_mask"], mask, temperature)
                     policy_t, clipped = ppo_clip_losses(logps, batch["old_logps"], batch["advantages"], mask,
-                                                        clip_low=cfg.cliprange, clip_high=clip_high)
+                                                        clip_low=cfg.epsilon, clip_high=clip_high)
                     value_t, value_clipped = clipped_value_losses(values, batch["old_values"], batch["returns"], mask,
                                                                   clip=value_clip)
                     loss_t = policy_t + cfg.vf_coef * value_t
@@ -297,7 +319,7 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
         controller = KL_CONTROLLERS["fixed"](cfg.kl_coef)
 
     def step_fn(step: int):
-        samples, scores, timing = sample_and_score(run, cfg, cfg.n, tokenizer, train_set, scorer, step,
+        samples, scores, timing = sample_and_score(run, cfg, cfg.num_samples, tokenizer, train_set, scorer, step,
                                                    cfg.missing_eos_penalty)
         row = sample_metrics(run, samples, scores, timing["time/generate"])
         rollout_pass(run, samples, pad_id, cfg, reference)
@@ -312,12 +334,7 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
         records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1, scores.scores))
         return row, tokens, records
 
-    def evaluate(step: int):
-        if eval_set is None:
-            return None
-        return evaluate_greedy(run.unwrapped_policy(), tokenizer, eval_set, scorer,
-                               cfg.eval_max_new_tokens or cfg.max_new_tokens, cfg.generation_batch_size, cfg.stop,
-                               run.accelerator, output=Path(cfg.output_dir) / "eval" / f"step-{step:06d}.jsonl")
+    evaluate = run_evaluator(run, cfg, tokenizer, eval_set, scorer)
 
     def restore(state: dict) -> None:  # the adaptive coefficient is training state too
         controller.value = float(state.get("kl_coef", controller.value))
@@ -329,14 +346,17 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
 
 def save_value_model(run: OnlineRun, cfg: PPOConfig) -> None:
     """The separate value model -> output_dir/value_model (a scalar-head directory, usable
-    as `value_model_path` or as a reward model); a shared head -> output_dir/value_head.pt."""
+    as `value_model_path` or as a reward model); a shared head -> output_dir/value_head.pt.
+    Under FSDP/DeepSpeed from the weights `run.finish` gathered."""
     if not run.accelerator.is_main_process:
         return
     module = run.accelerator.unwrap_model(run.model)
     if module.critic is not None:
-        module.critic.save_pretrained(Path(cfg.output_dir) / "value_model")
+        module.critic.save_pretrained(Path(cfg.output_dir) / "value_model", state_dict=run.sub_state("critic"))
     else:
-        torch.save(module.value_head.state_dict(), Path(cfg.output_dir) / "value_head.pt")
+        head = run.sub_state("value_head") or module.value_head.state_dict()
+        torch.save({k: v.detach().cpu() for k, v in head.items()}, Path(cfg.output_dir) / "value_head.pt")
+    run.final_state = None  # release the gathered copy
 
 
 def main(argv: list[str]) -> int:

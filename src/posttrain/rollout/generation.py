@@ -100,11 +100,18 @@ def shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, n: int):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams,
-             batch_size: int = 8, return_logprobs: bool = False, share_prompt: bool = False) -> list[Generation]:
+             batch_size: int = 8, return_logprobs: bool = False, share_prompt: bool = False,
+             prompt_seeds: Sequence[int] | None = None,
+             on_batch: Callable[[int, list[Generation]], None] | None = None) -> list[Generation]:
     """Sample `params.n` responses for each prompt (token ids). Returns prompt-major order.
+
+    `on_batch(prompts_done, generations_of_the_batch)` is called after each batch, for
+    progress display (`rollout.progress.progress_logger`).
 
     `share_prompt`: with n > 1, compute each prompt's KV cache once and copy it to its n
     samples (`shared_prompt_cache`) instead of prefilling the prompt n times.
+    `prompt_seeds`: one seed per prompt; each sample then draws from its own random stream
+    (`rollout.seeded`), so a prompt's samples do not depend on the batch it is in.
     """
     if not prompts:
         return []
@@ -132,11 +139,21 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
             if params.stop:
                 kwargs.update(stop_strings=params.stop, tokenizer=tokenizer)
             ids, mask = ids.to(device), mask.to(device)
+            seeded = prompt_seeds is not None and not greedy
+            if seeded:  # greedy decoding over row-seeded Gumbel noise = sampling (rollout/seeded.py)
+                from .seeded import SeededSampler, sample_seed
+
+                rows = [sample_seed(prompt_seeds[i], s) for i in chunk for s in range(params.n)]
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                              logits_processor=[SeededSampler(rows, params.temperature, params.top_p, params.top_k)])
             if share_prompt and params.n > 1 and ids.shape[1] > 1 and bool(mask[:, :-1].any(-1).all()):
                 cache = shared_prompt_cache(model, ids, mask, params.n)
                 if cache is not None:
                     ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
                     kwargs.update(past_key_values=cache, num_return_sequences=1)
+            if seeded and kwargs["num_return_sequences"] > 1:  # greedy mode takes one sequence per row
+                ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
+                kwargs.update(num_return_sequences=1)
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new_tokens = out.sequences[:, ids.shape[1]:].tolist()
             token_logprobs = None
@@ -144,11 +161,15 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
                 logits = torch.stack(out.logits, dim=1).float()  # [B*n, new, V]
                 chosen = out.sequences[:, ids.shape[1]:].unsqueeze(-1)
                 token_logprobs = (logits.gather(-1, chosen).squeeze(-1) - torch.logsumexp(logits, dim=-1)).tolist()
+            batch = []
             for row, tokens in enumerate(new_tokens):
                 prompt_index, sample_index = chunk[row // params.n], row % params.n
                 results[(prompt_index, sample_index)] = _finish(
                     prompt_index, sample_index, list(prompts[prompt_index]), tokens, tokenizer, eos, pad_id,
                     params, None if token_logprobs is None else token_logprobs[row])
+                batch.append(results[(prompt_index, sample_index)])
+            if on_batch is not None:
+                on_batch(start + len(chunk), batch)
     finally:
         torch.random.set_rng_state(generator_state)
         model.train(was_training)

@@ -43,9 +43,9 @@ class RedteamConfig:
     target_url: str | None = help_field(None, "OpenAI-compatible endpoint serving --target (instead of a local model)")
     attacker: str | None = help_field(None, "attacker model that rewrites each templated attack (default: templates only)")
     attacker_url: str | None = help_field(None, "OpenAI-compatible endpoint serving --attacker")
-    judge: str = help_field("keyword", "safety judge: keyword (regex classifier) or a model (local, or the name "
-                                       "served at --judge-url)")
-    judge_url: str | None = help_field(None, "OpenAI-compatible endpoint serving --judge")
+    judge_model: str = help_field("keyword", "safety judge: keyword (a regex classifier, no model) or a model "
+                                             "(local, or the name served at --judge-url)", aliases=["judge"])
+    judge_url: str | None = help_field(None, "OpenAI-compatible endpoint serving --judge-model")
     judge_template: str = help_field("default", "LLM judge prompt: default or a .yaml path")
     topics: str | None = help_field(None, "seed topics JSONL (default: the shipped ones)")
     attacks: str | None = help_field(None, "attack templates YAML (default: the shipped ones)")
@@ -58,16 +58,16 @@ class RedteamConfig:
     eval_fraction: float = help_field(0.5, "share of topics (and benign prompts) in the eval split")
     limit: int = help_field(0, "at most N attacks, spread evenly over templates (0: all)")
     benign_limit: int = help_field(0, "at most N benign prompts, spread evenly over categories (0: all)")
-    rejudge: str | None = help_field(None, "label an existing transcript again with --judge (runs no target)")
+    rejudge: str | None = help_field(None, "label an existing transcript again with --judge-model (runs no target)")
     output_dir: str = help_field("runs/redteam", "where transcript.jsonl, attack_success.json and results.json go")
     pairs_output: str | None = help_field(None, "also write safety preference pairs (TRL-style JSONL) here")
     safe_response: str = help_field("template", "pairs: who writes the safe reply", choices=list(SAFE_RESPONSES))
     benign_chosen: str = help_field("auto", "pairs: the helpful answer for benign prompts", choices=list(BENIGN_CHOSEN))
-    max_new_tokens: int = help_field(128, "longest target reply in tokens")
+    max_new_tokens: int = help_field(128, "longest target reply in tokens", aliases=["max_tokens"])
     temperature: float = help_field(0.0, "target sampling temperature (0: greedy)")
     attacker_temperature: float = help_field(0.7, "attacker sampling temperature")
-    attacker_max_tokens: int = help_field(256, "longest attacker rewrite in tokens")
-    judge_max_tokens: int = help_field(160, "longest judge reply in tokens")
+    attacker_max_new_tokens: int = help_field(256, "longest attacker rewrite in tokens", aliases=["attacker_max_tokens"])
+    judge_max_new_tokens: int = help_field(160, "longest judge reply in tokens", aliases=["judge_max_tokens"])
     batch_size: int = help_field(8, "local models: conversations generated together")
     device: str | None = help_field(None, "local models: torch device (default cuda if available, else cpu)")
     seed: int = help_field(0, "seed for attack selection and sampling")
@@ -79,7 +79,7 @@ class RedteamConfig:
 
 
 def validate(cfg: RedteamConfig) -> None:
-    for name in ("max_new_tokens", "attacker_max_tokens", "judge_max_tokens", "batch_size", "concurrency"):
+    for name in ("max_new_tokens", "attacker_max_new_tokens", "judge_max_new_tokens", "batch_size", "concurrency"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, "must be at least 1")
     for name in ("limit", "benign_limit", "temperature", "attacker_temperature"):
@@ -93,8 +93,8 @@ def validate(cfg: RedteamConfig) -> None:
         raise ConfigError("target", "name the model to attack: --target MODEL")
     if cfg.attacker_url and not cfg.attacker:
         raise ConfigError("attacker", "required with --attacker-url: the model name the server serves")
-    if cfg.judge_url and cfg.judge == "keyword":
-        raise ConfigError("judge", "with --judge-url, --judge names the served judge model")
+    if cfg.judge_url and cfg.judge_model == "keyword":
+        raise ConfigError("judge_model", "with --judge-url, --judge-model names the served judge model")
 
 
 def build_attack_list(cfg: RedteamConfig, log: Callable[[str], None] = log_err):
@@ -125,14 +125,14 @@ class Backends:
         if key not in self.cache:
             cfg = self.cfg
             if url:
-                from ..judge import HttpChatBackend
+                from ..rollout.chat import HttpChatBackend
 
                 self.cache[key] = HttpChatBackend(url, name, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
                                                   max_retries=cfg.max_retries, concurrency=cfg.concurrency)
             else:
                 import torch
 
-                from ..judge import LocalChatBackend
+                from ..rollout.chat import LocalChatBackend
 
                 torch.manual_seed(cfg.seed)  # local sampling (temperature > 0) draws from torch's generator
                 self.cache[key] = LocalChatBackend.from_name(name, batch_size=cfg.batch_size, device=cfg.device)
@@ -154,16 +154,16 @@ def run_redteam_command(cfg: RedteamConfig, *, target=None, attacker=None, judge
     # every input is read and checked before any model loads
     old_rows = read_transcript(cfg.rejudge) if cfg.rejudge else None
     library, attacks = build_attack_list(cfg, log) if old_rows is None else (None, [])
-    judge_template = load_judge_template(cfg.judge_template) if cfg.judge != "keyword" or judge_backend else None
+    judge_template = load_judge_template(cfg.judge_template) if cfg.judge_model != "keyword" or judge_backend else None
     backends = Backends(cfg)
     try:
         needs_target = old_rows is None or (cfg.pairs_output and cfg.safe_response != "template")
         target = target or (backends.get(cfg.target, cfg.target_url) if needs_target else None)
         if attacker is None and cfg.attacker and old_rows is None:
             attacker = backends.get(cfg.attacker, cfg.attacker_url)
-        if judge_backend is None and cfg.judge != "keyword":
-            judge_backend = backends.get(cfg.judge, cfg.judge_url)
-        judge = (LLMSafetyJudge(judge_backend, judge_template, cfg.judge_max_tokens, log=log) if judge_backend
+        if judge_backend is None and cfg.judge_model != "keyword":
+            judge_backend = backends.get(cfg.judge_model, cfg.judge_url)
+        judge = (LLMSafetyJudge(judge_backend, judge_template, cfg.judge_max_new_tokens, log=log) if judge_backend
                  else KeywordJudge())
         if old_rows is not None:
             rows = label_rows(old_rows, judge)
@@ -171,7 +171,7 @@ def run_redteam_command(cfg: RedteamConfig, *, target=None, attacker=None, judge
         else:
             rows = run_redteam(attacks, target, judge, attacker=attacker, library=library,
                                max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                               attacker_max_tokens=cfg.attacker_max_tokens,
+                               attacker_max_tokens=cfg.attacker_max_new_tokens,
                                attacker_temperature=cfg.attacker_temperature, log=log)
             target_name = getattr(target, "name", cfg.target)
         meta = {"target": target_name, "judge": judge.name,
@@ -224,7 +224,7 @@ class SafetyPairsConfig:
     benign_chosen: str = help_field("auto", "the helpful answer for benign look-alikes", choices=list(BENIGN_CHOSEN))
     model: str | None = help_field(None, "model writing safe replies (model, cai): local, or the name served at --url")
     url: str | None = help_field(None, "OpenAI-compatible endpoint serving --model")
-    max_tokens: int = help_field(160, "longest safe reply in tokens")
+    max_new_tokens: int = help_field(160, "longest safe reply in tokens", aliases=["max_tokens"])
     batch_size: int = help_field(8, "local model: conversations generated together")
     device: str | None = help_field(None, "local model: torch device")
     seed: int = help_field(0, "sampling seed")
@@ -240,8 +240,8 @@ def run_safety_pairs(cfg: SafetyPairsConfig, backend=None, log: Callable[[str], 
         raise ConfigError("transcript", "give the red-team transcript: posttrain safety pairs TRANSCRIPT.jsonl")
     if cfg.safe_response != "template" and not (cfg.model or backend):
         raise ConfigError("model", f"--safe-response {cfg.safe_response} needs --model (the model writing safe replies)")
-    if cfg.max_tokens < 1:
-        raise ConfigError("max_tokens", "must be at least 1")
+    if cfg.max_new_tokens < 1:
+        raise ConfigError("max_new_tokens", "must be at least 1")
     rows = read_transcript(cfg.transcript)  # checked before any model loads
     folder = Path(cfg.transcript) if Path(cfg.transcript).is_dir() else Path(cfg.transcript).parent
     output = cfg.output or str(folder / "pairs.jsonl")
@@ -253,7 +253,7 @@ def run_safety_pairs(cfg: SafetyPairsConfig, backend=None, log: Callable[[str], 
         backend = backends.get(cfg.model or "", cfg.url)
     try:
         pairs, counts = build_safety_pairs(rows, cfg.safe_response, cfg.benign_chosen, backend=backend,
-                                           max_tokens=cfg.max_tokens, log=log)
+                                           max_tokens=cfg.max_new_tokens, log=log)
     finally:
         if backends is not None:
             backends.close()

@@ -42,14 +42,15 @@ class SafetyStageConfig:
     model: str = help_field("smollm2-135m", "the model to red-team and train")
     output_dir: str = help_field("runs/safety", "stage directory")
     dpo_output_dir: str | None = help_field(None, "DPO run directory (default: OUTPUT_DIR/dpo)")
-    judge: str = help_field("keyword", "safety judge: keyword or a model (local, or served at --judge-url)")
-    judge_url: str | None = help_field(None, "OpenAI-compatible endpoint serving --judge")
+    judge_model: str = help_field("keyword", "safety judge: keyword or a model (local, or served at --judge-url)",
+                                  aliases=["judge"])
+    judge_url: str | None = help_field(None, "OpenAI-compatible endpoint serving --judge-model")
     judge_template: str = help_field("default", "LLM judge prompt: default or a .yaml path")
     families: list[str] = help_field([], "only these attack families (default: all)", choices=list(FAMILIES))
     limit: int = help_field(0, "at most N attacks per red-team run (0: all)")
     benign_limit: int = help_field(0, "at most N benign prompts per red-team run (0: all)")
     eval_fraction: float = help_field(0.5, "share of topics held out for the before/after measurement")
-    max_new_tokens: int = help_field(128, "longest target reply in tokens")
+    max_new_tokens: int = help_field(128, "longest target reply in tokens", aliases=["max_tokens"])
     safe_response: str = help_field("template", "who writes the safe replies", choices=list(SAFE_RESPONSES))
     benign_chosen: str = help_field("auto", "helpful answers for benign pairs", choices=list(BENIGN_CHOSEN))
     generation_batch_size: int = help_field(8, "conversations generated together")
@@ -67,7 +68,7 @@ class SafetyStageConfig:
 
 def _redteam_config(cfg: SafetyStageConfig, split: str, output_dir: Path, target: str,
                     pairs_output: str | None = None) -> RedteamConfig:
-    return RedteamConfig(target=target, judge=cfg.judge, judge_url=cfg.judge_url, judge_template=cfg.judge_template,
+    return RedteamConfig(target=target, judge_model=cfg.judge_model, judge_url=cfg.judge_url, judge_template=cfg.judge_template,
                          families=cfg.families, split=split, eval_fraction=cfg.eval_fraction, limit=cfg.limit,
                          benign_limit=cfg.benign_limit, output_dir=str(output_dir), pairs_output=pairs_output,
                          safe_response=cfg.safe_response, benign_chosen=cfg.benign_chosen,

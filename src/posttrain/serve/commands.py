@@ -24,7 +24,7 @@ class ServeConfig:
                                      "directory, or `echo` for a model-free stand-in)")
     experiment: str = help_field("default", "experiment name; salts the sticky user -> variant hash")
     lease_minutes: float = help_field(30.0, "how long an unfinished assignment holds its item's slot")
-    max_new_tokens: int = help_field(128, "reply length limit for model variants")
+    max_new_tokens: int = help_field(128, "reply length limit for model variants", aliases=["max_tokens"])
     temperature: float = help_field(0.7, "sampling temperature for model variants (0 = greedy)")
     secure_cookies: bool = help_field(False, "mark the login cookie Secure (when served behind https)")
     log_level: str = help_field("info", "uvicorn log level", choices=["critical", "error", "warning", "info", "debug"])

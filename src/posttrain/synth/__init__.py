@@ -3,8 +3,9 @@
 - `pairs`: preference pairs from scored, ranked or model-labelled responses (`posttrain pairs`)
 - `responses`: reading those responses, with FILE:LINE errors
 - `constitution`: constitutions (principles with critique and revision requests)
-- `cai`: the Constitutional-AI critique -> revision loop over a chat backend
-- `cai_command`: `posttrain cai` (outputs: traces, SFT rows, RLAIF pairs)
+- `cai`: the Constitutional-AI critique -> revision loop over a chat backend, and its
+  output rows (SFT rows, RLAIF pairs); the `posttrain cai` command, which can also ask a
+  judge to pick pairs, is posttrain/cai_command.py (it joins synth/ and judge/)
 
 Multi-model generation itself is `posttrain generate` (posttrain/generate.py).
 """

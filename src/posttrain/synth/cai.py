@@ -13,7 +13,7 @@ The requests continue one conversation, so the model sees its own response and c
     [system], user: prompt, assistant: response, user: critique request,
                             assistant: critique, user: revision request  -> revision
 
-All model calls go through a `ChatBackend` (`posttrain.judge`): a local Hugging
+All model calls go through a `ChatBackend` (`posttrain.rollout.chat`): a local Hugging
 Face model, an OpenAI-compatible server, or a Python function. Calls are batched
 across prompts, one batch per stage: all initial responses, then the critiques
 for every prompt's first principle, then their revisions, then the second
@@ -27,6 +27,8 @@ Failures are kept visible rather than hidden:
     and does not replace the response.
 
 `Trace` holds everything for one prompt; `to_dict()` is one row of `--trace-output`.
+`sft_rows` / `revision_pairs` turn finished traces into SFT rows and RLAIF pairs. The
+command, with judged pairs, is posttrain/cai_command.py.
 """
 from __future__ import annotations
 
@@ -211,3 +213,23 @@ def count(traces: Sequence[Trace]) -> dict[str, Any]:
             "revised_prompts": sum(t.ok and t.revised for t in traces),
             "unrevised_prompts": sum(t.ok and not t.revised for t in traces),
             "steps": {name: steps[name] for name in ("revised", "empty", "unchanged", "repetitive", "failed")}}
+
+
+# --------------------------------------------------------------------------- output rows
+
+def assistant_turn(text: str) -> list[dict[str, str]]:
+    """One assistant message, the shape of `chosen` / `rejected` in conversational pairs."""
+    return [{"role": "assistant", "content": text}]
+
+
+def sft_rows(traces: list[Trace]) -> list[dict[str, Any]]:
+    """prompt + final revision as a chat, for every prompt that was revised at least once."""
+    return [{**t.extra, "messages": t.prompt + assistant_turn(t.current), "cai_principles": t.principles()}
+            for t in traces if t.ok and t.revised]
+
+
+def revision_pairs(traces: list[Trace]) -> list[dict[str, Any]]:
+    """RLAIF pairs: the final revision chosen over the initial response (TRL conversational shape)."""
+    return [{**t.extra, "prompt": t.prompt, "chosen": assistant_turn(t.current), "rejected": assistant_turn(t.initial),
+             "pair_mode": "revision", "cai_principles": t.principles()}
+            for t in traces if t.ok and t.revised and t.current != t.initial]

@@ -11,27 +11,21 @@ from ..config import help_field
 
 
 @dataclass
-class TrainArgs:
+class RunArgs:
+    """What every training command has, offline (sft, dpo, ...) or online (grpo, ppo, ...): the run
+    directory, optimizer and schedule, precision, checkpoints, logging and `--distributed`."""
+
     output_dir: str = help_field("runs/run", "run directory: config, metrics.jsonl, checkpoints/, final/")
-    seed: int = help_field(0, "seed for weights init, data order and dropout")
+    seed: int = help_field(0, "seed for weights init, data/prompt order, dropout and sampling")
     learning_rate: float = help_field(2e-5, "peak learning rate")
     lr_scheduler: str = help_field("cosine", "learning-rate schedule after warmup", choices=["cosine", "linear", "constant"])
-    warmup_ratio: float = help_field(0.0, "fraction of steps spent warming up (ignored when warmup_steps > 0)")
-    warmup_steps: int = help_field(0, "number of warmup steps")
+    warmup_ratio: float = help_field(0.0, "fraction of optimizer steps spent warming up (ignored when warmup_steps > 0)")
+    warmup_steps: int = help_field(0, "number of warmup optimizer steps")
     weight_decay: float = help_field(0.0, "AdamW weight decay")
     optimizer: str = help_field("adamw", "optimizer; adamw_8bit needs bitsandbytes", choices=["adamw", "adamw_8bit"])
-    batch_size: int = help_field(8, "examples per micro-batch per process")
-    grad_accum: int = help_field(1, "micro-batches accumulated per optimizer step")
-    epochs: float = help_field(1.0, "passes over the training data (ignored when max_steps > 0)")
-    max_steps: int = help_field(0, "optimizer steps to run (0: from epochs)")
     max_grad_norm: float = help_field(1.0, "clip the gradient norm to this (0: no clipping)")
     mixed_precision: str = help_field("auto", "auto: bf16 on GPUs that support it, none on CPU", choices=["auto", "no", "bf16", "fp16"])
     gradient_checkpointing: bool = help_field(False, "recompute activations in backward to save memory")
-    eval_every: int = help_field(0, "validate every N steps (0: only at the end)")
-    eval_fraction: float = help_field(0.0, "hold out this fraction of the training data for validation when no eval data is given")
-    early_stopping_patience: int = help_field(0, "stop after N validations without improvement (0: off)")
-    early_stopping_metric: str = help_field("eval/loss", "validation metric watched for early stopping")
-    early_stopping_mode: str = help_field("min", "whether lower or higher is better", choices=["min", "max"])
     save_every: int = help_field(0, "write a checkpoint every N steps (0: only on interrupt)")
     keep_last: int = help_field(2, "checkpoints kept (older ones are deleted)")
     resume: bool = help_field(False, "continue from the newest checkpoint in output_dir")
@@ -44,6 +38,21 @@ class TrainArgs:
                                   choices=["auto", "ddp", "fsdp", "zero2", "zero3"])
     cpu_offload: bool = help_field(False, "with fsdp/zero3: keep parameters and optimizer state in CPU memory "
                                    "(zero2: optimizer state)")
+
+
+@dataclass
+class TrainArgs(RunArgs):
+    """`RunArgs` plus the batch, epoch and validation options of the offline recipes."""
+
+    batch_size: int = help_field(8, "examples per micro-batch per process")
+    grad_accum: int = help_field(1, "micro-batches accumulated per optimizer step")
+    epochs: float = help_field(1.0, "passes over the training data (ignored when max_steps > 0)")
+    max_steps: int = help_field(0, "optimizer steps to run (0: from epochs)")
+    eval_every: int = help_field(0, "validate every N steps (0: only at the end)")
+    eval_fraction: float = help_field(0.0, "hold out this fraction of the training data for validation when no eval data is given")
+    early_stopping_patience: int = help_field(0, "stop after N validations without improvement (0: off)")
+    early_stopping_metric: str = help_field("eval/loss", "validation metric watched for early stopping")
+    early_stopping_mode: str = help_field("min", "whether lower or higher is better", choices=["min", "max"])
 
 
 @dataclass

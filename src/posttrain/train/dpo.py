@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
 from .preference_batch import BatchLayout, check_layout
-from .preference_data import INVALID_POLICIES, load_data, load_pairs, write_report
+from .preference_data import INVALID_POLICIES, data_paths, load_data, load_pairs, write_report
 from .reference import STRATEGIES, build_reference, describe, model_identity, resolve_strategy, summary_line
 from .setup import load_trainable_model, prepare_run_dir, say
 
@@ -48,7 +48,8 @@ def _loss_names() -> list[str]:
 class DPOConfig(ModelArgs, TrainArgs):
     output_dir: str = help_field("runs/dpo", "run directory: config, metrics.jsonl, checkpoints/, final/")
     learning_rate: float = help_field(1e-6, "peak learning rate (LoRA usually wants 5e-6 to 5e-5)")
-    data: str = help_field("", "preference data (prompt, chosen, rejected): a file, dataset directory or hub id")
+    data: list[str] = help_field([], "preference data (prompt, chosen, rejected): one or more files, dataset "
+                                     "directories or hub ids (concatenated)")
     eval_data: str | None = help_field(None, "validation pairs (default: eval_fraction of the training data)")
     limit: int = help_field(0, "use only the first N rows of each file (0: all)")
     loss: list[str] = help_field(["sigmoid"], "loss, or several to mix (see docs/dpo.md)", choices=_loss_names())
@@ -144,12 +145,15 @@ def train_dpo(cfg: DPOConfig):
     if not cfg.data:  # before loading (or converting) any model
         raise ConfigError("data", "give the training data (--data FILE)")
     from ..data import get_template
+    from ..data.readers import check_sources
+
+    check_sources(data_paths(cfg) + ([cfg.eval_data] if cfg.eval_data else []))  # a typo costs no model load
     from ..models import load_tokenizer
 
     components, options = loss_components(cfg)
     mask_style = check_layout(cfg)
     strategy = resolve_strategy(cfg.reference, needs_reference=needs_reference(cfg.loss), peft=cfg.peft,
-                                ref_model=cfg.ref_model, data_paths=[cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
+                                ref_model=cfg.ref_model, data_paths=data_paths(cfg) + ([cfg.eval_data] if cfg.eval_data else []))
     accelerator = make_accelerator(cfg)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)

@@ -247,17 +247,31 @@ def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
+def data_paths(cfg) -> list[str]:
+    """The training data paths of a dpo/kto config: `data` is a list (one path, as a plain string, works too)."""
+    return [cfg.data] if isinstance(cfg.data, str) else [str(p) for p in cfg.data]
+
+
 def load_data(cfg, tokenizer, template, loader) -> tuple[list, list, list, dict[str, DataReport]]:
     """`(train, eval, files, reports)` for a recipe config (data, eval_data, eval_fraction, limit,
     max_length, length_policy, invalid_rows); `files` is `[(path, every kept example of it)]`
-    for the reference cache; `loader` is `load_pairs` or `load_unpaired`."""
-    if not cfg.data:
+    for the reference cache; `loader` is `load_pairs` or `load_unpaired`.
+
+    Several training files are concatenated, in order (`limit` applies to each); each keeps
+    its own reference cache, since an example's `index` is its row in its own file.
+    """
+    paths = [p for p in data_paths(cfg) if p]
+    if not paths:
         raise ConfigError("data", "give the training data (--data FILE)")
     kwargs = dict(max_length=cfg.max_length, length_policy=cfg.length_policy, invalid_rows=cfg.invalid_rows,
                   limit=cfg.limit or None)
-    train, report = loader(cfg.data, tokenizer, template, **kwargs)
-    reports, files = {"train": report}, [(cfg.data, train)]
-    say(report.summary())
+    train, reports, files = [], {}, []
+    for number, path in enumerate(paths, start=1):
+        examples, report = loader(path, tokenizer, template, **kwargs)
+        say(report.summary())
+        reports["train" if len(paths) == 1 else f"train/{number}"] = report
+        files.append((path, examples))
+        train += examples
     if cfg.eval_data:
         held_out, eval_report = loader(cfg.eval_data, tokenizer, template, **kwargs)
         say(eval_report.summary())
@@ -266,8 +280,8 @@ def load_data(cfg, tokenizer, template, loader) -> tuple[list, list, list, dict[
     else:
         train, held_out = split_eval(train, cfg.eval_fraction, cfg.seed)
     if not train:
-        raise ConfigError("data", f"{cfg.data}: no example is left to train on "
-                                  f"({report.summary().splitlines()[0].split(': ', 1)[1]})")
+        summaries = "; ".join(r.summary().splitlines()[0] for r in reports.values())
+        raise ConfigError("data", f"no example is left to train on ({summaries})")
     return train, held_out, files, reports
 
 

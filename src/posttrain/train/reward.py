@@ -209,12 +209,13 @@ def make_saver(accelerator, tokenizer, settings: dict[str, Any]):
 def train_reward_model(cfg: RMConfig):
     """Train as configured; returns the engine's `TrainResult` (summary also in rm_summary.json)."""
     from ..data import get_template
+    from ..data.readers import check_sources
     from ..jsonl import write_json
     from ..models import load_tokenizer
 
     if not cfg.data:
         raise ConfigError("data", "give at least one training file (--data FILE)")
-    run_dir = prepare_run_dir(cfg)
+    check_sources([*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])])  # before loading anything
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)
     train = [g for path in cfg.data for g in load_groups(path, tokenizer, template, cfg)]
@@ -222,6 +223,7 @@ def train_reward_model(cfg: RMConfig):
         held_out = load_groups(cfg.eval_data, tokenizer, template, cfg)
     else:
         train, held_out = split_eval(train, cfg.eval_fraction, cfg.seed)
+    run_dir = prepare_run_dir(cfg)  # after the data checks: bad input leaves no half-made run directory
     if cfg.use_margin and not any(g.margin is not None for g in train):
         say("note: --use-margin is set but no training pair has a 'margin' field")
     accelerator = make_accelerator(cfg)

@@ -45,6 +45,12 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
         # Starting from an adapter run (e.g. DPO after LoRA SFT): fold it into the base weights,
         # so the new stage trains one adapter (or the full model) on top of what SFT learned.
         model = merge_adapter(model)
+        # PEFT records `name_or_path` as the new adapter's base: name this run, not the bare base
+        # model, or loading the result would drop what the first run learned.
+        from ..models.loading import resolve_run_dir
+
+        start = str(resolve_run_dir(Path(cfg.model).expanduser()).resolve())
+        model.name_or_path = model.config._name_or_path = start
     if cfg.peft != "none":
         target = cfg.lora_target_modules
         target = target[0] if target == ["all-linear"] else target

@@ -115,11 +115,12 @@ def make_evaluator(eval_examples: list, collate, batch_size: int):
 def train_sft(cfg: SFTConfig):
     """Run SFT as configured; returns the engine's `TrainResult`."""
     from ..data import get_template, pack_examples
+    from ..data.readers import check_sources
     from ..models import load_tokenizer
 
     if not cfg.data:
         raise ConfigError("data", "give at least one training file (--data FILE)")
-    prepare_run_dir(cfg)
+    check_sources([*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])])  # before loading anything
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)
     train = build_mixture([tokenize_dataset(path, tokenizer, template, cfg) for path in cfg.data], cfg)
@@ -131,6 +132,7 @@ def train_sft(cfg: SFTConfig):
         packs = pack_examples(train, cfg.max_length)
         say(f"packed {len(train)} examples into {len(packs)} rows of at most {cfg.max_length} tokens")
         train = packs
+    prepare_run_dir(cfg)  # after the data checks: bad input leaves no half-made run directory
     collate = collate_fn(tokenizer, cfg.packing)
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     task = TrainTask(

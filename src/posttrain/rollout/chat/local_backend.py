@@ -42,7 +42,7 @@ class LocalChatBackend:
 
         `device` None means "auto": CUDA when available (in bfloat16/float16), else CPU.
         """
-        from ..models import load_model, load_tokenizer
+        from ...models import load_model, load_tokenizer
 
         model = load_model(name, device=device or "auto")
         return cls(model, load_tokenizer(name, padding_side="left"), name=name, batch_size=batch_size)
@@ -71,7 +71,7 @@ class LocalChatBackend:
 
     def _generate(self, rows: list[list[int]], max_tokens: int, temperature: float) -> list[str]:
         """Left-pad token rows into one batch, generate, and decode only the new tokens."""
-        import torch  # imported here so HTTP-only use of posttrain.judge does not load torch
+        import torch  # imported here so HTTP-only use of the chat backends does not load torch
 
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id

@@ -1,4 +1,4 @@
-"""The chat backend interface every judge talks to.
+"""The chat backend interface that judges, CAI and red-teaming talk to.
 
 A backend turns a batch of conversations (each a list of `{"role", "content"}`
 messages) into one reply text per conversation:
@@ -10,8 +10,8 @@ failed after its retries); `backend.stats` counts requests, retries and failures
 with their reasons, so a run can report them instead of hiding them.
 
 Implementations:
-  - `HttpChatBackend` (judge/http.py): any OpenAI-compatible `/v1/chat/completions` server.
-  - `LocalChatBackend` (judge/local.py): a Hugging Face causal LM with its chat template.
+  - `HttpChatBackend` (rollout/chat/http_backend.py): any OpenAI-compatible `/v1/chat/completions` server.
+  - `LocalChatBackend` (rollout/chat/local_backend.py): a Hugging Face causal LM with its chat template.
   - `CallableBackend` (here): wraps a Python function; for tests and quick experiments.
 """
 from __future__ import annotations

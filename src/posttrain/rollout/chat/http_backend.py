@@ -27,10 +27,10 @@ from typing import Callable, Sequence
 
 import httpx
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .backends import BackendStats, Message
 
-logger = logging.getLogger("posttrain.judge")
+logger = logging.getLogger("posttrain.rollout.chat")
 
 
 def chat_completions_url(url: str) -> str:

@@ -12,6 +12,12 @@ Outputs (each optional, at least one needed; all written atomically at the end):
                   initial response (`--pair-mode revision`), or whichever of the two a judge
                   prefers by the principles applied (`--pair-mode judged`)
 A summary JSON (counts, failures, timings) is written beside them. See docs/cai.md.
+
+Where this module sits: the critique/revise loop and the output rows are synth/ library
+code (posttrain.synth.cai), the chat backends are generation backends (posttrain.rollout.chat),
+and `--pair-mode judged` asks an LLM judge (posttrain.judge), which sits below synth/ in the
+layer list. A command that joins synth and judge is orchestration, so it lives here at the
+command level (like generate.py), where it may import from every layer above it.
 """
 from __future__ import annotations
 
@@ -20,11 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import help_field, parse_config
-from ..errors import ConfigError, PosttrainError
-from ..jsonl import write_json, write_jsonl
-from .cai import CaiSettings, CritiqueReviser, Trace, count
-from .constitution import Constitution, load_constitution, parse_selection, plan
+from .config import help_field, parse_config
+from .errors import ConfigError, PosttrainError
+from .jsonl import write_json, write_jsonl
+from .synth.cai import CaiSettings, CritiqueReviser, Trace, assistant_turn, count, revision_pairs, sft_rows
+from .synth.constitution import Constitution, load_constitution, parse_selection, plan
 
 
 @dataclass
@@ -43,13 +49,14 @@ class CaiConfig:
     pair_mode: str = help_field("revision", "revision: final revision over the initial response; judged: a "
                                             "judge picks by principle", choices=["revision", "judged"])
     judge_model: str | None = help_field(None, "judged pairs: a local judge model, or the name sent to "
-                                               "--judge-url (default: the generating model)")
+                                               "--judge-url (default: the generating model)", aliases=["judge"])
     judge_url: str | None = help_field(None, "judged pairs: OpenAI-compatible endpoint of the judge")
     judge_template: str = help_field("pairwise", "judged pairs: pairwise judge template name or .yaml path")
     judge_swap: bool = help_field(False, "judged pairs: judge both orders; disagreement gives no pair")
-    judge_max_tokens: int = help_field(256, "judged pairs: longest judge reply in tokens")
-    max_tokens: int = help_field(256, "longest initial response / revision in tokens")
-    critique_max_tokens: int = help_field(0, "longest critique in tokens (0: --max-tokens)")
+    judge_max_new_tokens: int = help_field(256, "judged pairs: longest judge reply in tokens", aliases=["judge_max_tokens"])
+    max_new_tokens: int = help_field(256, "longest initial response / revision in tokens", aliases=["max_tokens"])
+    critique_max_new_tokens: int = help_field(0, "longest critique in tokens (0: --max-new-tokens)",
+                                              aliases=["critique_max_tokens"])
     temperature: float = help_field(0.7, "sampling temperature of the model (0: greedy)")
     seed: int = help_field(0, "seed for principle sampling and local sampling")
     limit: int = help_field(0, "only the first N prompts (0: all)")
@@ -66,10 +73,10 @@ def validate(cfg: CaiConfig) -> None:
         raise ConfigError("prompts", "required: the prompts file (--prompts FILE)")
     if not (cfg.sft_output or cfg.pairs_output or cfg.trace_output):
         raise ConfigError("sft_output", "give at least one of --sft-output, --pairs-output, --trace-output")
-    for name in ("rounds", "max_tokens", "judge_max_tokens", "batch_size", "concurrency"):
+    for name in ("rounds", "max_new_tokens", "judge_max_new_tokens", "batch_size", "concurrency"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, "must be at least 1")
-    for name in ("critique_max_tokens", "limit", "temperature"):
+    for name in ("critique_max_new_tokens", "limit", "temperature"):
         if getattr(cfg, name) < 0:
             raise ConfigError(name, "must be 0 or more")
     if cfg.judge_url and not cfg.judge_model:
@@ -81,7 +88,7 @@ def validate(cfg: CaiConfig) -> None:
 
 
 def _http(url: str, model: str, cfg: CaiConfig):
-    from ..judge.http_backend import HttpChatBackend
+    from .rollout.chat import HttpChatBackend
 
     return HttpChatBackend(url, model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
                            max_retries=cfg.max_retries, concurrency=cfg.concurrency)
@@ -90,7 +97,7 @@ def _http(url: str, model: str, cfg: CaiConfig):
 def _local(name: str, cfg: CaiConfig):
     import torch
 
-    from ..judge.local_backend import LocalChatBackend
+    from .rollout.chat import LocalChatBackend
 
     torch.manual_seed(cfg.seed)  # local sampling (temperature > 0) draws from torch's generator
     return LocalChatBackend.from_name(name, batch_size=cfg.batch_size, device=cfg.device)
@@ -108,24 +115,7 @@ def build_backends(cfg: CaiConfig) -> tuple[Any, Any | None]:
     return backend, backend
 
 
-# --------------------------------------------------------------------------- output rows
-
-def _assistant(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
-
-
-def sft_rows(traces: list[Trace]) -> list[dict[str, Any]]:
-    """prompt + final revision as a chat, for every prompt that was revised at least once."""
-    return [{**t.extra, "messages": t.prompt + _assistant(t.current), "cai_principles": t.principles()}
-            for t in traces if t.ok and t.revised]
-
-
-def revision_pairs(traces: list[Trace]) -> list[dict[str, Any]]:
-    """RLAIF pairs: the final revision chosen over the initial response (TRL conversational shape)."""
-    return [{**t.extra, "prompt": t.prompt, "chosen": _assistant(t.current), "rejected": _assistant(t.initial),
-             "pair_mode": "revision", "cai_principles": t.principles()}
-            for t in traces if t.ok and t.revised and t.current != t.initial]
-
+# --------------------------------------------------------------------------- judged pairs
 
 def judge_rubric(trace: Trace, constitution: Constitution) -> str:
     """The judge's criteria for one prompt: the rubric of each principle that revised it."""
@@ -140,7 +130,7 @@ def judged_pairs(traces: list[Trace], judge, constitution: Constitution) -> tupl
     worse); a tie, a failed request or an unparseable verdict gives no pair. Prompts revised
     by the same principles share a rubric and go to the judge in one batch.
     """
-    from ..judge.judging import PairItem
+    from .judge import PairItem
 
     todo = [t for t in traces if t.ok and t.revised and t.current != t.initial]
     by_rubric: dict[str, list[Trace]] = {}
@@ -156,7 +146,8 @@ def judged_pairs(traces: list[Trace], judge, constitution: Constitution) -> tupl
             revision_wins = judgement.winner == "A"
             tally["revision_preferred" if revision_wins else "initial_preferred"] += 1
             chosen, rejected = (t.current, t.initial) if revision_wins else (t.initial, t.current)
-            rows.append({**t.extra, "prompt": t.prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected),
+            rows.append({**t.extra, "prompt": t.prompt, "chosen": assistant_turn(chosen),
+                         "rejected": assistant_turn(rejected),
                          "pair_mode": "judged", "chosen_is": "revision" if revision_wins else "initial",
                          "cai_principles": t.principles(), "judge": judgement.judge,
                          "judge_reasoning": judgement.reasoning})
@@ -174,7 +165,7 @@ def summary_path(cfg: CaiConfig) -> str:
 
 def run_cai(cfg: CaiConfig, backend=None, judge_backend=None, log=None) -> dict[str, Any]:
     """Run the whole command; `backend` / `judge_backend` replace the ones built from `cfg` (tests)."""
-    from ..data.prompts import load_prompts
+    from .data.prompts import load_prompts
 
     log = log or (lambda text: print(text, file=sys.stderr))
     validate(cfg)
@@ -183,7 +174,7 @@ def run_cai(cfg: CaiConfig, backend=None, judge_backend=None, log=None) -> dict[
     prompts = load_prompts(cfg.prompts, limit=cfg.limit or None)
     judge = None
     if cfg.pair_mode == "judged" and cfg.pairs_output:
-        from ..judge.templates import load_template
+        from .judge import load_template
 
         template = load_template(cfg.judge_template, "pairwise")  # a bad template fails before any generation
     owned = backend is None
@@ -193,16 +184,16 @@ def run_cai(cfg: CaiConfig, backend=None, judge_backend=None, log=None) -> dict[
     started = time.perf_counter()
     try:
         traces = [Trace(i, p.prompt, dict(p.extra), p.source) for i, p in enumerate(prompts)]
-        settings = CaiSettings(cfg.max_tokens, cfg.critique_max_tokens or cfg.max_tokens, cfg.temperature)
+        settings = CaiSettings(cfg.max_new_tokens, cfg.critique_max_new_tokens or cfg.max_new_tokens, cfg.temperature)
         reviser = CritiqueReviser(backend, constitution, settings, log)
         reviser.run(traces, plan(constitution, selection, len(traces), cfg.rounds, cfg.seed))
         summary: dict[str, Any] = {"model": backend.name, "constitution": constitution.name,
                                    "principles": cfg.principles, "rounds": cfg.rounds, **count(traces)}
         if cfg.pair_mode == "judged" and cfg.pairs_output:
-            from ..judge.judging import LLMJudge
+            from .judge import LLMJudge
 
             judge = LLMJudge(judge_backend or backend, template, swap=cfg.judge_swap,
-                             max_tokens=cfg.judge_max_tokens, temperature=0.0)
+                             max_tokens=cfg.judge_max_new_tokens, temperature=0.0)
             pairs, summary["judged"] = judged_pairs(traces, judge, constitution)
         else:
             pairs = revision_pairs(traces)
