@@ -37,7 +37,8 @@ def run_sft(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     from posttrain.train.engine import TrainTask, run_training
     from posttrain.train.setup import load_trainable_model
 
-    cfg = sft.SFTConfig(**common_config(spec, workdir), packing=spec["options"].get("sft_packing", False))
+    cfg = sft.SFTConfig(**common_config(spec, workdir), packing=spec["options"].get("sft_packing", False),
+                        padding_free=spec["options"].get("sft_padding_free", False))
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     train: list[Any] = [TokenizedExample(r["prompt"] + r["chosen"], [-100] * len(r["prompt"]) + r["chosen"])
                         for r in rows]
@@ -48,7 +49,7 @@ def run_sft(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
         lengths_of = lambda example: [len(example)]  # noqa: E731
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing, quiet=True)
     task = TrainTask(model=model, train_examples=train,
-                     collate=counting_collator(sft.collate_fn(tokenizer, cfg.packing), lengths_of, log),
+                     collate=counting_collator(sft.collate_fn(tokenizer, cfg.packing, cfg.padding_free), lengths_of, log),
                      compute_loss=sft.nll_sum, item_count=sft.trained_tokens, token_count=len, name="sft",
                      **hooks(clock))
     run_training(task, cfg, tokenizer=tokenizer)

@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true", help="in both frameworks")
     # posttrain's batch layouts (TRL has no equivalent switch except packing)
     p.add_argument("--sft-packing", action="store_true", help="pack SFT examples into --max-length rows (both)")
+    p.add_argument("--sft-padding-free", action="store_true",
+                   help="posttrain's SFT puts each micro-batch in one row without padding (TRL pads)")
     p.add_argument("--dpo-layout", choices=["padded", "padding_free", "prefix_sharing", "both"], default="both",
                    help="posttrain's DPO batch layout (TRL always pads)")
     p.add_argument("--rm-layout", choices=["auto", "shared_prompt", "padded"], default="auto",
@@ -95,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def options(args: argparse.Namespace) -> dict:
-    return {"sft_packing": args.sft_packing, "rm_layout": args.rm_layout, "dpo_reference": args.dpo_reference,
+    return {"sft_packing": args.sft_packing, "sft_padding_free": args.sft_padding_free, "rm_layout": args.rm_layout, "dpo_reference": args.dpo_reference,
             "dpo_padding_free": args.dpo_layout in ("padding_free", "both"),
             "dpo_prefix_sharing": args.dpo_layout in ("prefix_sharing", "both")}
 
@@ -122,6 +124,8 @@ def row_command(args: argparse.Namespace, method: str, mode: str) -> str:
         parts.append("--gradient-checkpointing")
     if method == "sft" and args.sft_packing:
         parts.append("--sft-packing")
+    if method == "sft" and args.sft_padding_free:
+        parts.append("--sft-padding-free")
     if method == "dpo":
         parts += ["--dpo-layout", args.dpo_layout, "--dpo-reference", args.dpo_reference]
     if method == "rm" and args.rm_layout != "auto":

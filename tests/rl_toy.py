@@ -6,6 +6,7 @@ a couple of dozen steps on one CPU core.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -38,13 +39,22 @@ def early_late(rows: list[dict], key: str = "reward", k: int = 5) -> tuple[float
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with `count` intra-op torch threads, then restore the previous number."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=False)
 def one_thread():
     """Tiny models run far faster on one intra-op thread (no thread start-up or spinning per op,
     which on a busy machine costs more than the matmuls themselves)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield

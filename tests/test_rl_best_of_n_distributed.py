@@ -84,13 +84,9 @@ def single(tmp_path_factory):
     """The SFT and DPO runs in this process."""
     root = tmp_path_factory.mktemp("bon-single")
     inputs = write_inputs(root / "inputs")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with rl_toy.torch_threads(1):
         for name, (train, iterations) in RUNS.items():
             assert cli_main(command(inputs, root / "runs" / name, train, iterations)) == 0, name
-    finally:
-        torch.set_num_threads(previous)
     yield root / "runs"
     shutil.rmtree(root, ignore_errors=True)
 

@@ -82,13 +82,9 @@ def single(tmp_path_factory):
     """grpo, rloo and ppo in this process, answering 4 prompts per step."""
     root = tmp_path_factory.mktemp("rl-single")
     inputs = write_inputs(root / "inputs")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with rl_toy.torch_threads(1):
         for recipe in SAMPLES:
             assert cli_main(command(recipe, inputs, root / "runs", 1)) == 0, recipe
-    finally:
-        torch.set_num_threads(previous)
     yield root / "runs"
     shutil.rmtree(root, ignore_errors=True)
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from posttrain.cli import main as cli_main
+from posttrain.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,31 @@ def test_packed_loss_equals_padded_loss(sft_data):
     padded = nll_sum(model, pad_collate(examples, tokenizer.pad_token_id)).loss_sum
     packed = nll_sum(model, packed_collate(pack_examples(examples, 64), tokenizer.pad_token_id)).loss_sum
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_free_run_matches_the_padded_run(sft_data, tmp_path):
+    """--padding-free changes the batch layout only: same losses per step and same final weights."""
+    common = ["--model", "tiny-random", "--data", str(sft_data / "chat.jsonl"), "--max-steps", "4",
+              "--learning-rate", "3e-3", "--batch-size", "4", "--no-progress"]
+    assert cli_main(["sft", *common, "--output-dir", str(tmp_path / "padded")]) == 0
+    assert cli_main(["sft", *common, "--output-dir", str(tmp_path / "free"), "--padding-free"]) == 0
+    losses = lambda run: [r["loss"] for r in metrics(run) if "loss" in r]
+    assert len(losses(tmp_path / "free")) == 4
+    assert losses(tmp_path / "free") == pytest.approx(losses(tmp_path / "padded"), rel=1e-4)
+    free, padded = weights(tmp_path / "free"), weights(tmp_path / "padded")
+    start = load_model("tiny-random").state_dict()
+    name = next(k for k in free if "layers.0.self_attn.q_proj" in k)
+    assert not torch.allclose(free[name], start[name])  # it trained
+    for key in padded:
+        torch.testing.assert_close(free[key], padded[key], rtol=1e-4, atol=1e-5)
+
+
+def test_packing_and_padding_free_together_are_refused(sft_data, tmp_path, capsys):
+    code = cli_main(["sft", "--model", "tiny-random", "--data", str(sft_data / "chat.jsonl"), "--packing",
+                     "--padding-free", "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "padding_free" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def sft_args(data: Path, run: Path, *extra: str) -> list[str]:

@@ -36,6 +36,8 @@ class SFTConfig(ModelArgs, TrainArgs):
     curriculum: str = help_field("shuffle", "order of the mixture", choices=["shuffle", "dataset", "length"])
     eval_data: str | None = help_field(None, "validation data (default: eval_fraction of the training data)")
     packing: bool = help_field(False, "pack several examples into each max_length row (attention stays per example)")
+    padding_free: bool = help_field(False, "each micro-batch's examples end to end in one row, no padding, "
+                                    "example boundaries from position_ids (same loss as padded)")
     limit: int = help_field(0, "use only the first N examples of each dataset (0: all)")
 
 
@@ -85,11 +87,13 @@ def nll_sum(model, batch: dict[str, torch.Tensor]) -> LossOutput:
     return LossOutput(loss_sum=-token_logprobs.sum())
 
 
-def collate_fn(tokenizer, packed: bool):
-    from ..data import pad_collate, packed_collate
+def collate_fn(tokenizer, packed: bool, padding_free: bool = False):
+    from ..data import pad_collate, packed_collate, padding_free_collate
 
     if packed:
         return lambda packs: packed_collate(packs, tokenizer.pad_token_id)
+    if padding_free:  # boundaries from restarting position_ids: any dtype; flash-attention reads them as varlen
+        return lambda examples: padding_free_collate(examples, attention="position_ids")
     return lambda examples: pad_collate(examples, tokenizer.pad_token_id)
 
 
@@ -120,6 +124,8 @@ def train_sft(cfg: SFTConfig):
 
     if not cfg.data:
         raise ConfigError("data", "give at least one training file (--data FILE)")
+    if cfg.packing and cfg.padding_free:
+        raise ConfigError("padding_free", "choose --packing or --padding-free, not both")
     check_sources([*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])])  # before loading anything
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)
@@ -133,7 +139,7 @@ def train_sft(cfg: SFTConfig):
         say(f"packed {len(train)} examples into {len(packs)} rows of at most {cfg.max_length} tokens")
         train = packs
     prepare_run_dir(cfg)  # after the data checks: bad input leaves no half-made run directory
-    collate = collate_fn(tokenizer, cfg.packing)
+    collate = collate_fn(tokenizer, cfg.packing, cfg.padding_free)
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     task = TrainTask(
         model=model, train_examples=train, collate=collate, compute_loss=nll_sum,
