@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+import cli_docs_script
 
 from posttrain.cli import COMMANDS, main
 
@@ -21,14 +21,7 @@ NAMES = sorted(COMMANDS)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _gen_cli_docs():
-    """scripts/gen_cli_docs.py as a module (it finds each command's config dataclass)."""
-    if "gen_cli_docs" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" / "gen_cli_docs.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gen_cli_docs"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules["gen_cli_docs"]
+_gen_cli_docs = cli_docs_script.load
 
 
 # Run with no arguments, each command must say which input is missing (a fragment of the message).

@@ -10,13 +10,14 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
+
+import cli_docs_script
 
 from posttrain.cli import COMMANDS
 
@@ -25,13 +26,7 @@ DOCS = ROOT / "docs"
 REGENERATE = "run `.venv/bin/python scripts/gen_cli_docs.py` and commit docs/cli.md"
 
 
-def _load_script():
-    if "gen_cli_docs" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" / "gen_cli_docs.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gen_cli_docs"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules["gen_cli_docs"]
+_load_script = cli_docs_script.load
 
 
 @pytest.fixture(scope="module")
