@@ -19,7 +19,7 @@ import pytest
 
 from posttrain.cli import main
 from posttrain.config import build_parser, from_mapping, help_field, parse_config
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, PosttrainError
 
 
 def write(path: Path, rows) -> str:
@@ -50,13 +50,13 @@ class Toy:
 def test_an_abbreviated_flag_is_an_error_not_a_prefix_match():
     # With argparse's default, `--learning` would set learning_rate and `--lr` lr_scheduler.
     for flag in ("--learning", "--lr"):
-        with pytest.raises(ConfigError, match=f"unrecognized arguments: {flag} 0.1"):
+        with pytest.raises(PosttrainError, match=f"unrecognized arguments: {flag} 0.1"):
             parse_config(Toy, [flag, "0.1"])
 
 
 def test_an_unknown_flag_names_the_closest_ones(capsys):
     err = one_line_error(capsys, ["sft", "--learnin-rate", "1e-4"])
-    assert err == ("posttrain sft: error: config field 'arguments': unrecognized arguments: --learnin-rate 1e-4 "
+    assert err == ("posttrain sft: error: unrecognized arguments: --learnin-rate 1e-4 "
                    "(did you mean --learning-rate?)")
 
 
@@ -186,7 +186,7 @@ def test_dpo_beta_is_not_the_rl_kl_coefficient():
     from posttrain.train.dpo import DPOConfig
 
     assert parse_config(DPOConfig, ["--beta", "0.3"]).beta == 0.3
-    with pytest.raises(ConfigError, match="unrecognized arguments: --kl-coef"):
+    with pytest.raises(PosttrainError, match="unrecognized arguments: --kl-coef"):
         parse_config(DPOConfig, ["--kl-coef", "0.3"])
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, PosttrainError
 
 T = TypeVar("T")
 
@@ -206,7 +206,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:  # pragma: no cover - exercised via CLI
-        raise ConfigError("arguments", message + self._suggestion(message))
+        # Not a ConfigError: an unknown flag or a missing value is about the command line, not a field.
+        raise PosttrainError(message + self._suggestion(message))
 
     def _suggestion(self, message: str) -> str:
         """' (did you mean --learning-rate?)' for an unknown flag that starts or resembles a known one."""
