@@ -310,3 +310,15 @@ def test_generate_prints_a_progress_line_per_batch(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "generate tiny-random: 2/3 prompts, 4 responses" in err and "generate tiny-random: 3/3 prompts, 6 responses" in err
     assert len(out.read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("flag, suggestion", [
+    ("--lr", "--learning-rate"),
+    ("--num_train_epochs", "--epochs"),
+    ("--gradient-accumulation-steps", "--grad-accum"),
+])
+def test_names_from_other_tools_get_the_posttrain_spelling_suggested(flag, suggestion, capsys):
+    assert main(["sft", flag, "2", "--data", "x.jsonl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"posttrain sft: error: unrecognized arguments: {flag} 2 (did you mean {suggestion}")
+    assert len(err.splitlines()) == 1

@@ -209,6 +209,11 @@ class _Parser(argparse.ArgumentParser):
         # Not a ConfigError: an unknown flag or a missing value is about the command line, not a field.
         raise PosttrainError(message + self._suggestion(message))
 
+    # Spellings users bring from TRL / transformers.TrainingArguments and other tools.
+    FAMILIAR_NAMES = {"--lr": "--learning-rate", "--bs": "--batch-size",
+                      "--per-device-train-batch-size": "--batch-size", "--num-train-epochs": "--epochs",
+                      "--gradient-accumulation-steps": "--grad-accum", "--model-name-or-path": "--model"}
+
     def _suggestion(self, message: str) -> str:
         """' (did you mean --learning-rate?)' for an unknown flag that starts or resembles a known one."""
         if not message.startswith("unrecognized arguments"):
@@ -218,7 +223,9 @@ class _Parser(argparse.ArgumentParser):
             flag = word.split("=", 1)[0]
             if not flag.startswith("--"):
                 continue
-            close = difflib.get_close_matches(flag, known, n=2, cutoff=0.7)
+            familiar = self.FAMILIAR_NAMES.get(flag.replace("_", "-"))
+            close = [familiar] if familiar in known else []
+            close += [s for s in difflib.get_close_matches(flag, known, n=2, cutoff=0.7) if s not in close]
             close += [s for s in sorted(known) if s.startswith(flag) and s not in close]
             if close:
                 return f" (did you mean {' or '.join(close[:3])}?)"
