@@ -58,3 +58,15 @@ def one_thread():
     which on a busy machine costs more than the matmuls themselves)."""
     with torch_threads(1):
         yield
+
+
+def crash_on_call(function, call_number: int):
+    """`function`, except that call number `call_number` raises (a crash in the middle of a run)."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call_number:
+            raise RuntimeError("simulated crash")
+        return function(*args, **kwargs)
+    return wrapped

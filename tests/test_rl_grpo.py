@@ -131,15 +131,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_run(tmp_path, monkeypatch)
     full = _config(tmp_path, max_steps=4, ppo_epochs=2, output_dir=str(tmp_path / "full"))
     train_grpo(full, reward)
 
-    real_update, calls = grpo.update_policy, []
-
-    def crash_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(grpo, "update_policy", crash_on_third)
+    real_update = grpo.update_policy
+    monkeypatch.setattr(grpo, "update_policy", rl_toy.crash_on_call(real_update, 3))
     broken = _config(tmp_path, max_steps=4, ppo_epochs=2, save_every=2, output_dir=str(tmp_path / "broken"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_grpo(broken, reward)

@@ -108,15 +108,8 @@ def test_resume_restores_the_adaptive_kl_coefficient(tmp_path, monkeypatch):
     full = _config(tmp_path, output_dir=str(tmp_path / "full"), **options)
     train_ppo(full, reward)
 
-    real, calls = ppo.ppo_update, []
-
-    def crash_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ppo, "ppo_update", crash_on_third)
+    real = ppo.ppo_update
+    monkeypatch.setattr(ppo, "ppo_update", rl_toy.crash_on_call(real, 3))
     broken = _config(tmp_path, output_dir=str(tmp_path / "broken"), save_every=2, **options)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_ppo(broken, reward)
