@@ -6,7 +6,8 @@ import torch
 
 from posttrain.losses.kto import kto_loss, kto_reference_point
 from posttrain.losses.preference import (PREFERENCE_LOSSES, cdpo_loss, dpo_loss, hinge_loss, ipo_loss, ipo_sum_loss,
-                                         log1mexp, mixed_preference_loss, orpo_loss, robust_dpo_loss, rpo_loss,
+                                         log1mexp, mixed_preference_loss, needs_reference, preference_loss,
+                                         PairLogps, LOSS_INPUTS, orpo_loss, robust_dpo_loss, rpo_loss,
                                          simpo_loss)
 
 
@@ -257,23 +258,52 @@ def test_rewards_are_detached():
     assert out.losses.requires_grad and not out.chosen_rewards.requires_grad
 
 
+def pairs(with_reference: bool = True) -> PairLogps:
+    x = inputs()
+    return PairLogps(x["policy_chosen_logps"], x["policy_rejected_logps"],
+                     x["ref_chosen_logps"] if with_reference else None,
+                     x["ref_rejected_logps"] if with_reference else None, x["chosen_lengths"], x["rejected_lengths"])
+
+
+@pytest.mark.parametrize("name", list(PREFERENCE_LOSSES))
+def test_declared_inputs_match_each_signature(name):
+    """LOSS_INPUTS names each loss's positional inputs in order (a new loss cannot drift from it)."""
+    import inspect
+    params = [p for p in inspect.signature(PREFERENCE_LOSSES[name]).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    renamed = {"policy_chosen_logps": "policy_chosen", "policy_rejected_logps": "policy_rejected",
+               "ref_chosen_logps": "ref_chosen", "ref_rejected_logps": "ref_rejected"}
+    assert tuple(renamed.get(p.name, p.name) for p in params) == LOSS_INPUTS[name]
+
+
+def test_needs_reference_from_the_table():
+    assert needs_reference(["sigmoid"]) and needs_reference(["simpo", "rpo"])
+    assert not needs_reference(["simpo", "orpo"])
+
+
+def test_reference_free_bundle_refused_by_a_reference_loss():
+    assert preference_loss("simpo", pairs(with_reference=False)).losses.shape == (3,)
+    with pytest.raises(ValueError, match="needs reference log-probs"):
+        preference_loss("sigmoid", pairs(with_reference=False))
+
+
 @pytest.mark.parametrize("name", list(PREFERENCE_LOSSES))
 def test_mixed_with_one_component_equals_that_component(name):
-    mixed = mixed_preference_loss({name: 1.0}, **inputs(), beta=0.2)
-    alone = call(PREFERENCE_LOSSES[name], beta=0.2)
+    options = {} if name == "orpo" else {"beta": 0.2}
+    mixed = mixed_preference_loss({name: 1.0}, pairs(), {name: options})
+    alone = call(PREFERENCE_LOSSES[name], **options)
     assert mixed.losses.tolist() == pytest.approx(alone.losses.tolist())
     assert mixed.chosen_rewards.tolist() == pytest.approx(alone.chosen_rewards.tolist())
 
 
 def test_mixed_07_sigmoid_03_hinge_by_hand():
-    mixed = mixed_preference_loss({"sigmoid": 0.7, "hinge": 0.3}, **inputs(), beta=0.1)
+    mixed = mixed_preference_loss({"sigmoid": 0.7, "hinge": 0.3}, pairs(), {"sigmoid": {"beta": 0.1}, "hinge": {"beta": 0.1}})
     expected = [0.7 * nls(0.1 * margin(r)) + 0.3 * max(0.0, 1 - 0.1 * margin(r)) for r in ROWS]
     assert mixed.losses.tolist() == pytest.approx(expected)
 
 
 def test_mixed_component_kwargs_override():
-    mixed = mixed_preference_loss({"sigmoid": 0.5, "simpo": 0.5}, component_kwargs={"simpo": {"beta": 2.0}},
-                                  **inputs(), beta=0.1, gamma=1.0)
+    mixed = mixed_preference_loss({"sigmoid": 0.5, "simpo": 0.5}, pairs(),
+                                  {"sigmoid": {"beta": 0.1}, "simpo": {"beta": 2.0, "gamma": 1.0}})
     expected = 0.5 * call(dpo_loss, beta=0.1).losses + 0.5 * call(simpo_loss, beta=2.0, gamma=1.0).losses
     assert mixed.losses.tolist() == pytest.approx(expected.tolist())
     # rewards come from the first component
@@ -282,6 +312,6 @@ def test_mixed_component_kwargs_override():
 
 def test_mixed_unknown_name():
     with pytest.raises(ValueError, match="unknown preference loss 'dpo'.*sigmoid"):
-        mixed_preference_loss({"dpo": 1.0}, **inputs())
+        mixed_preference_loss({"dpo": 1.0}, pairs())
     with pytest.raises(ValueError, match="at least one"):
-        mixed_preference_loss({}, **inputs())
+        mixed_preference_loss({}, pairs())

@@ -1,6 +1,6 @@
 """`posttrain generate`: batched sampling from one or more models over a prompts file.
 
-Each output row is a Rollout record: the prompt (messages), the response, the
+Each output row holds the prompt (messages), the response, the
 model it came from, the sample index and why generation stopped, plus the input
 row's other fields (so a reference `answer` travels on to judges and verifiers).
 With several `--model`s every prompt is answered by every model, which is the

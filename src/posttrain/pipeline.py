@@ -332,10 +332,8 @@ def main(argv: list[str]) -> int:
     record = run_pipeline(cfg.pipeline, cfg.output_dir, cfg.force, cfg.dry_run)
     out = Path(cfg.output_dir or load_pipeline(cfg.pipeline).output_dir)
     if cfg.report and not cfg.dry_run:
-        try:
-            from .report.html import write_report
-        except ImportError:  # the report module is optional until it lands
-            return 0
+        from .report.html import write_report  # matplotlib: only when a report is written
+
         path = write_report(out)
         print(f"report: {path}")
     return 0

@@ -65,6 +65,13 @@ class Conversation(Record):
 
 
 @dataclass
+class Text(Record):
+    """Raw text for language modelling / continued pre-training: every token is trained on."""
+
+    text: str
+
+
+@dataclass
 class PreferencePair(Record):
     """A prompt with a preferred and a dispreferred response (optional margin from the data)."""
 
@@ -98,17 +105,6 @@ class Unpaired(Record):
     prompt: list[Message]
     completion: str
     label: bool
-
-
-@dataclass
-class Rollout(Record):
-    """One sampled response with its reward (and the model that wrote it)."""
-
-    prompt: list[Message]
-    response: str
-    model: str | None = None
-    reward: float | None = None
-    logprob: float | None = None
 
 
 @dataclass

@@ -47,7 +47,6 @@ from .stats import (bootstrap_diff_interval, bootstrap_mean_interval, chi_square
 
 METRICS = ("thumbs", "rating", "success", "preference")
 DEFAULT_MDE = {"thumbs": 0.02, "success": 0.02, "rating": 0.1, "preference": 0.05}
-DECISIONS = ("ship", "keep", "collect more data")
 # Below this many observations per variant (judgements for preference) the normal
 # approximations and bootstrap intervals are not trustworthy: no ship/keep decision.
 MIN_OBSERVATIONS = 20

@@ -1,5 +1,9 @@
 """Sampling through an OpenAI-compatible completions server (vLLM), and pushing LoRA weights to it.
 
+Status: a library seam, not yet a command option. No posttrain command calls it (the RL
+commands sample in-process with `transformers.generate`); it is tested against a stub server
+only, never a real vLLM. docs/distributed.md says the same.
+
 For online RL at scale the trainer's GPUs should not also run `generate`: a
 vLLM server (`vllm serve MODEL`) on other GPUs samples far faster (paged KV
 cache, continuous batching). `server_generate` is a drop-in for

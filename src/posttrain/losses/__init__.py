@@ -20,9 +20,9 @@ from .kl import (KL_CONTROLLERS, KL_ESTIMATORS, AdaptiveKLController, FixedKLCon
 from .kto import KTOLossOutput, kto_loss, kto_reference_point
 from .policy import (approx_kl, clip_fraction, clipped_value_losses, entropy_from_logits, explained_variance,
                      ppo_clip_losses, ppo_policy_loss, value_loss)
-from .preference import (PREFERENCE_LOSSES, PreferenceLossOutput, cdpo_loss, chosen_nll, dpo_loss, hinge_loss,
-                         ipo_loss, ipo_sum_loss, log1mexp, mixed_preference_loss, orpo_loss, robust_dpo_loss,
-                         rpo_loss, simpo_loss)
+from .preference import (LOSS_INPUTS, PREFERENCE_LOSSES, PairLogps, PreferenceLossOutput, cdpo_loss, chosen_nll,
+                         dpo_loss, hinge_loss, ipo_loss, ipo_sum_loss, log1mexp, mixed_preference_loss,
+                         needs_reference, orpo_loss, preference_loss, robust_dpo_loss, rpo_loss, simpo_loss)
 from .reduce import (REDUCTIONS, aggregate, aggregate_parts, masked_mean, masked_sum, safe_divide)
 from .reward import (RANKING_LOSSES, bradley_terry_loss, pairwise_accuracy, pairwise_ranking_loss,
                      plackett_luce_loss, ranking_accuracy_parts, ranking_pairs, reward_margin)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..models.logprobs import entropy_from_logits  # noqa: F401  (re-exported: the entropy metric's one home)
 from .kl import kl_k3
 from .reduce import aggregate, masked_mean
 
@@ -100,27 +101,6 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
     """``clipped_value_losses`` reduced with ``mode`` -> scalar."""
     losses, _ = clipped_value_losses(values, old_values, returns, mask, clip=clip)
     return aggregate(losses, mask, mode, constant)
-
-
-def entropy_from_logits(logits: Tensor, *, chunk_size: int = 1024) -> Tensor:
-    """Entropy of the softmax distribution at each position.
-
-        H = -sum_v p_v log p_v = logsumexp(z) - sum_v softmax(z)_v z_v
-
-    Shape: logits [..., V] -> [...] (float32 at least). Rows are processed
-    ``chunk_size`` at a time in float32, so the float32 copy of a
-    [B, T, V] bf16 tensor is never made whole. Under ``torch.no_grad`` (the usual
-    case: entropy as a metric) peak extra memory is one chunk.
-    """
-    flat = logits.reshape(-1, logits.shape[-1])
-    out_dtype = torch.promote_types(logits.dtype, torch.float32)
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        z = flat[start:start + chunk_size].to(out_dtype)
-        pieces.append(torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1))
-    if not pieces:
-        return torch.zeros(logits.shape[:-1], dtype=out_dtype, device=logits.device)
-    return torch.cat(pieces).view(logits.shape[:-1])
 
 
 def clip_fraction(is_clipped: Tensor, mask: Tensor) -> Tensor:

@@ -18,22 +18,19 @@ rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies.
 Notation: h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)),
 the difference of the two policy/reference log-ratios; sigma is the logistic function.
 
-A recipe picks a loss by name from ``PREFERENCE_LOSSES`` and calls it with
-keyword arguments; ``mixed_preference_loss`` sums several with weights.
+A recipe bundles its log-probs in a ``PairLogps`` and calls ``preference_loss(name, pairs)``,
+which passes each loss the inputs ``LOSS_INPUTS`` declares for it; ``mixed_preference_loss``
+sums several with weights.
 KTO works on unpaired data and lives in ``kto.py``.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-# KTO takes unpaired data, so it has its own module; re-exported here for discoverability.
-from .kto import KTOLossOutput, kto_loss, kto_reference_point  # noqa: F401
 
 
 class PreferenceLossOutput(NamedTuple):
@@ -257,33 +254,74 @@ PREFERENCE_LOSSES: dict[str, Callable[..., PreferenceLossOutput]] = {
 }
 
 
-def mixed_preference_loss(components: dict[str, float], *, component_kwargs: dict[str, dict] | None = None,
-                          **inputs) -> PreferenceLossOutput:
+class PairLogps(NamedTuple):
+    """Everything a preference loss may read, one value per pair. Shape: each [B].
+
+    ``policy_*`` are summed response log-probs under the policy, ``ref_*`` the same under
+    the reference (None for a reference-free run), ``*_lengths`` the response token counts.
+    """
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    ref_chosen: Tensor | None
+    ref_rejected: Tensor | None
+    chosen_lengths: Tensor
+    rejected_lengths: Tensor
+
+
+_WITH_REFERENCE = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
+_REFERENCE_FREE = ("policy_chosen", "policy_rejected", "chosen_lengths", "rejected_lengths")
+
+# The positional inputs of each loss, read from a `PairLogps` in this order. Declared, not
+# discovered: a reader sees here exactly what `preference_loss` passes to each function.
+LOSS_INPUTS: dict[str, tuple[str, ...]] = {
+    "sigmoid": _WITH_REFERENCE,
+    "cdpo": _WITH_REFERENCE,
+    "robust": _WITH_REFERENCE,
+    "ipo": _WITH_REFERENCE + ("chosen_lengths", "rejected_lengths"),
+    "ipo_sum": _WITH_REFERENCE,
+    "hinge": _WITH_REFERENCE,
+    "rpo": _WITH_REFERENCE + ("chosen_lengths",),
+    "simpo": _REFERENCE_FREE,
+    "orpo": _REFERENCE_FREE,
+}
+
+
+def needs_reference(names: list[str] | tuple[str, ...]) -> bool:
+    """True when any of the named losses reads reference log-probs (simpo and orpo do not)."""
+    return any("ref_chosen" in LOSS_INPUTS[name] for name in names)
+
+
+def preference_loss(name: str, pairs: PairLogps, **options: float) -> PreferenceLossOutput:
+    """Call ``PREFERENCE_LOSSES[name]`` on the inputs ``LOSS_INPUTS[name]`` declares.
+
+    ``options`` are the loss's keyword options (``beta``, ``label_smoothing``, ``gamma``, ...).
+    Shape: [B] -> [B]. Reduction: none.
+    """
+    if name not in PREFERENCE_LOSSES:
+        raise ValueError(f"unknown preference loss {name!r} (known: {', '.join(PREFERENCE_LOSSES)})")
+    args = [getattr(pairs, field) for field in LOSS_INPUTS[name]]
+    if any(arg is None for arg in args):
+        raise ValueError(f"preference loss {name!r} needs reference log-probs")
+    return PREFERENCE_LOSSES[name](*args, **options)
+
+
+def mixed_preference_loss(weights: dict[str, float], pairs: PairLogps,
+                          options: dict[str, dict[str, float]] | None = None) -> PreferenceLossOutput:
     """Weighted sum of preference losses, e.g. ``{"sigmoid": 0.7, "hinge": 0.3}``.
 
         loss = sum_k w_k * loss_k
 
-    ``inputs`` are keyword arguments shared by all components (log-probs,
-    lengths, ``beta``, ...); each component receives only the ones its function
-    accepts. ``component_kwargs[name]`` overrides them for one component (for
-    example a different beta for SimPO). The returned rewards are those of the
-    first component in ``components``. Shape: as the components -> [B].
-    Reduction: none.
+    ``options[name]`` are that component's keyword options (for example a different beta
+    for SimPO). The returned rewards are those of the first component in ``weights``.
+    Shape: [B] -> [B]. Reduction: none.
     """
-    if not components:
+    if not weights:
         raise ValueError("mixed_preference_loss needs at least one component")
-    component_kwargs = component_kwargs or {}
-    for name in [*components, *component_kwargs]:
+    options = options or {}
+    for name in [*weights, *options]:
         if name not in PREFERENCE_LOSSES:
             raise ValueError(f"unknown preference loss {name!r} (known: {', '.join(PREFERENCE_LOSSES)})")
-    total, first = None, None
-    for name, weight in components.items():
-        fn = PREFERENCE_LOSSES[name]
-        accepted = inspect.signature(fn).parameters
-        kwargs = {key: value for key, value in inputs.items() if key in accepted}
-        kwargs.update(component_kwargs.get(name, {}))
-        out = fn(**kwargs)
-        if first is None:
-            first = out
-        total = weight * out.losses if total is None else total + weight * out.losses
+    outputs = {name: preference_loss(name, pairs, **options.get(name, {})) for name in weights}
+    total = sum(weight * outputs[name].losses for name, weight in weights.items())
+    first = outputs[next(iter(weights))]
     return first._replace(losses=total)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.tokenize import IGNORE_INDEX  # labels are built there; one definition
 from .reduce import Parts, aggregate_parts, safe_divide
 
-IGNORE_INDEX = -100
 
 
 def token_nll(logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:

@@ -47,6 +47,3 @@ def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
     with target.disable_adapter():
         yield model
 
-
-def is_frozen(model: nn.Module) -> bool:
-    return not any(param.requires_grad for param in model.parameters())

@@ -109,7 +109,7 @@ def reward_rows(samples: Sequence[Sample], prompts: Sequence[Any]) -> list[dict[
 
 def rollout_records(samples: Sequence[Sample], prompts: Sequence[Any], step: int,
                     components: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
-    """`records.Rollout`-shaped rows (prompt, response, reward, extra fields) for rollouts.jsonl."""
+    """rollouts.jsonl rows: the prompt row's own fields, then step, prompt, response, reward and its components."""
     rows = []
     for i, s in enumerate(samples):
         prompt = prompts[s.prompt_index]

@@ -23,25 +23,19 @@ engine; the same with an eval/ prefix on the held-out split.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
+from ..losses import PREFERENCE_LOSSES, PairLogps, mixed_preference_loss, needs_reference, preference_loss
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
-from .preference_batch import BatchLayout, check_layout
+from .preference_batch import BatchLayout, check_layout, sequence_logps
 from .preference_data import INVALID_POLICIES, data_paths, load_data, load_pairs, write_report
 from .reference import STRATEGIES, build_reference, describe, model_identity, resolve_strategy, summary_line
 from .setup import load_trainable_model, prepare_run_dir, say
-
-
-def _loss_names() -> list[str]:
-    from ..losses import PREFERENCE_LOSSES
-
-    return list(PREFERENCE_LOSSES)
 
 
 @dataclass
@@ -52,7 +46,7 @@ class DPOConfig(ModelArgs, TrainArgs):
                                      "directories or hub ids (concatenated)")
     eval_data: str | None = help_field(None, "validation pairs (default: eval_fraction of the training data)")
     limit: int = help_field(0, "use only the first N rows of each file (0: all)")
-    loss: list[str] = help_field(["sigmoid"], "loss, or several to mix (see docs/dpo.md)", choices=_loss_names())
+    loss: list[str] = help_field(["sigmoid"], "loss, or several to mix (see docs/dpo.md)", choices=list(PREFERENCE_LOSSES))
     loss_weights: list[float] = help_field([], "one weight per --loss when mixing (default: 1 each)")
     beta: float | None = help_field(None, "temperature of the implicit reward (default: 0.1; 2.0 for simpo)")
     label_smoothing: float = help_field(0.1, "cdpo/robust: assumed rate of flipped labels")
@@ -72,7 +66,7 @@ class DPOConfig(ModelArgs, TrainArgs):
 
 
 def loss_components(cfg: DPOConfig) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """(`{name: weight}`, per-component options) for `mixed_preference_loss`."""
+    """(`{name: weight}`, per-loss keyword options) for `preference_loss` / `mixed_preference_loss`."""
     if len(set(cfg.loss)) != len(cfg.loss):
         raise ConfigError("loss", f"a loss is named twice: {' '.join(cfg.loss)}")
     weights = cfg.loss_weights or [1.0] * len(cfg.loss)
@@ -89,13 +83,6 @@ def loss_components(cfg: DPOConfig) -> tuple[dict[str, float], dict[str, dict[st
     return dict(zip(cfg.loss, weights)), {k: v for k, v in options.items() if k in cfg.loss}
 
 
-def needs_reference(names: list[str]) -> bool:
-    """True when any chosen loss takes reference log-probs (simpo and orpo do not)."""
-    from ..losses import PREFERENCE_LOSSES
-
-    return any("ref_chosen_logps" in inspect.signature(PREFERENCE_LOSSES[n]).parameters for n in names)
-
-
 def pair_metrics(chosen_rewards, rejected_rewards, policy, b: int) -> dict[str, torch.Tensor]:
     """Per-pair sums of the logged metrics (the engine divides by the global pair count)."""
     c, r = chosen_rewards.detach(), rejected_rewards.detach()
@@ -107,19 +94,26 @@ def pair_metrics(chosen_rewards, rejected_rewards, policy, b: int) -> dict[str, 
 
 
 def make_loss(components: dict[str, float], options: dict[str, dict[str, float]], reference):
-    """`compute_loss(model, batch) -> LossOutput` for a `BatchLayout.pairs` batch."""
-    from ..losses import mixed_preference_loss
-    from .preference_batch import sequence_logps
+    """`compute_loss(model, batch) -> LossOutput` for a `BatchLayout.pairs` batch.
 
+    One step, as in the DPO paper's listing: the batch holds the B chosen sequences, then the
+    B rejected ones; one policy forward gives each sequence's summed response log-prob; the
+    reference gives the same (or None for simpo/orpo); the loss is e.g.
+    `dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=...)`, summed over pairs
+    (the engine divides by the global pair count).
+    """
     def compute_loss(model, batch) -> LossOutput:
         b = batch["example_index"].shape[0]
-        policy = sequence_logps(model, batch, mean_logits=True)
-        inputs = dict(policy_chosen_logps=policy.logps[:b], policy_rejected_logps=policy.logps[b:],
-                      chosen_lengths=policy.lengths[:b], rejected_lengths=policy.lengths[b:])
-        if reference is not None:
-            ref = reference.logps(model, batch, (0, 1)).to(policy.logps.dtype)
-            inputs.update(ref_chosen_logps=ref[:b], ref_rejected_logps=ref[b:])
-        out = mixed_preference_loss(components, component_kwargs=options, **inputs)
+        policy = sequence_logps(model, batch, mean_logits=True)  # [2B]: chosen then rejected
+        ref = reference.logps(model, batch, (0, 1)).to(policy.logps.dtype) if reference is not None else None
+        pairs = PairLogps(policy_chosen=policy.logps[:b], policy_rejected=policy.logps[b:],
+                          ref_chosen=None if ref is None else ref[:b], ref_rejected=None if ref is None else ref[b:],
+                          chosen_lengths=policy.lengths[:b], rejected_lengths=policy.lengths[b:])
+        if len(components) == 1:  # the usual case: one loss, called directly
+            (name,) = components
+            out = preference_loss(name, pairs, **options.get(name, {}))
+        else:
+            out = mixed_preference_loss(components, pairs, options)
         return LossOutput(out.losses.sum(), pair_metrics(out.chosen_rewards, out.rejected_rewards, policy, b))
     return compute_loss
 

@@ -6,7 +6,7 @@ tokenised examples, how to collate a micro-batch and how to compute its loss.
 mixed precision, clipping, the schedule, validation and early stopping, atomic
 checkpoints with exact resume, NaN checks, SIGINT, metrics and progress.
 
-How "mean" is kept honest (DESIGN principle 3): a recipe returns the *sum* of
+How "mean" is kept honest (ARCHITECTURE.md, "Means"): a recipe returns the *sum* of
 its per-item losses over a micro-batch (`LossOutput.loss_sum`) and says how
 many items each example contributes (`item_count`: label tokens for a token
 mean, 1 for a per-sequence or per-pair mean). The engine knows the whole global
