@@ -2,7 +2,9 @@
 
     .venv/bin/python scripts/make_tasks.py [--out DIR]
 
-Three tasks, each with a train split and a held-out test split that shares no prompt with it.
+Three tasks, each with a train split and a held-out test split that shares no problem with it
+(no arithmetic expression, no set of numbers to sort, no code function: `problem_key`;
+tests/test_tasks_disjoint.py checks it with posttrain's own contamination check).
 Every row is a prompt-only record for RL / best-of-n: `prompt` (text), the fields its
 verifier reads, and `task`, `id`, `level`. The verifier is the built-in reward named in
 `posttrain.rollout.rewards.TASKS`:
@@ -14,12 +16,13 @@ verifier reads, and `task`, `id`, `level`. The verifier is the built-in reward n
 Difficulty is aimed at SmolLM2-135M-Instruct: weak but not hopeless (mostly one-digit
 addition and subtraction, some two-digit and three-operand ones; sorting 2-5 numbers below
 20, mostly 2 or 3), so that
-GRPO or best-of-n + SFT has signal to work with (baseline accuracies: docs/rewards.md). Prompts ask for an "Answer: ..." line, which
-the verifiers prefer but do not require.
+GRPO or best-of-n + SFT has signal to work with (baseline accuracies: docs/rewards.md). Prompts ask
+the reply to end with an "Answer: ..." line, and the built-in verifiers require exactly that.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 from pathlib import Path
@@ -131,20 +134,51 @@ def code_rows() -> tuple[list[dict], list[dict]]:
 
 # ------------------------------------------------------------------------------ main
 
-def split_unique(make, rng: random.Random, n_train: int, n_test: int) -> tuple[list[dict], list[dict]]:
-    """Draw distinct rows (no prompt twice), then send every k-th to the held-out split, so both
-    splits have the same mix of levels even where a level's pool of distinct prompts runs out."""
-    seen: set[str] = set()
-    rows: list[dict] = []
-    while len(rows) < n_train + n_test:
-        row = make(rng)
-        if row["prompt"] not in seen:
-            seen.add(row["prompt"])
-            rows.append(row)
+def problem_key(row: dict) -> str:
+    """What makes two rows the same problem, whatever the wording: the arithmetic expression, the
+    set of numbers to sort (its answer), the code function's name. No key is in both splits.
+    Operators are spelled out ("5 minus 1") because text comparison (posttrain's dedup
+    normalisation) drops punctuation, and "5 + 1" and "5 - 1" must stay different problems."""
+    if row["task"] == "arithmetic":
+        return row["expression"].replace("+", "plus").replace("-", "minus")
+    if row["task"] == "sorting":
+        return ", ".join(str(n) for n in row["answer"])
+    return row["entry_point"]
+
+
+def split_disjoint(make, rng: random.Random, n_train: int, n_test: int) -> tuple[list[dict], list[dict]]:
+    """Draw rows (no prompt twice) and give every *problem* (problem_key) to one split only.
+
+    A newly drawn problem goes to the test split while that split holds fewer than 1/6 of the
+    rows drawn so far *of its level*, else to train; so test keeps the level mix of the stream
+    even though the small one-digit pool runs out of new problems early. Train may hold one
+    problem in several wordings ("What is 3 + 4?", "Compute 3 + 4."); test holds each once."""
     every = (n_train + n_test) // n_test
-    test = [row for i, row in enumerate(rows) if i % every == every - 1][:n_test]
-    held = {id(row) for row in test}
-    return [row for row in rows if id(row) not in held], test
+    split_of: dict[str, str] = {}
+    seen_prompts: set[str] = set()
+    train: list[dict] = []
+    test: list[dict] = []
+    drawn = collections.Counter()   # rows drawn per level (distinct prompts), either split
+    held = collections.Counter()    # test rows per level
+    for _ in range(200 * (n_train + n_test)):  # bounded: a pool too small for the sizes is a bug here
+        if len(train) >= n_train and len(test) >= n_test:
+            return train, test
+        row = make(rng)
+        key, level = problem_key(row), row["level"]
+        if row["prompt"] in seen_prompts:
+            continue
+        seen_prompts.add(row["prompt"])
+        drawn[level] += 1
+        if key not in split_of:
+            wants_test = held[level] * every < drawn[level] and len(test) < n_test
+            split_of[key] = "test" if wants_test else "train"
+            if wants_test:
+                test.append(row)
+                held[level] += 1
+                continue
+        if split_of[key] == "train" and len(train) < n_train:
+            train.append(row)
+    raise SystemExit(f"make_tasks: could not draw {n_train} + {n_test} disjoint rows")
 
 
 def write(path: Path, rows: list[dict], prefix: str) -> None:
@@ -159,8 +193,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     sets = {
-        "arithmetic": split_unique(arithmetic_row, random.Random(1234), *SIZES["arithmetic"]),
-        "sorting": split_unique(sorting_row, random.Random(5678), *SIZES["sorting"]),
+        "arithmetic": split_disjoint(arithmetic_row, random.Random(1234), *SIZES["arithmetic"]),
+        "sorting": split_disjoint(sorting_row, random.Random(5678), *SIZES["sorting"]),
         "code": code_rows(),
     }
     for name, (train, test) in sets.items():

@@ -61,10 +61,11 @@ def test_load_reward_function_errors_are_one_line(user_module, spec, message):
 
 def test_resolve_reward():
     assert resolve_reward("math") is BUILTIN_REWARDS["math"]
-    assert set(BUILTIN_REWARDS) == {"math", "exact", "regex", "json_schema", "code", "sort", "answer_format"}
+    assert set(BUILTIN_REWARDS) == {"math", "exact", "regex", "json_schema", "code", "sort", "answer_format",
+                                    "math_lenient", "sort_lenient", "answer_format_lenient"}
     fn = lambda prompt, response: 1.0  # noqa: E731
     assert resolve_reward(fn) is fn
-    with pytest.raises(PosttrainError, match=r"unknown reward 'maths' \(built-ins: answer_format, code, exact"):
+    with pytest.raises(PosttrainError, match=r"unknown reward 'maths' \(built-ins: answer_format, answer_format_lenient, code, exact"):
         resolve_reward("maths")
 
 
@@ -72,9 +73,9 @@ def test_weighted_sum_combines_values_and_reasons():
     reward = weighted_sum({"math": 1.0, "answer_format": 0.25})
     assert reward("q", "Answer: 12", answer=12) == 1.25
     low = reward("q", "it is 13", answer=12)
-    assert low == 0.0 and low.reason == "math: expected 12, got 13; answer_format: no 'Answer: ...' line"
-    mixed = reward("q", "twelve, so 12", answer=12)
-    assert mixed == 1.0 and mixed.reason == "answer_format: no 'Answer: ...' line"
+    assert low == 0.0 and low.reason == "math: no 'Answer: ...' line; answer_format: no 'Answer: ...' line"
+    mixed = reward("q", "Answer: 13", answer=12)
+    assert mixed == 0.25 and mixed.reason == "math: expected 12, got 13"
     with pytest.raises(PosttrainError, match="at least one"):
         weighted_sum({})
 
@@ -82,7 +83,7 @@ def test_weighted_sum_combines_values_and_reasons():
 def test_score_batch_per_function_total_reasons_and_timing(user_module):
     rows = [
         {"prompt": "What is 2+2?", "response": "Answer: 4", "answer": 4, "max_chars": 20},
-        {"prompt": [{"role": "user", "content": "What is 3+3?"}], "response": "I believe it is 7", "answer": 6},
+        {"prompt": [{"role": "user", "content": "What is 3+3?"}], "response": "I believe it is\nAnswer: 7", "answer": 6},
     ]
     result = score_batch({"correct": "math", "short": "my_rewards:brevity"}, rows, weights={"short": 0.5})
     assert result.scores == {"correct": [1.0, 0.0], "short": [1.0, 0.0]}

@@ -6,7 +6,7 @@ from fractions import Fraction
 import pytest
 
 from posttrain.errors import PosttrainError
-from posttrain.rollout.verifiers import (Score, answer_format_reward, code_reward, exact_reward, extract_boxed,
+from posttrain.rollout.verifiers import (Score, answer_format_reward, answer_line, code_reward, exact_reward, extract_boxed,
                                          extract_code, extract_final_answer, extract_json, extract_number_list,
                                          json_schema_reward, math_reward, numbers_equal, parse_number, regex_reward,
                                          sort_reward)
@@ -66,17 +66,61 @@ def test_numbers_equal_is_exact_for_integers_and_tolerant_for_decimals():
     ("\\boxed{\\sqrt{2}}", "\\sqrt{2}", 1.0),
     ("Answer: 2.5", 2.5, 1.0),
 ])
-def test_math_reward(response, answer, score):
-    assert math_reward()("q", response, answer=answer) == score
+def test_lenient_math_reward(response, answer, score):
+    assert math_reward(lenient=True)("q", response, answer=answer) == score
 
 
-def test_math_reward_reasons_and_missing_answer():
-    reward = math_reward()
+def test_lenient_math_reward_reasons_and_missing_answer():
+    reward = math_reward(lenient=True)
     assert reward("q", "I think 7", answer=8).reason == "expected 8, got 7"
     assert reward("q", "no idea", answer=3).reason == "no answer found"
     assert reward("q", "Answer: 3", answer=3).reason is None
+    assert reward("q", "21 + 9 = 30\nAnswer: N", answer=30) == 1.0  # the loophole GRPO found (issue 19)
     with pytest.raises(PosttrainError, match="the 'math' reward needs a 'answer' field"):
         reward("q", "3")
+
+
+# What the shipped prompts ask: "End your reply with a line 'Answer: N' where N is the result."
+@pytest.mark.parametrize("response, score, reason", [
+    ("Answer: 30", 1.0, None),
+    ("21 + 9 = 30\nAnswer: 30", 1.0, None),
+    ("21 + 9 = 30\n\nAnswer: 30  \n\n", 1.0, None),              # blank lines and spaces around it
+    ("Answer: 30.", 1.0, None),                                     # a final period is still the number
+    ("Answer: 31", 0.0, "expected 30, got 31"),
+    ("21 + 9 = 30\nAnswer: N", 0.0, "the answer line has no number: 'N'"),
+    ("Answer: <number>", 0.0, "the answer line has no number: '<number>'"),
+    ("Answer: 30 apples", 0.0, "the answer line has no number: '30 apples'"),
+    ("Answer: 30\nHope this helps!", 0.0, "text after the answer line: 'Hope this helps!'"),
+    ("Answer: 29\nAnswer: 30", 0.0, "2 answer lines (exactly one is asked for)"),
+    ("Final answer: 29\nAnswer: 30", 0.0, "2 answer lines (exactly one is asked for)"),
+    ("The answer is 30.\nAnswer: 30", 1.0, None),                 # prose before the line is fine
+    ("**Answer:** 30", 0.0, "answer line not as asked ('Answer: ...'): '**Answer:** 30'"),
+    ("answer: 30", 0.0, "answer line not as asked ('Answer: ...'): 'answer: 30'"),
+    ("Answer:", 0.0, "empty answer line"),
+    ("21 + 9 = 30", 0.0, "no 'Answer: ...' line"),                  # the last-number fallback is gone
+    ("The result is \\boxed{30}", 0.0, "no 'Answer: ...' line"),
+    ("", 0.0, "empty response"),
+])
+def test_strict_math_reward_reads_only_the_final_answer_line(response, score, reason):
+    got = math_reward()("q", response, answer=30)
+    assert (float(got), got.reason) == (score, reason)
+
+
+def test_strict_math_reward_numbers_and_partial_credit():
+    assert math_reward()("q", "Answer: 0.5", answer="1/2") == 1.0
+    assert math_reward()("q", "Answer: -5", answer=-5) == 1.0
+    shaped = math_reward(format_credit=0.1)
+    assert shaped("q", "Answer: 31", answer=30) == 0.1       # well-formed, wrong number: partial credit
+    assert shaped("q", "Answer: N", answer=30) == 0.0        # malformed: nothing
+    assert shaped("q", "Answer: 30", answer=30) == 1.0
+    with pytest.raises(PosttrainError, match=r"format_credit must be in \[0, 1\), got 1.5"):
+        math_reward(format_credit=1.5)
+
+
+def test_answer_line():
+    assert answer_line("x\nAnswer: 1, 2") == ("1, 2", None)
+    assert answer_line("Final answer: 3") == (None, "answer line not as asked ('Answer: ...'): 'Final answer: 3'")
+    assert answer_line("Answer the question: 3") == (None, "no 'Answer: ...' line")  # not an answer line
 
 
 def test_score_is_a_float_with_a_reason():
@@ -106,11 +150,21 @@ def test_regex_reward_from_record_or_fixed_pattern():
         regex_reward("(")("q", "x")
 
 
-def test_answer_format_reward():
-    reward = answer_format_reward()
+def test_lenient_answer_format_reward():
+    reward = answer_format_reward(lenient=True)
     assert reward("q", "Let me think.\nAnswer: 12") == 1.0
     assert reward("q", "**Answer:** 12") == 1.0
+    assert reward("q", "Answer: N") == 1.0
     assert reward("q", "The answer is 12") == 0.0
+
+
+@pytest.mark.parametrize("response, score", [
+    ("Let me think.\nAnswer: 12", 1.0), ("Answer: 1, 3, 5", 1.0), ("Answer: -2.5", 1.0),
+    ("Answer: N", 0.0), ("Answer: <number>", 0.0), ("**Answer:** 12", 0.0), ("The answer is 12", 0.0),
+    ("Answer: 12\nDone.", 0.0), ("Answer: 12\nAnswer: 13", 0.0), ("Answer: twelve", 0.0),
+])
+def test_strict_answer_format_reward(response, score):
+    assert answer_format_reward()("q", response) == score
 
 
 # ---------------------------------------------------------------------------- sorting
@@ -129,11 +183,17 @@ def test_extract_number_list(text, numbers):
 
 
 def test_sort_reward():
-    reward = sort_reward()
-    assert reward("q", "Answer: 1, 3, 5", answer=[1, 3, 5]) == 1.0
-    assert reward("q", "Answer: 1, 5, 3", answer=[1, 3, 5]).reason == "expected [1, 3, 5], got [1, 5, 3]"
-    assert reward("q", "Answer: 1, 3", answer=[1, 3, 5]) == 0.0
-    assert reward("q", "Answer: 1, 3, 5", answer="1, 3, 5") == 1.0
+    for reward in (sort_reward(), sort_reward(lenient=True)):
+        assert reward("q", "Answer: 1, 3, 5", answer=[1, 3, 5]) == 1.0
+        assert reward("q", "Answer: 1, 5, 3", answer=[1, 3, 5]).reason == "expected [1, 3, 5], got [1, 5, 3]"
+        assert reward("q", "Answer: 1, 3", answer=[1, 3, 5]) == 0.0
+        assert reward("q", "Answer: 1, 3, 5", answer="1, 3, 5") == 1.0
+    strict, lenient = sort_reward(), sort_reward(lenient=True)
+    assert lenient("q", "The sorted list is [1, 3, 5].", answer=[1, 3, 5]) == 1.0
+    assert strict("q", "The sorted list is [1, 3, 5].", answer=[1, 3, 5]).reason == "no 'Answer: ...' line"
+    assert strict("q", "Answer: 1, 3, 5\nDone!", answer=[1, 3, 5]).reason == "text after the answer line: 'Done!'"
+    assert strict("q", "Answer: [1, 3, 5]", answer=[1, 3, 5]).reason == \
+        "the answer line is not a list of numbers: '[1, 3, 5]'"
 
 
 # ------------------------------------------------------------------------------- JSON

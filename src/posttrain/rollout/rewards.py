@@ -43,6 +43,11 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "code": code_reward(),
     "sort": sort_reward(),
     "answer_format": answer_format_reward(),
+    # Lenient extraction (last number, any "Answer:" line): for scoring free-form output, never
+    # as an RL reward, where the policy learns to exploit whatever the check lets through.
+    "math_lenient": math_reward(lenient=True),
+    "sort_lenient": sort_reward(lenient=True),
+    "answer_format_lenient": answer_format_reward(lenient=True),
 }
 
 # Shipped verifiable task sets (src/posttrain/resources/tasks/NAME_SPLIT.jsonl) and their reward.

@@ -6,14 +6,20 @@ signature `fn(prompt, response, **extra) -> Score`, where `extra` is the record'
 is not 1 ("no answer found", "expected 12, got 13"), for logs. Bad *model output* scores 0 with a
 reason; bad *data* (a missing `answer` field, an invalid schema) raises PosttrainError.
 
-    math_reward       final answer (\\boxed{..}, else after "Answer:", else the last number)
-                      compared numerically: fractions exactly, decimals within a tolerance
+    math_reward       the final "Answer: <number>" line (as the shipped prompts ask; strict by
+                      default), or with lenient=True \\boxed{..}, else after "Answer:", else the last
+                      number; compared numerically: fractions exactly, decimals within a tolerance
     exact_reward      whole response equals `answer` (normalised whitespace/case by default)
     regex_reward      response matches the record's `pattern`
     json_schema_reward first JSON value in the response validates against `schema`
     code_reward       the response's Python passes the record's `tests` in the sandbox
-    sort_reward       the response's final list of numbers equals `answer`
-    answer_format_reward  the response has an "Answer: ..." line
+    sort_reward       the final "Answer: a, b, c" line equals `answer` (lenient=True: any final list)
+    answer_format_reward  the response ends with one "Answer: <numbers>" line (lenient=True: any
+                      line starting with "Answer:")
+
+Strict is the default because RL optimises whatever the reward accepts: with a last-number
+fallback, GRPO on SmolLM2 learned to end with the literal line "Answer: N" (issue 19).
+Lenient extraction and shaped partial credit (`format_credit`) are explicit options.
 """
 from __future__ import annotations
 
@@ -164,22 +170,83 @@ def _need(extra: dict[str, Any], field: str, reward: str) -> Any:
     return extra[field]
 
 
-def math_reward(rel_tol: float = 1e-6) -> RewardFn:
-    """1.0 when the response's final answer equals the record's `answer` (see numbers_equal)."""
+_ANSWER_LINE_START = re.compile(r"^\s*\**\s*(?:final\s+)?answer\s*\**\s*(?::|=|is\b)", re.IGNORECASE)
+_ANSWER_LINE = re.compile(r"^Answer:[ \t]*(?P<value>.*?)[ \t]*$")
+_PLAIN_NUMBER = r"[-\u2212]?\d+(?:\.\d+)?(?:/\d+)?"
+_NUMBER_LIST = re.compile(rf"^{_PLAIN_NUMBER}(?:[ \t]*,[ \t]*{_PLAIN_NUMBER})*\.?$")
+
+
+def answer_line(text: str) -> tuple[str | None, str | None]:
+    """The value of the response's answer line, checked strictly: (value, None) or (None, reason).
+
+    The prompts ask the reply to *end* with a line `Answer: N`, so: the last non-empty line is
+    `Answer: <value>` (exactly "Answer:", no markdown), it is the only line that starts like an
+    answer line, and the value is not empty. Whether the value is a number is the caller's check.
+    """
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return None, "empty response"
+    answer_lines = [line for line in lines if _ANSWER_LINE_START.match(line)]
+    if not answer_lines:
+        return None, "no 'Answer: ...' line"
+    if len(answer_lines) > 1:
+        return None, f"{len(answer_lines)} answer lines (exactly one is asked for)"
+    match = _ANSWER_LINE.match(lines[-1])
+    if match is None:
+        if _ANSWER_LINE_START.match(lines[-1]):
+            return None, f"answer line not as asked ('Answer: ...'): {lines[-1][:40]!r}"
+        return None, f"text after the answer line: {lines[-1][:40]!r}"
+    if not match.group("value"):
+        return None, "empty answer line"
+    return match.group("value"), None
+
+
+def number_list_value(value: str) -> list[Fraction] | None:
+    """`"1, 3, 5"` -> [1, 3, 5]; `"30"` -> [30]; None unless the text is only numbers and commas
+    (an optional final period allowed). Placeholders such as `N` or `<number>` are not numbers."""
+    if not _NUMBER_LIST.match(value.strip()):
+        return None
+    parsed = [parse_number(part) for part in value.strip().rstrip(".").split(",")]
+    return None if any(p is None for p in parsed) else parsed
+
+
+def math_reward(rel_tol: float = 1e-6, lenient: bool = False, format_credit: float = 0.0) -> RewardFn:
+    """1.0 when the response's final answer equals the record's `answer` (see numbers_equal).
+
+    Strict (default): the answer is read only from the final `Answer: <number>` line
+    (`answer_line`); a response without one scores 0, whatever numbers it contains.
+    lenient=True: `extract_final_answer` (\\boxed{}, else after an answer marker, else the last
+    number) -- for evaluating free-form output, not for RL. format_credit: the score of a
+    well-formed answer line with a wrong number (shaped partial credit; 0 unless asked for)."""
+    if not 0.0 <= format_credit < 1.0:
+        raise PosttrainError(f"math reward: format_credit must be in [0, 1), got {format_credit}")
+
+    def strict_answer(response: str) -> tuple[str | None, str | None]:
+        value, problem = answer_line(response)
+        if problem is not None:
+            return None, problem
+        if number_list_value(value) is None or len(number_list_value(value)) != 1:
+            return None, f"the answer line has no number: {value[:40]!r}"
+        return value.rstrip("."), None
 
     def reward(prompt: str, response: str, **extra: Any) -> Score:
         gold_value, gold_text = _gold_value(_need(extra, "answer", "math"))
-        predicted = extract_final_answer(response)
+        if lenient:
+            predicted, problem = extract_final_answer(response), "no answer found"
+        else:
+            predicted, problem = strict_answer(response)
         if predicted is None:
-            return Score(0.0, "no answer found")
+            return Score(0.0, problem)
         value = parse_number(predicted)
         if gold_value is not None and value is not None:
             ok = numbers_equal(value, gold_value, rel_tol)
         else:  # symbolic answers (\sqrt{2}, x+1): compare normalised text
             ok = _normalise_answer_text(predicted) == _normalise_answer_text(gold_text)
-        return Score(1.0) if ok else Score(0.0, f"expected {gold_text}, got {predicted}")
+        if ok:
+            return Score(1.0)
+        return Score(0.0 if lenient else format_credit, f"expected {gold_text}, got {predicted}")
 
-    return _named(reward, "math")
+    return _named(reward, "math_lenient" if lenient else "math")
 
 
 # ------------------------------------------------------------------------ exact, regex
@@ -233,14 +300,23 @@ def regex_reward(pattern: str | None = None, fullmatch: bool = False, flags: int
     return _named(reward, "regex")
 
 
-def answer_format_reward() -> RewardFn:
-    """1.0 when some line of the response starts with `Answer:` followed by something."""
+def answer_format_reward(lenient: bool = False) -> RewardFn:
+    """1.0 when the response ends with exactly one `Answer: <numbers>` line (one number, or
+    numbers separated by commas), as the shipped prompts ask; `Answer: N` or `Answer: <number>`
+    score 0. lenient=True: some line starts with `Answer:` followed by anything."""
     line = re.compile(r"^\s*\**answer\**\s*:\s*\S", re.IGNORECASE | re.MULTILINE)
 
     def reward(prompt: str, response: str, **extra: Any) -> Score:
-        return Score(1.0) if line.search(response) else Score(0.0, "no 'Answer: ...' line")
+        if lenient:
+            return Score(1.0) if line.search(response) else Score(0.0, "no 'Answer: ...' line")
+        value, problem = answer_line(response)
+        if problem is not None:
+            return Score(0.0, problem)
+        if number_list_value(value) is None:
+            return Score(0.0, f"the answer line has no number: {value[:40]!r}")
+        return Score(1.0)
 
-    return _named(reward, "answer_format")
+    return _named(reward, "answer_format_lenient" if lenient else "answer_format")
 
 
 # -------------------------------------------------------------------------- sorting
@@ -273,21 +349,32 @@ def extract_number_list(text: str) -> list[Fraction] | None:
     return [n for n in numbers if n is not None] or None
 
 
-def sort_reward() -> RewardFn:
-    """1.0 when the response's final list equals `answer` (the sorted list) element by element."""
+def sort_reward(lenient: bool = False) -> RewardFn:
+    """1.0 when the response's final list equals `answer` (the sorted list) element by element.
+
+    Strict (default): the list is read only from the final `Answer: a, b, c` line (`answer_line`).
+    lenient=True: `extract_number_list` (after a marker, in brackets, a trailing list, the last line)."""
 
     def reward(prompt: str, response: str, **extra: Any) -> Score:
         answer = _need(extra, "answer", "sort")
         gold = [parse_number(str(x)) for x in answer] if isinstance(answer, list) else extract_number_list(str(answer))
-        got = extract_number_list(response)
-        if got is None:
-            return Score(0.0, "no list of numbers found")
+        if lenient:
+            got = extract_number_list(response)
+            if got is None:
+                return Score(0.0, "no list of numbers found")
+        else:
+            value, problem = answer_line(response)
+            if problem is not None:
+                return Score(0.0, problem)
+            got = number_list_value(value)
+            if got is None:
+                return Score(0.0, f"the answer line is not a list of numbers: {value[:40]!r}")
         if got == gold:
             return Score(1.0)
         show = lambda xs: "[" + ", ".join(str(x) for x in xs or []) + "]"  # noqa: E731
         return Score(0.0, f"expected {show(gold)}, got {show(got)}")
 
-    return _named(reward, "sort")
+    return _named(reward, "sort_lenient" if lenient else "sort")
 
 
 # ----------------------------------------------------------------------------- JSON
