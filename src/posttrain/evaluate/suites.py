@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 REFERENCE_FIELDS = ("reference", "references", "answer", "output", "completion")
 # Which record field each built-in verifier reads (checked before any generation).
 VERIFIER_FIELDS = {"math": "answer", "exact": "answer", "sort": "answer", "regex": "pattern",
-                   "json_schema": "schema", "code": "tests", "answer_format": None}
+                   "json_schema": "schema", "code": "tests", "answer_format": None,
+                   "math_lenient": "answer", "sort_lenient": "answer", "answer_format_lenient": None}
 # Fields that identify a verifier when neither --verifier, a `verifier` field nor a known `task` does.
 FIELD_VERIFIERS = (("tests", "code"), ("schema", "json_schema"), ("pattern", "regex"))
 
