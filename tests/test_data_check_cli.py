@@ -70,9 +70,9 @@ CASES = {
     "empty field": ("d.jsonl", json.dumps({"prompt": "", "completion": "x"}) + "\n", [], "{path}:1: field 'prompt': is empty"),
     "wrong type": ("d.jsonl", json.dumps({"prompt": "q", "completion": "a", "label": "maybe"}) + "\n", [],
                    "{path}:1: field 'label': expected true or false, got 'maybe'"),
-    "unknown shape": ("d.jsonl", json.dumps({"text": "x"}) + "\n", [], "{path}:1: unknown shape (fields: text); known shapes: "),
+    "unknown shape": ("d.jsonl", json.dumps({"body": "x"}) + "\n", [], "{path}:1: unknown shape (fields: body); known shapes: "),
     "empty file": ("d.jsonl", "", [], "{path}: file is empty (no rows)"),
-    "unreadable file": ("d.jsonl", b"\x80\x81\x82\n", [], "{path}: file is not valid UTF-8 text"),
+    "unreadable file": ("d.jsonl", b"\x80\x81\x82\n", [], "{path}:1: not valid UTF-8 (byte 0x80 at byte 1 of the line)"),
     "wrong kind": ("d.jsonl", json.dumps(GOOD[0]) + "\n", ["--kind", "preference"],
                    "{path}:1: row has the messages shape (sft data), but preference data is needed: "),
     "over-long under the error policy": (
@@ -104,7 +104,7 @@ def test_bad_flag_names_the_field(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", GOOD)
     code, _, err = run(capsys, path, "--kind", "chat")
     assert code == 2
-    assert err == "posttrain data check: error: config field 'kind': 'chat' is not one of sft, preference, ranked, unpaired, prompt\n"
+    assert err == "posttrain data check: error: config field 'kind': 'chat' is not one of sft, preference, ranked, unpaired, prompt, text\n"
     code, _, err = run(capsys, path, "--max-length", "10")
     assert code == 2 and "config field 'max_length': counting rows over a max length needs --tokenizer" in err
 

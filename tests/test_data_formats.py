@@ -142,11 +142,13 @@ def test_bad_rows(row, kind, message):
 
 def test_unknown_shape_lists_the_known_shapes():
     with pytest.raises(InputError) as info:
-        parse({"text": "hello", "id": 1})
+        parse({"body": "hello", "id": 1})
     message = str(info.value)
-    assert message.startswith("data.jsonl:7: unknown shape (fields: id, text); known shapes: preference (")
-    for shape in ("messages", "sharegpt", "alpaca", "prompt_completion", "ranked", "unpaired", "prompt"):
+    assert message.startswith("data.jsonl:7: unknown shape (fields: body, id); known shapes: preference (")
+    for shape in ("messages", "sharegpt", "alpaca", "dolly", "prompt_completion", "question_answer", "text", "ranked",
+                  "unpaired", "prompt"):
         assert f"{shape} (" in message
+    assert message.endswith("or map your columns onto one with --columns FIELD=COLUMN (e.g. --columns prompt=question)")
 
 
 def test_wrong_kind_names_what_is_needed():

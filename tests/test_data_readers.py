@@ -140,7 +140,7 @@ def test_json_object_with_two_lists(tmp_path):
 def test_unreadable_binary_file(tmp_path):
     path = tmp_path / "bin.jsonl"
     path.write_bytes(b"\xff\xfe\x00garbage")
-    assert error_of(path) == f"{path}: file is not valid UTF-8 text"
+    assert error_of(path) == f"{path}:1: not valid UTF-8 (byte 0xff at byte 1 of the line)"
 
 
 def test_corrupt_parquet(tmp_path):
@@ -150,7 +150,7 @@ def test_corrupt_parquet(tmp_path):
 
 
 def test_directory_that_is_not_a_dataset(tmp_path):
-    assert "is a directory but not a dataset saved with save_to_disk" in error_of(tmp_path)
+    assert "is a directory but neither a dataset saved with save_to_disk" in error_of(tmp_path)
 
 
 def test_csv_row_with_wrong_column_count(tmp_path):

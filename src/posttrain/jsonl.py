@@ -7,13 +7,15 @@ file beside the target and `os.replace` it into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import InputError
+from .errors import InputError, PosttrainError
 
 
 @contextlib.contextmanager
@@ -58,29 +60,143 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         handle.write("\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield `(line_number, object)` for each non-blank line; bad lines raise InputError."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise InputError(path, None, None, "file not found")
+# The longest line (or field) a data file may hold. A 50 MB line is almost always a mistake (a
+# whole file dumped into one cell) and would cost gigabytes once parsed and tokenised, so it is
+# refused before it is read into memory. Raise it with --max-line-bytes or this variable.
+MAX_LINE_BYTES_ENV = "POSTTRAIN_MAX_LINE_BYTES"
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+_SKIP_CHUNK = 1024 * 1024  # bytes read at a time while measuring an over-long line
+
+
+def max_line_bytes(value: int | None = None) -> int:
+    """The line/field size limit: `value` when given, else $POSTTRAIN_MAX_LINE_BYTES, else 16 MiB."""
+    if value:
+        return value
+    text = os.environ.get(MAX_LINE_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_LINE_BYTES
+    if not text.isdigit() or int(text) < 1:
+        raise PosttrainError(f"{MAX_LINE_BYTES_ENV}={text!r}: expected a positive number of bytes")
+    return int(text)
+
+
+def too_long_message(size: int, limit: int, what: str = "line") -> str:
+    return (f"{what} is {size:,} bytes, over the limit of {limit:,} bytes "
+            f"(raise it with --max-line-bytes or {MAX_LINE_BYTES_ENV})")
+
+
+def check_data_file(path: str) -> None:
+    """Raise InputError unless `path` is a regular file we can open without blocking.
+
+    A FIFO would block forever on open/read, a device could be endless, and a symlink loop
+    is not "file not found": each gets its own message, without opening anything.
+    """
     try:
-        handle = open(path, encoding="utf-8")
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(path, None, None, "symlink loop (the link points back to itself)") from None
+        if exc.errno == errno.ENOENT:
+            dangling = os.path.islink(path)
+            message = f"broken symlink (to {os.readlink(path)})" if dangling else "file not found"
+            raise InputError(path, None, None, message) from None
+        raise InputError(path, None, None, f"cannot read file: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                else "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file")
+        raise InputError(path, None, None, f"is {kind}, not a regular data file")
+
+
+def open_data_file(path: str):
+    """`check_data_file`, then open `path` for reading bytes."""
+    check_data_file(path)
+    try:
+        return open(path, "rb")
     except OSError as exc:
         raise InputError(path, None, None, f"cannot read file: {exc.strerror}") from None
-    with handle:
+
+
+def iter_lines(path: str, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """Yield `(line_number, text)` for every line of `path`, decoded as UTF-8.
+
+    Memory is bounded by the limit: a line is read at most `limit + 1` bytes at a time, and
+    an over-long line is measured in chunks (not kept) before it is reported with its size.
+    Invalid UTF-8 is reported with its line and column.
+    """
+    limit = max_line_bytes(limit)
+    with open_data_file(path) as handle:
+        number = 0
+        while True:
+            raw = handle.readline(limit + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw.rstrip(b"\r\n")) > limit:
+                size = len(raw)
+                while not raw.endswith(b"\n"):
+                    raw = handle.readline(_SKIP_CHUNK)
+                    if not raw:
+                        break
+                    size += len(raw)
+                raise InputError(path, number, None, too_long_message(size, limit))
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(path, number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                                 f"{exc.start + 1} of the line)") from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
+            yield number, text
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object with a key given twice (json.loads would silently keep the last value)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKeyError(key)
+        obj[key] = value
+    return obj
+
+
+def loads_strict(text: str) -> Any:
+    """`json.loads` that raises DuplicateKeyError for an object with a repeated key."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def duplicate_key_message(key: str) -> str:
+    return f"key {key!r} appears twice in one JSON object (the last value would silently win)"
+
+
+def read_jsonl(path: str | os.PathLike, max_bytes: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield `(line_number, object)` for each non-blank line; bad lines raise InputError.
+
+    Bad means: malformed JSON, not an object, a key given twice, invalid UTF-8, or a line
+    longer than `max_bytes` (default: `max_line_bytes()`); the file itself must be a regular file.
+    """
+    path = str(path)
+    for number, text in iter_lines(path, max_bytes):
+        if not text.strip():
+            continue
         try:
-            for number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise InputError(path, number, None, f"malformed JSON: {exc.msg} (column {exc.colno})") from None
-                if not isinstance(obj, dict):
-                    raise InputError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
-                yield number, obj
-        except UnicodeDecodeError:
-            raise InputError(path, None, None, "file is not valid UTF-8 text") from None
+            obj = loads_strict(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, number, None, f"malformed JSON: {exc.msg} (column {exc.colno})") from None
+        except DuplicateKeyError as exc:
+            raise InputError(path, number, exc.key, duplicate_key_message(exc.key)) from None
+        except RecursionError:
+            raise InputError(path, number, None, "malformed JSON: nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise InputError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
+        yield number, obj
 
 
 def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:

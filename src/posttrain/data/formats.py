@@ -11,7 +11,10 @@ unpaired            prompt, completion, label                    unpaired      U
 messages            messages                                     sft           Conversation
 sharegpt            conversations (from/value or role/content)   sft           Conversation
 alpaca              instruction, [input], output                 sft           Conversation
+dolly               instruction, [context], response             sft           Conversation
 prompt_completion   prompt, completion                           sft           Conversation
+question_answer     question, answer (gsm8k)                     sft           Conversation
+text                text (and no field of another shape)         text          Text
 prompt              prompt (or question / problem) alone         prompt        Prompt
 ==================  ===========================================  ============  =================
 
@@ -22,8 +25,17 @@ prompt is accepted and only its prompt is kept (see `prompts.parse_prompt`).
 
 Prompts may be text or message lists; responses may be text or a list holding
 one assistant message (TRL's "conversational" shapes). A preference row whose
-chosen/rejected are full conversations and which has no prompt (TRL's
-"implicit prompt") takes the shared leading messages as the prompt.
+chosen/rejected are full conversations takes the shared leading messages as
+the prompt: TRL's "implicit prompt" shape, ultrafeedback_binarized (whose
+`prompt` text must then be the last user turn of that prefix), and hh-rlhf's
+transcripts (`\n\nHuman: ...\n\nAssistant: ...` text, parsed into turns).
+
+The rules every row must pass are here, once: `data check` and training call
+the same `parse_row`, so what `data check` passes, training accepts. Besides
+field types: conversations start with the user (after any system message) and
+alternate user/assistant; chosen and rejected differ (also after stripping
+whitespace); ranked responses differ and their scores are finite and not all
+equal; a row gives its prompt once (not both `prompt` and `question`).
 
 Every problem is an `InputError`: `FILE:LINE: field 'x': what is wrong`.
 """
@@ -31,10 +43,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any, Callable, Iterator
 
 from ..errors import InputError
-from ..records import Conversation, Message, PreferencePair, Prompt, Ranked, Record, Unpaired, user_prompt
+from ..records import Conversation, Message, PreferencePair, Prompt, Ranked, Record, Text, Unpaired, user_prompt
 from .readers import Row, read_rows, split_location
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -50,10 +63,13 @@ SHAPES: dict[str, tuple[str, str]] = {
     "messages": ("sft", "messages"),
     "sharegpt": ("sft", "conversations"),
     "alpaca": ("sft", "instruction, [input], output"),
+    "dolly": ("sft", "instruction, [context], response"),
     "prompt_completion": ("sft", "prompt, completion"),
+    "question_answer": ("sft", "question, answer"),
+    "text": ("text", "text"),
     "prompt": ("prompt", "prompt, question or problem alone"),
 }
-KINDS = ("sft", "preference", "ranked", "unpaired", "prompt")
+KINDS = ("sft", "preference", "ranked", "unpaired", "prompt", "text")
 PROMPT_ONLY_FIELDS = ("prompt", "question", "problem")
 
 
@@ -95,7 +111,13 @@ def detect_shape(row: Row) -> str | None:
 
     A row with a telltale field of a shape but missing others counts as that shape.
     """
-    return _complete_shape(row) or _guess_shape(row) or _prompt_only(row)
+    return _complete_shape(row) or _text_only(row) or _guess_shape(row) or _prompt_only(row)
+
+
+def _text_only(row: Row) -> str | None:
+    """Raw text, unless the row also has a field that belongs to another shape."""
+    has_other = any(name in row for name, _ in _TELLTALE) or _prompt_only(row)
+    return "text" if row.get("text") is not None and not has_other else None
 
 
 def _prompt_only(row: Row) -> str | None:
@@ -116,8 +138,12 @@ def _complete_shape(row: Row) -> str | None:
         return "sharegpt"
     if has("instruction") and "output" in row:
         return "alpaca"
+    if has("instruction") and "response" in row:
+        return "dolly"
     if has("prompt") and "completion" in row:
         return "prompt_completion"
+    if has("question") and "answer" in row:
+        return "question_answer"
     return None
 
 
@@ -126,6 +152,7 @@ def _complete_shape(row: Row) -> str | None:
 _TELLTALE = (("chosen", "preference"), ("rejected", "preference"), ("responses", "ranked"), ("ranking", "ranked"),
              ("scores", "ranked"), ("label", "unpaired"), ("messages", "messages"), ("conversations", "sharegpt"),
              ("instruction", "alpaca"), ("output", "alpaca"), ("completion", "prompt_completion"))
+# (These leave out `response`, `answer` and `context`: too common as extra fields to name a shape.)
 
 
 def _guess_shape(row: Row) -> str | None:
@@ -134,6 +161,17 @@ def _guess_shape(row: Row) -> str | None:
 
 def known_shapes_text() -> str:
     return "; ".join(f"{name} ({fields})" for name, (_, fields) in SHAPES.items())
+
+
+COLUMNS_HINT = "or map your columns onto one with --columns FIELD=COLUMN (e.g. --columns prompt=question)"
+
+
+def check_single_prompt(row: _Row) -> None:
+    """A row that gives its prompt twice (`prompt` and `question`) is ambiguous: refuse to guess."""
+    given = [name for name in PROMPT_ONLY_FIELDS if row.present(name)]
+    if len(given) > 1:
+        raise row.error(given[1], f"the row has both '{given[0]}' and '{given[1]}'; which is the prompt is ambiguous "
+                        f"(drop one, or choose with --columns prompt={given[1]})")
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -172,13 +210,32 @@ def check_messages(row: _Row, name: str, value: Any, roles: dict[str, str] | Non
     return messages
 
 
+def check_turn_order(row: _Row, name: str, messages: list[Message]) -> list[Message]:
+    """A conversation starts with the user (after any system messages) and then alternates
+    user/assistant; tool messages may sit between an assistant turn and the next one."""
+    previous, previous_index = None, None
+    for index, message in enumerate(messages):
+        role = message["role"]
+        if role == "system":
+            continue
+        if previous is None and role == "assistant":
+            raise row.error(f"{name}[{index}]", "the conversation starts with an assistant turn; it should start "
+                                                "with the user's turn (after any system message)")
+        if role == previous and role in ("user", "assistant"):
+            raise row.error(f"{name}[{index}]", f"two {role} turns in a row ({name}[{previous_index}] and "
+                                                f"{name}[{index}]); turns must alternate user/assistant "
+                                                "(merge the two messages into one)")
+        previous, previous_index = role, index
+    return messages
+
+
 def _prompt(row: _Row, name: str = "prompt") -> list[Message]:
     """A prompt given as text (with an optional `system` field) or as messages."""
     value = row.row.get(name)
     if value is not None and not isinstance(value, (str, list)):
         raise row.error(name, f"expected text or a list of messages, got {_type_name(value)}")
     if isinstance(value, list):
-        messages = check_messages(row, name, value)
+        messages = check_turn_order(row, name, check_messages(row, name, value))
         if messages[-1]["role"] == "assistant":
             raise row.error(name, "the prompt ends with an assistant message; it should end with the user's turn")
         return messages
@@ -212,7 +269,7 @@ def _extra(row: Row, used: tuple[str, ...]) -> dict[str, Any]:
 def _sft_messages(row: _Row, messages: list[Message], field: str) -> list[Message]:
     if not any(m["role"] == "assistant" for m in messages):
         raise row.error(field, "no assistant turn to learn from")
-    return messages
+    return check_turn_order(row, field, messages)
 
 
 def _from_messages(row: _Row) -> Conversation:
@@ -242,6 +299,27 @@ def _from_alpaca(row: _Row) -> Conversation:
     return Conversation(prompt + [{"role": "assistant", "content": output}], source=row.source, extra=extra)
 
 
+def _from_dolly(row: _Row) -> Conversation:
+    """databricks-dolly-15k: instruction, optional context (read as Alpaca's input), response, category."""
+    instruction = row.text("instruction")
+    context = row.text("context", allow_empty=True) if row.present("context") else ""
+    response = row.text("response")
+    prompt = user_prompt(alpaca_user_text(instruction, context))
+    extra = {**_extra(row.row, ("response", "context")), "instruction": instruction, "input": context}
+    return Conversation(prompt + [{"role": "assistant", "content": response}], source=row.source, extra=extra)
+
+
+def _from_question_answer(row: _Row) -> Conversation:
+    """gsm8k-style `question` / `answer` as SFT data (the whole answer, reasoning included, is learned)."""
+    question, answer = row.text("question"), row.text("answer")
+    return Conversation(user_prompt(question) + [{"role": "assistant", "content": answer}], source=row.source,
+                        extra=_extra(row.row, ("question", "answer")))
+
+
+def _from_text(row: _Row) -> Text:
+    return Text(row.text("text"), source=row.source, extra=_extra(row.row, ("text",)))
+
+
 def _from_prompt_completion(row: _Row) -> Conversation:
     prompt = _prompt(row)
     completion = _response(row, "completion")
@@ -258,27 +336,83 @@ def _shared_prefix(chosen: list[Message], rejected: list[Message]) -> int:
     return count
 
 
+# hh-rlhf transcripts: "\n\nHuman: ...\n\nAssistant: ..." (the first marker may start the text).
+_TRANSCRIPT_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_TRANSCRIPT_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def is_transcript(value: Any) -> bool:
+    return isinstance(value, str) and value.lstrip().startswith("Human:")
+
+
+def parse_transcript(text: str) -> list[dict[str, Any]]:
+    """`"\n\nHuman: Hi\n\nAssistant: Hello"` -> user/assistant messages (content stripped)."""
+    parts = _TRANSCRIPT_TURN.split(text.lstrip())
+    # parts = ["", "Human", " Hi", "Assistant", "Hello", ...]: text before the first marker, then pairs.
+    return [{"role": _TRANSCRIPT_ROLES[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2)]
+
+
+def _conversation_value(row: _Row, name: str) -> list[Message] | None:
+    """chosen/rejected as a full conversation (a message list that is more than one assistant reply,
+    or an hh-rlhf transcript), validated; None when it is a plain response."""
+    value = row.row.get(name)
+    if is_transcript(value):
+        value = parse_transcript(value)
+    elif not (isinstance(value, list) and (len(value) != 1 or not isinstance(value[0], dict)
+                                           or value[0].get("role") != "assistant")):
+        return None
+    return check_turn_order(row, name, check_messages(row, name, value))
+
+
+def _implicit_prompt(row: _Row, chosen_messages: list[Message], rejected_messages: list[Message]
+                     ) -> tuple[list[Message], str, str]:
+    """Split two full conversations into their shared prompt and the two final replies."""
+    if chosen_messages == rejected_messages:
+        raise row.error("rejected", "is identical to 'chosen'")
+    shared = _shared_prefix(chosen_messages, rejected_messages)
+    if shared == 0:
+        raise row.error("prompt", "missing, and chosen/rejected share no leading messages to use as the prompt")
+    for name, messages in (("chosen", chosen_messages), ("rejected", rejected_messages)):
+        rest = messages[shared:]
+        if len(rest) != 1 or rest[0]["role"] != "assistant":
+            raise row.error(name, "after the prompt it shares with the other response, expected one assistant "
+                                  f"message, got {len(rest)} messages")
+    return chosen_messages[:shared], chosen_messages[shared]["content"], rejected_messages[shared]["content"]
+
+
+def _check_prompt_matches(row: _Row, prompt: list[Message]) -> None:
+    """ultrafeedback_binarized gives `prompt` as text beside full conversations: it must be the
+    conversation's last user turn (or, as messages, the whole shared prefix)."""
+    value = row.row.get("prompt")
+    if isinstance(value, list):
+        if check_messages(row, "prompt", value) != prompt:
+            raise row.error("prompt", "differs from the messages that chosen and rejected start with")
+        return
+    text = check_text(row, "prompt", value)
+    last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
+    if last_user is None or last_user.strip() != text.strip():
+        raise row.error("prompt", "differs from the last user turn that chosen and rejected start with")
+
+
 def _from_preference(row: _Row) -> PreferencePair:
-    chosen_value, rejected_value = row.row.get("chosen"), row.row.get("rejected")
-    if not row.present("prompt") and isinstance(chosen_value, list) and isinstance(rejected_value, list):
-        # Implicit prompt: the shared leading messages are the prompt, the rest is the reply.
-        chosen_messages = check_messages(row, "chosen", chosen_value)
-        rejected_messages = check_messages(row, "rejected", rejected_value)
-        shared = _shared_prefix(chosen_messages, rejected_messages)
-        if shared == 0:
-            raise row.error("prompt", "missing, and chosen/rejected share no leading messages to use as the prompt")
-        prompt = chosen_messages[:shared]
-        for name, messages in (("chosen", chosen_messages), ("rejected", rejected_messages)):
-            rest = messages[shared:]
-            if len(rest) != 1 or rest[0]["role"] != "assistant":
-                raise row.error(name, "after the shared prompt expected one assistant message, "
-                                      f"got {len(rest)} messages")
-        chosen, rejected = chosen_messages[shared]["content"], rejected_messages[shared]["content"]
+    chosen_messages, rejected_messages = _conversation_value(row, "chosen"), _conversation_value(row, "rejected")
+    if chosen_messages is not None and rejected_messages is not None:
+        # Full conversations (TRL's implicit prompt, ultrafeedback_binarized, hh-rlhf): the shared
+        # leading messages are the prompt, the rest is the reply.
+        prompt, chosen, rejected = _implicit_prompt(row, chosen_messages, rejected_messages)
+        if row.present("prompt"):
+            _check_prompt_matches(row, prompt)
+    elif (chosen_messages is None) != (rejected_messages is None) and not row.present("prompt"):
+        full = "chosen" if chosen_messages is not None else "rejected"
+        other = "rejected" if full == "chosen" else "chosen"
+        raise row.error(other, f"is a single reply while '{full}' is a whole conversation; give both the same way")
     else:
         prompt = _prompt(row)
         chosen, rejected = _response(row, "chosen"), _response(row, "rejected")
     if chosen == rejected:
         raise row.error("rejected", "is identical to 'chosen'")
+    if chosen.strip() == rejected.strip():
+        raise row.error("rejected", "is identical to 'chosen' apart from leading/trailing whitespace")
     margin = row.row.get("margin")
     is_number = isinstance(margin, (int, float)) and not isinstance(margin, bool)
     if margin is not None and not (is_number and math.isfinite(margin)):
@@ -302,6 +436,12 @@ def _from_ranked(row: _Row) -> Ranked:
             responses.append(_response(fake, "r"))
         else:
             responses.append(check_text(row, f"responses[{index}]", item))
+    seen: dict[str, int] = {}
+    for index, text in enumerate(responses):
+        first = seen.setdefault(text.strip(), index)
+        if first != index:
+            raise row.error(f"responses[{index}]", f"is identical to responses[{first}] (a tie teaches nothing; "
+                                                   "keep one copy)")
     ranking, scores = row.row.get("ranking"), row.row.get("scores")
     if ranking is None and scores is None:
         raise row.error("ranking", "missing (give 'ranking', best-first indices, or 'scores')")
@@ -315,7 +455,12 @@ def _from_ranked(row: _Row) -> Ranked:
             raise row.error("scores", f"expected a list of numbers, got {scores!r}")
         if len(scores) != len(responses):
             raise row.error("scores", f"expected {len(responses)} scores (one per response), got {len(scores)}")
+        bad = next((s for s in scores if not math.isfinite(s)), None)
+        if bad is not None:
+            raise row.error("scores", f"expected finite numbers, got {bad!r} in {scores!r}")
         scores = [float(s) for s in scores]
+        if ranking is None and len(set(scores)) < 2:
+            raise row.error("scores", f"all scores are equal ({scores[0]:g}): no response is better than another")
     extra = _extra(row.row, ("prompt", "responses", "ranking", "scores", "system"))
     return Ranked(prompt, responses, ranking, scores, source=row.source, extra=extra)
 
@@ -347,49 +492,71 @@ NORMALISERS: dict[str, Callable[[_Row], Record]] = {
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "alpaca": _from_alpaca,
+    "dolly": _from_dolly,
     "prompt_completion": _from_prompt_completion,
+    "question_answer": _from_question_answer,
+    "text": _from_text,
     "prompt": _from_prompt,
 }
 
 
-def parse_row(row: Row, source: str | None = None, kind: str | None = None) -> tuple[str, Record]:
-    """Detect `row`'s shape, check it fits `kind`, and normalise it: `(shape, record)`."""
-    if kind is not None and kind not in KINDS:
+def parse_row(row: Row, source: str | None = None, kind: str | tuple[str, ...] | None = None
+              ) -> tuple[str, Record]:
+    """Detect `row`'s shape, check it fits `kind` (one kind or several), and normalise it: `(shape, record)`."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and any(k not in KINDS for k in kinds):
         raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
     located = _Row(row, source)
+    check_single_prompt(located)
     shape = detect_shape(row)
-    if kind == "prompt":
+    if kinds == ("prompt",):
         from .prompts import parse_prompt  # prompts.py builds on this module
 
         return shape or "prompt", parse_prompt(row, source)
     if shape is None:
         fields = ", ".join(sorted(map(str, row))) or "none"
-        raise located.error(None, f"unknown shape (fields: {fields}); known shapes: {known_shapes_text()}")
+        raise located.error(None, f"unknown shape (fields: {fields}); known shapes: {known_shapes_text()}; "
+                                  + COLUMNS_HINT)
     shape_kind = SHAPES[shape][0]
-    if kind is not None and shape_kind != kind:
-        wanted = "; ".join(f"{name} ({fields})" for name, (k, fields) in SHAPES.items() if k == kind)
-        raise located.error(None, f"row has the {shape} shape ({shape_kind} data), but {kind} data is needed: {wanted}")
+    if kinds is not None and shape_kind not in kinds:
+        wanted = "; ".join(f"{name} ({fields})" for name, (k, fields) in SHAPES.items() if k in kinds)
+        needed = " or ".join(kinds)
+        raise located.error(None, f"row has the {shape} shape ({shape_kind} data), but {needed} data is needed: "
+                                  f"{wanted}; {COLUMNS_HINT}")
     return shape, NORMALISERS[shape](located)
 
 
-def iter_records(source: str | os.PathLike, kind: str | None = None, split: str | None = None
+def iter_records(source: str | os.PathLike, kind: str | tuple[str, ...] | None = None, split: str | None = None,
+                 columns: dict[str, str] | None = None, max_line_bytes: int | None = None
                  ) -> Iterator[tuple[str, Record]]:
-    """Yield `(shape, record)` for each row of `source` (see `read_rows`)."""
-    for where, row in read_rows(source, split=split):
+    """Yield `(shape, record)` for each row of `source` (see `read_rows` for split, columns, max_line_bytes)."""
+    for where, row in read_rows(source, split=split, columns=columns, max_line_bytes=max_line_bytes):
         yield parse_row(row, where, kind)
 
 
-def load_records(source: str | os.PathLike, kind: str | None = None, split: str | None = None,
-                 limit: int | None = None) -> list[Record]:
+def load_records(source: str | os.PathLike, kind: str | tuple[str, ...] | None = None, split: str | None = None,
+                 limit: int | None = None, columns: dict[str, str] | None = None,
+                 max_line_bytes: int | None = None) -> list[Record]:
     """Read and normalise every row of `source`; the first bad row raises `InputError`.
 
-    kind: "sft" (Conversation), "preference" (PreferencePair), "ranked" (Ranked),
-    "unpaired" (Unpaired), "prompt" (Prompt: the prompt of any row that has one),
-    or None to accept any shape. `limit` keeps the first N.
+    kind: "sft" (Conversation), "text" (Text), "preference" (PreferencePair),
+    "ranked" (Ranked), "unpaired" (Unpaired), "prompt" (Prompt: the prompt of
+    any row that has one), a tuple of these, or None to accept any shape.
+    `limit` keeps the first N.
     """
     records: list[Record] = []
-    for _, record in iter_records(source, kind, split):
+    for _, record in iter_records(source, kind, split, columns, max_line_bytes):
         records.append(record)
         if limit is not None and len(records) >= limit:
             break
     return records
+
+
+def check_both_labels(path: str, desirable: int, undesirable: int) -> None:
+    """KTO needs desirable and undesirable examples: with one label only, the loss has nothing to
+    contrast (and TRL's z0 estimate degenerates). Raise InputError naming the file."""
+    if desirable and undesirable:
+        return
+    have, lack = ("desirable", "undesirable") if desirable else ("undesirable", "desirable")
+    raise InputError(path, None, "label", f"every example is {have} ({desirable + undesirable} rows); KTO needs "
+                     f"{lack} examples too (label {str(not desirable).lower()})")
