@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.posttrain-installed
 
-.PHONY: venv demo demo-format test test-all test-slow bench clean
+.PHONY: venv demo demo-format lint test test-all test-slow bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: venv
 
 demo-format: venv
 	$(PY) -m posttrain.demo_format
+
+lint: venv
+	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 test: venv
 	$(PY) -m pytest -q

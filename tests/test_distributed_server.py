@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from posttrain.distributed.server_generation import CompletionsServer, LoraWeightSync, ServerError, server_generate
+from posttrain.rollout.server_generation import CompletionsServer, LoraWeightSync, ServerError, server_generate
 from posttrain.errors import ConfigError
 from posttrain.rollout.generation import SamplingParams, generate
 

@@ -8,12 +8,10 @@
   gather, reduce), for sampling outside a training loop (`posttrain best-of-n`).
 - `launch`: `posttrain launch`, a wrapper around torchrun / accelerate launch.
 - `configs`: the shipped Accelerate config files (`resources/accelerate/*.yaml`).
-- `server_generation`: sampling through an OpenAI-compatible completions server
-  (vLLM) and pushing LoRA weights to it.
 
-This package sits beside `train/` in the layer order: it imports nothing from
-train, rollout or above (`server_generation` only uses `rollout.generation`'s
-record types, lazily).
+Sampling through a vLLM server lives in `rollout/server_generation.py` (it is a generation
+backend). This package sits just above `losses/` in ARCHITECTURE.md's layer order: it
+imports nothing from train, rollout or above.
 """
 from .plugins import MODES, DistributedPlan, plan_distributed
 

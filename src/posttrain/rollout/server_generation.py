@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, PosttrainError
+from ..models.saving import save_model_files
+from .generation import Generation, cut_at_eos, cut_at_stop
 
 TOKEN_ID_PREFIX = "token_id:"
 
@@ -157,7 +159,6 @@ def server_generate(server: CompletionsServer, tokenizer, prompts: Sequence[Sequ
                     batch_size: int = 64, return_logprobs: bool = False,
                     eos_ids: set[int] | None = None) -> list:
     """`rollout.generation.generate`, with the sampling done by `server`. Prompt-major order."""
-    from ..rollout.generation import Generation, cut_at_eos, cut_at_stop
 
     if not prompts:
         return []
@@ -207,7 +208,6 @@ class LoraWeightSync:
         self.loaded: str | None = None
 
     def push(self, model, step: int) -> str:
-        from ..models.saving import save_model_files
 
         if getattr(model, "peft_config", None) is None:
             raise ConfigError("peft", "pushing weights to a generation server needs a LoRA policy (--peft lora); "
