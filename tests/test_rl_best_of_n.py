@@ -117,9 +117,16 @@ def test_real_sft_round_then_resume_reuses_it(tmp_path):
     assert len(_lines(tmp_path / "bon" / "round-1" / "eval_before.jsonl")) == 3
     final = _lines(tmp_path / "bon" / "eval_final.jsonl")
     assert sum(r["reward"] for r in final) / 3 == pytest.approx(first["eval_final"]["reward"])
+    # Reuse means no file of the finished round is written again: record every file's mtime
+    # and bytes, resume, and compare (a retrained round rewrites final/ and its metrics).
+    round_dir = tmp_path / "bon" / "round-1"
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in round_dir.rglob("*") if path.is_file()}
+    assert any(path.name == "model.safetensors" for path in before) and len(before) > 5
     cfg.resume = True
     again = run_best_of_n(cfg, {"lowercase": rl_toy.lowercase})
     assert again["final_model"] == first["final_model"]
+    after = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in round_dir.rglob("*") if path.is_file()}
+    assert after == before
 
 
 def test_threshold_without_a_value_is_an_error(tmp_path, capsys):
