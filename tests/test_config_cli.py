@@ -314,9 +314,8 @@ def test_generate_prints_a_progress_line_per_batch(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, suggestion", [
     ("--lr", "--learning-rate"),
-    ("--num_train_epochs", "--epochs"),
-    ("--gradient-accumulation-steps", "--grad-accum"),
-])
+    ("--bs", "--batch-size"),
+])  # (TRL's full names, --num_train_epochs and the like, are aliases: tests/test_habits_trl_names.py)
 def test_names_from_other_tools_get_the_posttrain_spelling_suggested(flag, suggestion, capsys):
     assert main(["sft", flag, "2", "--data", "x.jsonl"]) == 2
     err = capsys.readouterr().err.strip()
