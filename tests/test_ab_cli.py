@@ -156,7 +156,7 @@ def test_pair_needed_with_three_variants(tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--primary", "rating"], "config field 'primary': no rating data in the logs (found: thumbs)"),
     (["--control", "Z"], "config field 'control': 'Z' is not a variant in the logs (A, B)"),
-    (["--alpha", "1.5"], "config field 'alpha': must be between 0 and 1, got 1.5"),
+    (["--alpha", "1.5"], "config field 'alpha': must be strictly between 0 and 1, got 1.5"),
     (["--primary", "clicks"], "config field 'primary': 'clicks' is not one of thumbs, rating, success, preference"),
     (["--guardrails", "thumbs", "--primary", "thumbs"],
      "config field 'guardrails': thumbs is the primary metric and cannot also be a guardrail"),

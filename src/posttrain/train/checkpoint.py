@@ -39,6 +39,20 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
+def is_good(path: Path) -> bool:
+    """Whether a checkpoint was checked good when saved: its weights and the loss that produced
+    them finite (train/health.py). Checkpoints from before that check, or unreadable ones, are not."""
+    try:
+        return json.loads((path / STATE_FILE).read_text()).get("good") is True
+    except (OSError, ValueError):
+        return False
+
+
+def last_good_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint that `is_good`, or None."""
+    return next((path for _, path in reversed(list_checkpoints(output_dir)) if is_good(path)), None)
+
+
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Save on every process (sharded states need all ranks); rename and prune on the main one."""
     root = checkpoint_root(output_dir)
@@ -62,8 +76,10 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:
     checkpoints = list_checkpoints(output_dir)
+    newest_good = last_good_checkpoint(output_dir)  # kept even when newer (unchecked) ones push it out
     for _, path in checkpoints[: max(len(checkpoints) - max(keep_last, 1), 0)]:
-        shutil.rmtree(path, ignore_errors=True)
+        if path != newest_good:
+            shutil.rmtree(path, ignore_errors=True)
     for leftover in checkpoint_root(output_dir).glob(".tmp-step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
 

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,9 @@ from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError
 from .args import TrainArgs
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import last_good_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from .health import (PER_STEP_WEIGHT_CHECK_MAX_VALUES, StepHealth, check_step_health, trainable_values,
+                     weights_problem, where_to_restart)
 from .metrics import MetricsLog, Progress, truncate_metrics
 from .optim import build_optimizer, build_scheduler
 
@@ -278,11 +281,25 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
     started = time.perf_counter()
     last_row: dict[str, Any] = {}
     eval_row: dict[str, Any] = {}
-    last_checkpoint = latest_checkpoint(args.output_dir)
+    last_good = last_good_checkpoint(args.output_dir)  # checked: finite loss, sound weights
+    health = StepHealth()
+    check_every_step = trainable_values(trainable) <= PER_STEP_WEIGHT_CHECK_MAX_VALUES
+    trainable_named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
-    def checkpoint_state() -> dict[str, Any]:
+    def checkpoint_state(good: bool = True) -> dict[str, Any]:
         return {"best": state["best"], "bad_evals": state["bad_evals"], "stopped_early": state["stopped_early"],
-                "epoch": step / steps_per_epoch}
+                "epoch": step / steps_per_epoch, "good": good, "loss": last_row.get("loss")}
+
+    def bad_weights() -> str | None:
+        """The weights' problem (any process), or None; every process must call it."""
+        problem = weights_problem(trainable_named)
+        if any_process(accelerator, problem is not None):
+            return problem or "exploded or non-finite weights on another process"
+        return None
+
+    def stop_diverged(at_step: int, problem: str, when: str) -> TrainingError:
+        progress.close()
+        return TrainingError(f"step {at_step}: {problem} {when}; stopping ({where_to_restart(last_good)})")
 
     def run_eval() -> dict[str, Any]:
         nonlocal eval_row
@@ -319,15 +336,22 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             sums = reduce_sums(accelerator, sums)
             loss = sums["loss"] / global_items
             grad_norm = gradient_norm(accelerator, trainable, args.max_grad_norm)  # sharded-aware; 0: no clipping
-            if not math.isfinite(loss) or not math.isfinite(grad_norm):
-                where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-                what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
-                raise TrainingError(f"step {step + 1}: {what}; stopping before the update ({where})")
+            verdict = check_step_health(loss, grad_norm, health)  # train/health.py
+            if verdict.stop:
+                progress.close()
+                raise TrainingError(f"step {step + 1}: {verdict.stop}; stopping before the update "
+                                    f"({where_to_restart(last_good)})")
+            if verdict.check_weights and (problem := bad_weights()):
+                raise stop_diverged(step + 1, problem, "(seen when the gradient norm collapsed to 0)")
+            if verdict.warning and accelerator.is_main_process:
+                print(f"WARNING step {step + 1}: {verdict.warning}", file=sys.stderr, flush=True)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if check_every_step and (problem := bad_weights()):
+                raise stop_diverged(step, problem, "after the update")
 
             tokens_per_second = progress.update(global_tokens, loss=loss)
             last_row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr,
@@ -351,12 +375,17 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
                                       f"improved for {state['bad_evals']} validations (best {state['best']:.4g})")
 
             if args.save_every and step % args.save_every == 0 and step < total_steps:
-                last_checkpoint = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(), args.keep_last)
+                if problem := bad_weights():  # a checkpoint is written only when it is good
+                    raise stop_diverged(step, problem, "before checkpointing")
+                last_good = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(), args.keep_last)
             if any_process(accelerator, interrupt["hit"]):
-                path = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(), args.keep_last)
+                good = bad_weights() is None  # saved either way (it was asked for), marked honestly
+                path = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(good), args.keep_last)
                 progress.close()
                 raise Interrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved to {path}; "
                                   f"run again with --resume to continue")
+    if problem := bad_weights():
+        raise stop_diverged(step, problem, "at the end of training; final/ was not written")
     progress.close()
     final_eval = run_eval()
     final_dir = save_final_atomically(accelerator, task, model, args.output_dir, tokenizer)
