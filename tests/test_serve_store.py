@@ -113,11 +113,14 @@ def test_resubmission_is_idempotent_and_foreign_assignments_are_refused(tmp_path
 
 
 @pytest.mark.parametrize("choice, criteria, confidence, message", [
-    ("C", None, 3, "choice must be one of A, B, tie"),
+    ("C", None, 3, "field 'choice': must be one of A, B, tie"),
     ("A", {"fun": "A"}, 3, "unknown criterion 'fun'"),
-    ("A", {"honesty": "X"}, 3, "criterion 'honesty' must be one of"),
-    ("A", None, 6, "confidence must be a whole number from 1 to 5"),
-    ("A", None, "high", "confidence must be a whole number from 1 to 5"),
+    ("A", {"honesty": "X"}, 3, "field 'criteria.honesty': must be one of"),
+    ("A", None, 6, "field 'confidence': must be a whole number from 1 to 5"),
+    ("A", None, "high", "field 'confidence': must be a whole number from 1 to 5"),
+    ("A", None, 3.5, "field 'confidence': must be a whole number from 1 to 5"),  # was silently truncated to 3
+    ("A", None, True, "field 'confidence': must be a whole number from 1 to 5"),
+    ("A", None, float("inf"), "field 'confidence': must be a whole number from 1 to 5"),  # was OverflowError
 ])
 def test_bad_labels_are_refused(tmp_path, choice, criteria, confidence, message):
     _, conn, ids = make_db(tmp_path)
@@ -201,8 +204,12 @@ def test_feedback_is_one_row_per_reply_and_exports_for_ab(tmp_path):
     record_feedback(conn, ids["ann"], message_id, thumbs="1", rating="4", text="better on reflection")
     with pytest.raises(FeedbackError, match="no such reply"):
         record_feedback(conn, ids["bob"], message_id, thumbs=1)  # not bob's conversation
-    with pytest.raises(FeedbackError, match="rating must be one of"):
+    with pytest.raises(FeedbackError, match="field 'rating': must be a whole number from 1 to 5"):
         record_feedback(conn, ids["ann"], message_id, rating=9)
+    with pytest.raises(FeedbackError, match="field 'message_id': must be a whole number"):
+        record_feedback(conn, ids["ann"], 2**70, rating=3)  # was OverflowError from SQLite
+    with pytest.raises(FeedbackError, match="field 'thumbs': must be 1"):
+        record_feedback(conn, ids["ann"], message_id, thumbs=0)
     with pytest.raises(FeedbackError, match="give a thumbs"):
         record_feedback(conn, ids["ann"], message_id)
     rows = list(feedback_rows(conn))
@@ -237,3 +244,59 @@ def test_model_backend_replies_with_tiny_random():
     first = backend.reply(history)
     assert isinstance(first, str) and backend.reply(history) == first  # greedy: deterministic
     assert len(first.encode("utf-8", errors="replace")) <= 6 * 4  # at most 6 byte-tokens were generated
+
+
+# The order the assignment rules ask for, computed the slow way: every item ranked by
+# (labels + live leases) descending, then import order (what next_task did before it used indexes).
+_BRUTE_FORCE_PICK = (
+    "SELECT i.seq FROM items i WHERE NOT EXISTS (SELECT 1 FROM assignments m WHERE m.item_seq = i.seq "
+    "AND m.user_id = :user) AND (SELECT COUNT(*) FROM assignments t WHERE t.item_seq = i.seq AND (t.status = 'done' "
+    "OR (t.status = 'open' AND t.expires_at > :now))) < i.k ORDER BY (SELECT COUNT(*) FROM assignments t "
+    "WHERE t.item_seq = i.seq AND (t.status = 'done' OR (t.status = 'open' AND t.expires_at > :now))) DESC, "
+    "i.seq LIMIT 1")
+
+
+def test_indexed_pick_matches_ranking_every_item(tmp_path, monkeypatch):
+    """400 random steps (take, label, abandon, let leases lapse): the fast pick equals the brute-force one."""
+    import random
+
+    from posttrain.serve import assign
+
+    rng = random.Random(7)
+    users = tuple(f"u{n}" for n in range(6))
+    _, conn, ids = make_db(tmp_path, n_items=25, k=3, users=users)
+    clock = [1_000_000.0]
+    monkeypatch.setattr(assign.time, "time", lambda: clock[0])
+    compared = 0
+    for _ in range(400):
+        user = ids[rng.choice(users)]
+        has_open = conn.execute("SELECT 1 FROM assignments WHERE user_id = ? AND status = 'open'", (user,)).fetchone()
+        if not has_open:
+            expected = conn.execute(_BRUTE_FORCE_PICK, {"user": user, "now": clock[0]}).fetchone()
+            assert assign._pick_item(conn, user, clock[0]) == (expected[0] if expected else None)
+            compared += 1
+        task = next_task(conn, user, lease_seconds=60)
+        if task is not None and rng.random() < 0.7:
+            submit_label(conn, user, task.assignment_id, rng.choice(["A", "B", "tie"]), None, "", 3)
+        clock[0] += rng.choice([1, 1, 1, 90])  # now and then every lease runs out
+    assert compared > 100
+    counted = conn.execute("SELECT COUNT(*) FROM items i WHERE n_labels != "
+                           "(SELECT COUNT(*) FROM labels l WHERE l.item_seq = i.seq)").fetchone()[0]
+    assert counted == 0
+
+
+def test_a_database_from_before_label_counts_is_migrated(tmp_path):
+    path, conn, ids = make_db(tmp_path, n_items=3, k=2)
+    for name in ("ann", "bob"):
+        task = next_task(conn, ids[name])
+        submit_label(conn, ids[name], task.assignment_id, "A", None, "", 3)
+    # make it look like a database written by the previous version
+    for index in ("items_partly_labelled", "items_unlabelled"):
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("ALTER TABLE items DROP COLUMN n_labels")
+    conn.close()
+    init_db(path)
+    conn = connect(path)
+    assert [tuple(r) for r in conn.execute("SELECT item_id, n_labels FROM items ORDER BY seq")] == [
+        ("i0", 2), ("i1", 0), ("i2", 0)]
+    assert overview(conn)["items_complete"] == 1

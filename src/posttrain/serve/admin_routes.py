@@ -17,9 +17,11 @@ from ..errors import InputError
 from .assign import overview
 from .export import export_rows
 from .items import insert_items, item_from_row
+from .validate import RequestError, json_object, whole_number
 from .web import User, api_admin, db, json_body, page_user, render
 
 router = APIRouter()
+MAX_K = 1000  # labels wanted per item; far more people than any annotation project has
 
 
 @router.get("/admin")
@@ -39,16 +41,17 @@ def api_stats(user: User = Depends(api_admin), conn: sqlite3.Connection = Depend
 def api_import(body: Any = Depends(json_body), user: User = Depends(api_admin),
                conn: sqlite3.Connection = Depends(db)) -> Any:
     """`{"items": [row, ...], "k": 3}` with rows as for `posttrain serve import`."""
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-        return JSONResponse({"detail": "expected {\"items\": [...], \"k\": N}"}, status_code=422)
-    k = body.get("k", 3)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        return JSONResponse({"detail": "k must be a positive integer"}, status_code=422)
+    body = json_object(body)
+    if not isinstance(body.get("items"), list):
+        raise RequestError("items", "expected a list of item rows")
+    k = whole_number(body.get("k", 3), "k", 1, MAX_K)
+    for index, row in enumerate(body["items"]):
+        if not isinstance(row, dict):
+            raise RequestError(f"items[{index}]", "expected an object (prompt + response_a/response_b)")
     try:
-        items = [item_from_row(row if isinstance(row, dict) else {}, "request", index + 1)
-                 for index, row in enumerate(body["items"])]
+        items = [item_from_row(row, "request", index + 1) for index, row in enumerate(body["items"])]
     except InputError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=422)
     added, skipped = insert_items(conn, items, k)
     return {"added": added, "already_present": skipped}
 

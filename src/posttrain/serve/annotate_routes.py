@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from .assign import CHOICES, LabelError, Task, next_task, submit_label, user_progress
+from .validate import json_object
 from .web import User, api_user, db, form, json_body, page_user, render, settings
 
 router = APIRouter()
@@ -42,27 +43,28 @@ def annotate_submit(request: Request, fields: dict[str, str] = Depends(form), us
     return RedirectResponse("/annotate?saved=1", status_code=303)
 
 
+# The JSON API routes are async: their SQLite work takes well under a millisecond, so they
+# run it on the event loop instead of handing each request to a worker thread (the hand-off
+# and the threads' contention for the GIL cost more than the work; see docs/serve.md, "Load").
+
 @router.get("/api/next")
-def api_next(request: Request, user: User = Depends(api_user), conn: sqlite3.Connection = Depends(db)) -> Any:
+async def api_next(request: Request, user: User = Depends(api_user), conn: sqlite3.Connection = Depends(db)) -> Any:
     """The caller's current task (`response_a` is shown-left); `{"done": true}` when none is left."""
     task = next_task(conn, user.id, settings(request).lease_seconds)
     return {"done": True} if task is None else task.to_json()
 
 
 @router.post("/api/labels")
-def api_label(request: Request, body: Any = Depends(json_body), user: User = Depends(api_user),
-              conn: sqlite3.Connection = Depends(db)) -> Any:
+async def api_label(request: Request, body: Any = Depends(json_body), user: User = Depends(api_user),
+                    conn: sqlite3.Connection = Depends(db)) -> Any:
     """Submit `{assignment_id, choice, criteria, reasoning, confidence}` (choice in the shown frame).
 
     201 with `{"label_id": N, "duplicate": false}` the first time; 200 with
     `"duplicate": true` and the same id when the same assignment is sent again.
+    Bad fields raise LabelError, which the app answers as 4xx naming the field.
     """
-    if not isinstance(body, dict):
-        return JSONResponse({"detail": "expected a JSON object"}, status_code=422)
-    try:
-        label_id, duplicate = submit_label(conn, user.id, body.get("assignment_id", ""), body.get("choice"),
-                                           body.get("criteria"), body.get("reasoning", ""), body.get("confidence"),
-                                           settings(request).criteria)
-    except LabelError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    body = json_object(body)
+    label_id, duplicate = submit_label(conn, user.id, body.get("assignment_id"), body.get("choice"),
+                                       body.get("criteria"), body.get("reasoning", ""), body.get("confidence"),
+                                       settings(request).criteria)
     return JSONResponse({"label_id": label_id, "duplicate": duplicate}, status_code=200 if duplicate else 201)

@@ -11,12 +11,15 @@ injected inline script; all model and user text is escaped by the templates.
 """
 from __future__ import annotations
 
+import sqlite3
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.datastructures import MutableHeaders
 
 from . import admin_routes, annotate_routes, chat_routes
-from .db import connect, init_db, user_for_token
+from .db import ConnectionPool, init_db, user_for_token
+from .validate import RequestError
 from .web import (COOKIE, HERE, LoginRequired, Settings, User, api_user, form, login_url, page_user, render,
                   safe_next)
 
@@ -57,12 +60,26 @@ def create_app(settings: Settings) -> FastAPI:
     init_db(settings.db)
     app = FastAPI(title="posttrain serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
+    app.state.pool = ConnectionPool(settings.db)
 
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, exc: LoginRequired) -> Response:
         return RedirectResponse(login_url(exc.next_url), status_code=303)
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request: Request, exc: RequestError) -> Response:
+        """Any bad body or field, from any route: 4xx with `{"detail", "field"}` (validate.py)."""
+        return JSONResponse(exc.to_json(), status_code=exc.status)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def database_busy(request: Request, exc: sqlite3.OperationalError) -> Response:
+        """Another process held the write lock past the busy timeout (a huge `serve import`)."""
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise exc
+        return JSONResponse({"detail": "the database is busy; try again"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -82,11 +99,11 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/login")
     def login(fields: dict[str, str] = Depends(form)) -> Response:
         token = fields.get("token", "").strip()
-        conn = connect(settings.db)
+        conn = app.state.pool.acquire()
         try:
             user = user_for_token(conn, token)
         finally:
-            conn.close()
+            app.state.pool.release(conn)
         if user is None:
             return render("login.html", status=401, next=safe_next(fields.get("next")), user=None,
                           error="Unknown token. Ask the admin for yours (posttrain serve token).")

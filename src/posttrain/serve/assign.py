@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from ..records import Message
 from .db import now_iso, write_transaction
+from .validate import RequestError, text, whole_number
 
 CHOICES = ("A", "B", "tie")
 DEFAULT_CRITERIA = ("helpfulness", "harmlessness", "honesty")
@@ -36,12 +37,11 @@ DEFAULT_LEASE_SECONDS = 30 * 60
 MAX_REASONING_CHARS = 10_000
 
 
-class LabelError(ValueError):
-    """A submission that cannot be accepted; the message is shown to the annotator."""
+class LabelError(RequestError):
+    """A submission that cannot be accepted; the message (naming the field) is shown to the annotator."""
 
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
+    def __init__(self, message: str, status: int = 422, field: str | None = None):
+        super().__init__(field, message, status)
 
 
 @dataclass
@@ -73,8 +73,35 @@ def _task(conn: sqlite3.Connection, assignment_id: str) -> Task:
     return Task(row["id"], row["item_id"], json.loads(row["prompt"]), left, right, bool(row["swapped"]))
 
 
-_TAKEN = ("(SELECT COUNT(*) FROM assignments t WHERE t.item_seq = i.seq "
-          "AND (t.status = 'done' OR (t.status = 'open' AND t.expires_at > :now)))")
+# Live leases on an item: open assignments whose lease has not run out.
+_LEASES = ("(SELECT COUNT(*) FROM assignments t WHERE t.item_seq = i.seq "
+           "AND t.status = 'open' AND t.expires_at > :now)")
+
+# Items already started (labelled, or leased right now) and not full: the ones to fill first.
+# Both halves of the IN set are read from small partial indexes, never by scanning all items.
+_PICK_STARTED = (
+    f"SELECT seq, taken FROM (SELECT i.seq, i.k, i.n_labels + {_LEASES} AS taken FROM items i "
+    "WHERE i.seq IN (SELECT item_seq FROM assignments WHERE status = 'open' AND expires_at > :now "
+    "                UNION SELECT seq FROM items WHERE n_labels > 0 AND n_labels < k) "
+    "AND NOT EXISTS (SELECT 1 FROM assignments m WHERE m.item_seq = i.seq AND m.user_id = :user)) "
+    "WHERE taken < k ORDER BY taken DESC, seq LIMIT 1")
+
+# Otherwise the first fresh item in import order: no labels, no live lease, never given to this user.
+_PICK_FRESH = (
+    "SELECT i.seq FROM items i WHERE i.n_labels = 0 AND NOT EXISTS (SELECT 1 FROM assignments t "
+    "WHERE t.item_seq = i.seq AND (t.user_id = :user OR (t.status = 'open' AND t.expires_at > :now))) "
+    "ORDER BY i.seq LIMIT 1")
+
+
+def _pick_item(conn: sqlite3.Connection, user_id: int, now: float) -> int | None:
+    """The item to hand out next: most labels-or-leases first (fill items to k), then import order.
+
+    Same order as ranking every item by (taken desc, seq), in time that does not grow
+    with the number of untouched or finished items.
+    """
+    params = {"now": now, "user": user_id}
+    row = conn.execute(_PICK_STARTED, params).fetchone() or conn.execute(_PICK_FRESH, params).fetchone()
+    return None if row is None else row["seq"]
 
 
 def next_task(conn: sqlite3.Connection, user_id: int, lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -83,27 +110,22 @@ def next_task(conn: sqlite3.Connection, user_id: int, lease_seconds: float = DEF
     now = time.time()
     with write_transaction(conn):
         open_rows = conn.execute(
-            "SELECT a.id, i.k, (SELECT COUNT(*) FROM labels l WHERE l.item_seq = a.item_seq) AS n "
-            "FROM assignments a JOIN items i ON i.seq = a.item_seq "
+            "SELECT a.id, i.k, i.n_labels FROM assignments a JOIN items i ON i.seq = a.item_seq "
             "WHERE a.user_id = ? AND a.status = 'open' ORDER BY a.created_at, a.id", (user_id,)).fetchall()
         for row in open_rows:
-            if row["n"] >= row["k"]:  # filled by others while this lease had lapsed
+            if row["n_labels"] >= row["k"]:  # filled by others while this lease had lapsed
                 conn.execute("UPDATE assignments SET status = 'released' WHERE id = ?", (row["id"],))
                 continue
             conn.execute("UPDATE assignments SET expires_at = ? WHERE id = ?", (now + lease_seconds, row["id"]))
             return _task(conn, row["id"])
-        pick = conn.execute(
-            f"SELECT i.seq, {_TAKEN} AS taken FROM items i "
-            "WHERE NOT EXISTS (SELECT 1 FROM assignments m WHERE m.item_seq = i.seq AND m.user_id = :user) "
-            f"AND {_TAKEN} < i.k ORDER BY taken DESC, i.seq LIMIT 1",
-            {"now": now, "user": user_id}).fetchone()
-        if pick is None:
+        seq = _pick_item(conn, user_id, now)
+        if seq is None:
             return None
         assignment_id = secrets.token_hex(16)
         conn.execute(
             "INSERT INTO assignments (id, item_seq, user_id, swapped, status, created_at, expires_at) "
             "VALUES (?, ?, ?, ?, 'open', ?, ?)",
-            (assignment_id, pick["seq"], user_id, int(coin()), now_iso(), now + lease_seconds))
+            (assignment_id, seq, user_id, int(coin()), now_iso(), now + lease_seconds))
         return _task(conn, assignment_id)
 
 
@@ -111,24 +133,20 @@ def validate_label(choice: Any, criteria: Any, reasoning: Any, confidence: Any,
                    criteria_names: tuple[str, ...] = DEFAULT_CRITERIA) -> tuple[str, dict[str, str], str, int]:
     """Check a submission (in the shown frame) and return it normalised, or raise LabelError."""
     if choice not in CHOICES:
-        raise LabelError(f"choice must be one of {', '.join(CHOICES)}")
+        raise LabelError(f"must be one of {', '.join(CHOICES)}", field="choice")
     criteria = criteria or {}
     if not isinstance(criteria, dict):
-        raise LabelError("criteria must be a mapping of criterion to A, B or tie")
+        raise LabelError("must be a mapping of criterion to A, B or tie", field="criteria")
     for name, value in criteria.items():
         if name not in criteria_names:
-            raise LabelError(f"unknown criterion {name!r} (known: {', '.join(criteria_names)})")
+            raise LabelError(f"unknown criterion {name!r} (known: {', '.join(criteria_names)})", field="criteria")
         if value not in CHOICES:
-            raise LabelError(f"criterion {name!r} must be one of {', '.join(CHOICES)}")
-    reasoning = "" if reasoning is None else reasoning
-    if not isinstance(reasoning, str) or len(reasoning) > MAX_REASONING_CHARS:
-        raise LabelError(f"reasoning must be text of at most {MAX_REASONING_CHARS} characters")
+            raise LabelError(f"must be one of {', '.join(CHOICES)}", field=f"criteria.{name}")
     try:
-        confidence = int(confidence)
-    except (TypeError, ValueError):
-        raise LabelError("confidence must be a whole number from 1 to 5") from None
-    if not 1 <= confidence <= 5:
-        raise LabelError("confidence must be a whole number from 1 to 5")
+        reasoning = text(reasoning, "reasoning", MAX_REASONING_CHARS)
+        confidence = whole_number(confidence, "confidence", 1, 5)
+    except RequestError as exc:
+        raise LabelError(exc.message, exc.status, exc.field) from None
     return choice, dict(criteria), reasoning, confidence
 
 
@@ -137,11 +155,13 @@ def submit_label(conn: sqlite3.Connection, user_id: int, assignment_id: str, cho
                  criteria_names: tuple[str, ...] = DEFAULT_CRITERIA) -> tuple[int, bool]:
     """Record a label given in the shown frame. Returns (label id, was_duplicate)."""
     choice, criteria, reasoning, confidence = validate_label(choice, criteria, reasoning, confidence, criteria_names)
+    if not isinstance(assignment_id, str) or not assignment_id:
+        raise LabelError("expected the assignment id from /api/next (text)", field="assignment_id")
     with write_transaction(conn):
         assignment = conn.execute("SELECT id, item_seq, swapped FROM assignments WHERE id = ? AND user_id = ?",
-                                  (str(assignment_id), user_id)).fetchone()
+                                  (assignment_id, user_id)).fetchone()
         if assignment is None:  # unknown, or someone else's: do not reveal which
-            raise LabelError("no such assignment for this annotator", status=404)
+            raise LabelError("no such assignment for this annotator", status=404, field="assignment_id")
         existing = conn.execute("SELECT id FROM labels WHERE assignment_id = ?", (assignment["id"],)).fetchone()
         if existing is not None:
             return existing["id"], True
@@ -154,6 +174,7 @@ def submit_label(conn: sqlite3.Connection, user_id: int, assignment_id: str, cho
             (assignment["id"], assignment["item_seq"], user_id, choice, json.dumps(criteria), reasoning,
              confidence, now_iso()))
         conn.execute("UPDATE assignments SET status = 'done' WHERE id = ?", (assignment["id"],))
+        conn.execute("UPDATE items SET n_labels = n_labels + 1 WHERE seq = ?", (assignment["item_seq"],))
         return int(cursor.lastrowid), False
 
 
@@ -165,8 +186,7 @@ def user_progress(conn: sqlite3.Connection, user_id: int) -> int:
 def overview(conn: sqlite3.Connection) -> dict[str, Any]:
     """Counts for the admin page: items, complete items, labels, labels per annotator."""
     items, complete = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM((SELECT COUNT(*) FROM labels l WHERE l.item_seq = i.seq) >= i.k), 0) "
-        "FROM items i").fetchone()
+        "SELECT COUNT(*), COALESCE(SUM(n_labels >= k), 0) FROM items").fetchone()
     per_user = conn.execute(
         "SELECT u.name, COUNT(l.id) AS n FROM users u LEFT JOIN labels l ON l.user_id = u.id "
         "GROUP BY u.id ORDER BY u.name").fetchall()

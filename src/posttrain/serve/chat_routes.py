@@ -10,10 +10,11 @@ import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
 from .feedback import (FeedbackError, assign_variant, conversation, make_backend, messages_with_feedback,
                        record_feedback, send_message, start_conversation)
+from .validate import RequestError, json_object
 from .web import Settings, User, api_user, db, form, json_body, page_user, render, settings
 
 router = APIRouter()
@@ -90,27 +91,25 @@ def chat_feedback(request: Request, fields: dict[str, str] = Depends(form), user
 @router.post("/api/chat")
 def api_chat(request: Request, body: Any = Depends(json_body), user: User = Depends(api_user),
              conn: sqlite3.Connection = Depends(db)) -> Any:
-    """`{message, conversation_id?}` -> `{conversation_id, message_id, reply}` (no id: latest or a new one)."""
-    if not isinstance(body, dict):
-        return JSONResponse({"detail": "expected a JSON object"}, status_code=422)
+    """`{message, conversation_id?}` -> `{conversation_id, message_id, reply}` (no id: latest or a new one).
+
+    Sync: the model's reply may take seconds, so it runs on a worker thread.
+    """
+    body = json_object(body)
+    conversation_id = body.get("conversation_id")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise RequestError("conversation_id", "expected text (an id from an earlier reply) or null")
     cfg = settings(request)
-    row = _conversation_for(conn, cfg, user, body.get("conversation_id") or None, create=True)
-    try:
-        message_id, reply = send_message(conn, _backend(cfg, row["variant"]), row["id"], body.get("message"))
-    except FeedbackError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    row = _conversation_for(conn, cfg, user, conversation_id or None, create=True)
+    message_id, reply = send_message(conn, _backend(cfg, row["variant"]), row["id"], body.get("message"))
     return {"conversation_id": row["id"], "message_id": message_id, "reply": reply}
 
 
 @router.post("/api/feedback")
-def api_feedback(body: Any = Depends(json_body), user: User = Depends(api_user),
-                 conn: sqlite3.Connection = Depends(db)) -> Any:
+async def api_feedback(body: Any = Depends(json_body), user: User = Depends(api_user),
+                       conn: sqlite3.Connection = Depends(db)) -> Any:
     """`{message_id, thumbs?, rating?, text?}` -> `{feedback_id}`; sending again updates the same row."""
-    if not isinstance(body, dict):
-        return JSONResponse({"detail": "expected a JSON object"}, status_code=422)
-    try:
-        feedback_id = record_feedback(conn, user.id, body.get("message_id"), body.get("thumbs"), body.get("rating"),
-                                      body.get("text", ""))
-    except FeedbackError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    body = json_object(body)
+    feedback_id = record_feedback(conn, user.id, body.get("message_id"), body.get("thumbs"), body.get("rating"),
+                                  body.get("text", ""))
     return {"feedback_id": feedback_id}

@@ -21,14 +21,17 @@ from typing import Any, Protocol
 from ..errors import ConfigError
 from ..records import Message
 from .db import now_iso, write_transaction
+from .validate import SQLITE_MAX_INT, RequestError, whole_number
+from .validate import text as checked_text
 
 MAX_MESSAGE_CHARS = 8_000
 
 
-class FeedbackError(ValueError):
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
+class FeedbackError(RequestError):
+    """Chat input or feedback that cannot be accepted; the message names the field."""
+
+    def __init__(self, message: str, status: int = 422, field: str | None = None):
+        super().__init__(field, message, status)
 
 
 class ChatBackend(Protocol):
@@ -149,10 +152,12 @@ def send_message(conn: sqlite3.Connection, backend: ChatBackend, conversation_id
 
     Returns (reply message id, reply text).
     """
-    if not isinstance(text, str) or not text.strip():
-        raise FeedbackError("message must be non-empty text")
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise FeedbackError(f"message is longer than {MAX_MESSAGE_CHARS} characters")
+    try:
+        text = checked_text(text, "message", MAX_MESSAGE_CHARS, optional=False)
+    except RequestError as exc:
+        raise FeedbackError(exc.message, exc.status, exc.field) from None
+    if not text.strip():
+        raise FeedbackError("must be non-empty text", field="message")
     with write_transaction(conn):
         conn.execute("INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, 'user', ?, ?)",
                      (conversation_id, text, now_iso()))
@@ -169,38 +174,26 @@ def send_message(conn: sqlite3.Connection, backend: ChatBackend, conversation_id
     return int(cursor.lastrowid), reply
 
 
-def _optional_int(value: Any, name: str, allowed: set[int]) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise FeedbackError(f"{name} must be one of {sorted(allowed)}") from None
-    if number not in allowed or isinstance(value, bool):
-        raise FeedbackError(f"{name} must be one of {sorted(allowed)}")
-    return number
-
-
 def record_feedback(conn: sqlite3.Connection, user_id: int, message_id: Any, thumbs: Any = None,
                     rating: Any = None, text: Any = "") -> int:
     """Upsert the user's verdict on one assistant reply; returns the feedback row id."""
-    thumbs = _optional_int(thumbs, "thumbs", {1, -1})
-    rating = _optional_int(rating, "rating", {1, 2, 3, 4, 5})
-    text = "" if text is None else text
-    if not isinstance(text, str) or len(text) > MAX_MESSAGE_CHARS:
-        raise FeedbackError(f"text must be at most {MAX_MESSAGE_CHARS} characters")
-    if thumbs is None and rating is None and not text.strip():
-        raise FeedbackError("give a thumbs up/down, a rating or a comment")
     try:
-        message_id = int(message_id)
-    except (TypeError, ValueError):
-        raise FeedbackError("no such reply", status=404) from None
+        thumbs = whole_number(thumbs, "thumbs", -1, 1, optional=True)
+        if thumbs == 0:
+            raise RequestError("thumbs", "must be 1 (good) or -1 (bad)")
+        rating = whole_number(rating, "rating", 1, 5, optional=True)
+        text = checked_text(text, "text", MAX_MESSAGE_CHARS)
+        message_id = whole_number(message_id, "message_id", 1, SQLITE_MAX_INT)
+    except RequestError as exc:
+        raise FeedbackError(exc.message, exc.status, exc.field) from None
+    if thumbs is None and rating is None and not text.strip():
+        raise FeedbackError("give a thumbs up/down, a rating or a comment", field="thumbs")
     with write_transaction(conn):
         target = conn.execute(
             "SELECT c.variant FROM messages m JOIN conversations c ON c.id = m.conversation_id "
             "WHERE m.id = ? AND m.role = 'assistant' AND c.user_id = ?", (message_id, user_id)).fetchone()
         if target is None:
-            raise FeedbackError("no such reply", status=404)
+            raise FeedbackError("no such reply", status=404, field="message_id")
         conn.execute(
             "INSERT INTO feedback (message_id, user_id, variant, thumbs, rating, text, timestamp) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(message_id) DO UPDATE SET "
