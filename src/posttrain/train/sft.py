@@ -12,17 +12,20 @@ for a vocabulary projection.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
-from .engine import LossOutput, TrainTask, run_training
 from .setup import load_trainable_model, prepare_run_dir, say
+
+if TYPE_CHECKING:  # torch and the engine are imported where used, so `posttrain sft --help` stays fast
+    import torch
+
+    from .engine import LossOutput
 
 
 @dataclass
@@ -80,6 +83,7 @@ def response_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def nll_sum(model, batch: dict[str, torch.Tensor]) -> LossOutput:
     """Sum of -log p(token) over the batch's trained tokens (the engine divides by their count)."""
+    from .engine import LossOutput
     from ..models.logprobs import response_logprobs
 
     inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
@@ -112,7 +116,7 @@ def make_evaluator(eval_examples: list, collate, batch_size: int):
             total += float(nll_sum(model, batch).loss_sum)
             count += sum(trained_tokens(e) for e in chunk)
         loss = total / max(count, 1)
-        return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(min(loss, 50.0))))}
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     return evaluate
 
 
@@ -121,6 +125,7 @@ def train_sft(cfg: SFTConfig):
     from ..data import get_template, pack_examples
     from ..data.readers import check_sources
     from ..models import load_tokenizer
+    from .engine import TrainTask, run_training
 
     if not cfg.data:
         raise ConfigError("data", "give at least one training file (--data FILE)")
