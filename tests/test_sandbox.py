@@ -366,6 +366,6 @@ def test_bad_limits_and_bad_tests_are_one_line_errors():
 def test_parse_tests_keeps_expected_values_out_of_the_sandbox():
     setup, tests = parse_tests(["assert f(1) == [1, 2]", "assert 3 == g()", "assert f(1) == g()", "assert h(2)"])
     assert setup == ""
-    assert [t.wire["kind"] for t in tests] == ["value", "value", "exec", "exec"]
-    assert tests[0].wire == {"kind": "value", "expr": "f(1)"} and tests[0].expected == [1, 2]
-    assert tests[1].wire == {"kind": "value", "expr": "g()"} and tests[1].expected == 3
+    assert [t.wire["kind"] for t in tests] == ["probe", "probe", "exec", "exec"]
+    assert tests[0].wire == {"kind": "probe", "expr": "f(1)"} and tests[0].expected == [1, 2]
+    assert tests[1].wire == {"kind": "probe", "expr": "g()"} and tests[1].expected == 3

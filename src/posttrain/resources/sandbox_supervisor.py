@@ -1,18 +1,32 @@
 """Sandbox supervisor: run one untrusted program and its tests, report JSON on stdout.
 
 Started by `posttrain.rollout.sandbox` as `python -I -S sandbox_supervisor.py` (stdlib only,
-no site-packages, no PYTHON* variables) in a fresh working directory with a clean
-environment, usually as PID 1 of new network/PID/mount namespaces. It reads a JSON spec
-on stdin, forks the program, and prints one JSON report line when everything it started
-is dead. This file is not imported by posttrain; it is a script.
+no site-packages, no PYTHON* variables) with a clean environment, usually as PID 1 of new
+network/PID/mount namespaces. stdin and stdout are one end of a socket pair (a socket, unlike a
+pipe, cannot be reopened through /proc/PID/fd). `posttrain.rollout.sandbox` also imports this
+file for `decode_value`, so it must stay import-safe.
 
-    supervisor (this process: subreaper or PID 1, not dumpable, never runs user code)
-      └── child: rlimits -> [throwaway uid] -> no_new_privs -> [audit guard] -> program -> tests
-            └── anything the program forks (bounded by RLIMIT_NPROC, killed at the end)
+    supervisor (root or PID 1, not dumpable, never runs untrusted code)
+      ├── program   uid base+1   runs the model's code; evaluates value probes; answers the judge
+      ├── io test k uid base+2+k runs the model's code as __main__ on stdin k (stdout comes back)
+      └── judge     uid base     runs the dataset's test code; the program's names are proxies
+                                  that ask the program over a pipe and get back plain values
 
-Records travel from the child on a pipe (fd 3) as JSON lines tagged with a per-run token;
-lines without the token are ignored. The child never sees expected values of equality tests.
+Who decides a verdict (see docs/rewards.md, "Reward integrity"):
+* value probes (`assert EXPR == LITERAL`): the program sends back EXPR's value as a tagged plain
+  value; the trainer decodes it and compares with the literal, which never enters the sandbox;
+* io tests: the trainer compares the stdout that comes back with the expected output;
+* every other test runs in the judge: a separate process, another uid, not dumpable, forked
+  only after every program process exists, so no program process ever held the test code in
+  its memory. The judge sees only plain values decoded from the program's answers.
+Whatever the program does inside its own process (frames, builtins, exit codes, fds, threads)
+changes only the values it answers with, never a comparison.
+
+The spec arrives in two length-prefixed frames: frame 1 (program, probes, stdin of io tests,
+limits) is read, the program processes are forked, and only then frame 2 (the judge's test
+code) is read.
 """
+import builtins
 import fcntl
 import json
 import os
@@ -22,69 +36,206 @@ import signal
 import sys
 import time
 
+try:
+    import ctypes
+except ImportError:  # not on every platform; only Linux-specific steps need it
+    ctypes = None
+
 RESULT_FD = 3
 VIOLATION_EXIT = 86
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
-RECORDS_LIMIT = 4 * 2**20  # bytes of records kept; a program that floods fd 3 cannot exhaust us
+RECORDS_LIMIT = 4 * 2**20  # bytes of records kept per process; flooding a pipe cannot exhaust us
+CLONE_NEWUSER = 0x10000000
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None and ctypes is not None:
+        try:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _LIBC = False
+    return _LIBC or None
 
 
 def _prctl(option, value):
     """prctl(2) through libc; quietly does nothing where unavailable (not Linux)."""
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.prctl(option, value, 0, 0, 0)
+        except AttributeError:
+            pass
+
+
+# ---------------------------------------------------------------------------- plain values
+# A value crosses a trust boundary only as a tagged JSON tree of built-in plain types, checked
+# by exact type. Decoding builds fresh built-in objects, so an object the program made (one
+# whose __eq__ always says True, an int subclass, a lying __repr__) can never reach a comparison.
+
+
+class NotPlain(Exception):
+    pass
+
+
+_SEQUENCES = {list: "l", tuple: "t", set: "S", frozenset: "z"}
+_BUILD = {"l": list, "t": tuple, "S": set, "z": frozenset}
+MAX_DEPTH = 100
+
+
+def encode_value(value, handle=None, depth=0):
+    """A plain value as a JSON-able tree; anything else becomes `handle(value)` or raises NotPlain."""
+    kind = type(value)
+    if depth > MAX_DEPTH:
+        raise NotPlain(f"a value nested more than {MAX_DEPTH} levels deep")
+    if value is None:
+        return ["N"]
+    if kind is bool:
+        return ["B", value]
+    if kind is int:
+        return ["i", format(value, "x")]  # hex: no limit on digits (decimal str() has one)
+    if kind is float:
+        return ["f", value.hex()]  # exact, and nan/inf survive
+    if kind is complex:
+        return ["c", value.real.hex(), value.imag.hex()]
+    if kind is str:
+        return ["s", value]
+    if kind is bytes:
+        return ["b", value.hex()]
+    if kind in _SEQUENCES:
+        return [_SEQUENCES[kind], [encode_value(item, handle, depth + 1) for item in value]]
+    if kind is dict:
+        return ["d", [[encode_value(k, handle, depth + 1), encode_value(v, handle, depth + 1)] for k, v in value.items()]]
+    if handle is not None:
+        return ["h", handle(value), kind.__name__[:100]]
+    raise NotPlain(f"a {kind.__name__[:100]} object")
+
+
+class BadValue(Exception):
+    pass
+
+
+def decode_value(tree, handle=None, depth=0):
+    """The inverse of encode_value, strict: anything malformed raises BadValue. `handle(id, type)`
+    turns an object reference into a proxy; without it a reference is BadValue."""
+    if depth > MAX_DEPTH + 1 or not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
+        raise BadValue("malformed value")
+    tag, rest = tree[0], tree[1:]
     try:
-        import ctypes
+        if tag == "N" and not rest:
+            return None
+        if tag == "B" and len(rest) == 1 and type(rest[0]) is bool:
+            return rest[0]
+        if tag == "i" and len(rest) == 1 and type(rest[0]) is str and rest[0].lstrip("-").isalnum():
+            return int(rest[0], 16)
+        if tag == "f" and len(rest) == 1 and type(rest[0]) is str and len(rest[0]) < 40:
+            return float.fromhex(rest[0])
+        if tag == "c" and len(rest) == 2 and all(type(p) is str and len(p) < 40 for p in rest):
+            return complex(float.fromhex(rest[0]), float.fromhex(rest[1]))
+        if tag == "s" and len(rest) == 1 and type(rest[0]) is str:
+            return rest[0]
+        if tag == "b" and len(rest) == 1 and type(rest[0]) is str:
+            return bytes.fromhex(rest[0])
+        if tag in _BUILD and len(rest) == 1 and type(rest[0]) is list:
+            return _BUILD[tag](decode_value(item, handle, depth + 1) for item in rest[0])
+        if tag == "d" and len(rest) == 1 and type(rest[0]) is list:
+            pairs = rest[0]
+            if not all(type(p) is list and len(p) == 2 for p in pairs):
+                raise BadValue("malformed dict")
+            return {decode_value(k, handle, depth + 1): decode_value(v, handle, depth + 1) for k, v in pairs}
+        if tag == "h" and handle is not None and len(rest) == 2 and type(rest[0]) is int and type(rest[1]) is str:
+            return handle(rest[0], rest[1])
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise BadValue(f"malformed value ({type(exc).__name__})") from None
+    raise BadValue(f"malformed value (tag {tag[:10]!r})")
 
-        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-    except (OSError, AttributeError, ImportError):
-        pass
+
+def describe_exception(exc):
+    try:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except BaseException:  # noqa: BLE001 - a program's exception may fail to print
+        text = type(exc).__name__
+    return text[:500]
 
 
-# -------------------------------------------------------------------- read-only filesystem
+# -------------------------------------------------------------------- the private filesystem
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
-_KEPT_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": 1024,
-                     "nodiratime": 2048, "relatime": 1 << 21, "strictatime": 1 << 24}
-
-
-def _unescape(field):
-    """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+# statvfs flags -> mount flags a remount must keep (a user namespace refuses to drop them)
+_KEPT = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+         (getattr(os, "ST_NOATIME", 1024), 1024), (getattr(os, "ST_NODIRATIME", 2048), 2048),
+         (getattr(os, "ST_RELATIME", 4096), 1 << 21))
+# What the Python runtime needs to import extension modules after we fork (nothing is exec'd):
+# the C libraries, and the interpreter's own prefix (added at run time).
+_RUNTIME_DIRS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib")
+_TOP_LINKS = ("lib", "lib64", "lib32", "libx32", "bin", "sbin")
+_DEVICES = ("null", "zero", "urandom", "random")
 
 
-def make_filesystem_readonly(workdir):
-    """Inside our private mount namespace: make every mount read-only except `workdir`.
+def _mount(source, target, fstype, flags, data=None):
+    libc = _libc()
+    encode = lambda text: text.encode() if text is not None else None  # noqa: E731
+    if libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {source or ''} on {target}: {os.strerror(errno)}")
 
-    The working directory is bind-mounted onto itself first, so it is a mount of its own that
-    stays writable. Per-mount flags that a user namespace locks (nosuid, nodev, noexec, atime)
-    are kept, since changing them is refused. Returns the mount points that could not be
-    remounted (they stay writable; the guard and file permissions still apply there)."""
-    import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    workdir = os.path.realpath(workdir)
-    if libc.mount(workdir.encode(), workdir.encode(), None, MS_BIND, None) != 0:
-        return ["<bind of the working directory failed>"]
-    os.chdir(workdir)  # our cwd still points into the mount underneath; step onto the new one
-    failed = []
-    with open("/proc/self/mountinfo") as handle:
-        mounts = [line.split() for line in handle]
-    for fields in mounts:
-        point = _unescape(fields[4])
-        if point == workdir:
-            continue
-        flags = MS_BIND | MS_REMOUNT | MS_RDONLY
-        for option in fields[5].split(","):
-            flags |= _KEPT_MOUNT_FLAGS.get(option, 0)
-        if libc.mount(None, point.encode(), None, flags, None) != 0:
-            failed.append(point)
-    return failed
+def _bind_readonly(source, target):
+    _mount(source, target, None, MS_BIND | MS_REC)
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+    have = os.statvfs(target).f_flag
+    for st_flag, ms_flag in _KEPT:
+        if have & st_flag:
+            flags |= ms_flag
+    _mount(None, target, None, flags)
+
+
+def runtime_dirs():
+    """Directories the forked interpreter may still read: C libraries and its stdlib."""
+    dirs = {os.path.realpath(d) for d in _RUNTIME_DIRS if os.path.isdir(d)}
+    dirs |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    # A directory inside another one we bind already comes with it.
+    return sorted(d for d in dirs if not any(d != o and d.startswith(o + os.sep) for o in dirs))
+
+
+def enter_private_root(spec):
+    """Replace the whole filesystem view of this mount namespace (ours alone: we are PID 1 of
+    `unshare --mount-proc`) with a fresh tmpfs, limited in bytes and inodes, that holds only
+    read-only binds of `runtime_dirs()`, four devices, a new /proc and a writable /tmp; then
+    pivot_root into it and detach the old root, so nothing else of the host is reachable."""
+    libc = _libc()
+    root = os.path.realpath(spec["mount_point"])
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={spec['disk_bytes']},nr_inodes={spec['max_files']},mode=755")
+    for path in runtime_dirs():
+        os.makedirs(root + path, exist_ok=True)
+        _bind_readonly(path, root + path)
+    for name in _TOP_LINKS:  # merged-/usr systems reach /usr/lib through /lib
+        if os.path.islink("/" + name) and not os.path.lexists(f"{root}/{name}"):
+            os.symlink(os.readlink("/" + name), f"{root}/{name}")
+    os.makedirs(root + "/dev")
+    for name in _DEVICES:
+        if os.path.exists("/dev/" + name):
+            open(f"{root}/dev/{name}", "w").close()
+            _mount("/dev/" + name, f"{root}/dev/{name}", None, MS_BIND)
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{fd}", f"{root}/dev/{name}")
+    os.makedirs(root + "/proc")
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(root + "/tmp")
+    os.chmod(root + "/tmp", 0o711)
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    os.chdir(root)
+    if number is None or libc.syscall(number, b".", b".") != 0:
+        raise OSError(ctypes.get_errno(), "pivot_root failed")
+    if libc.umount2(b".", MNT_DETACH) != 0:  # the old root, stacked under the new one
+        raise OSError(ctypes.get_errno(), "detaching the old root failed")
+    os.chdir("/")
+    return "/tmp"
 
 
 # ----------------------------------------------------------------------------- the guard
@@ -110,9 +261,9 @@ _PATH_EVENTS = {"os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.mkdir": ((0,)
 def install_guard(workdir, send):
     """Audit hook: the program's interpreter refuses network, process creation, signals to other
     processes, native code (ctypes), writes outside `workdir`, reading other processes' /proc
-    entries, and the introspection needed to forge reports. A refused event is reported and ends
-    the program at once (it cannot be caught). Defence in depth only: C code and interpreter
-    tricks can bypass an audit hook; the OS limits and namespaces are the boundary."""
+    entries, and introspection. A refused event is reported and ends the program at once (it
+    cannot be caught). Defence in depth only, and never part of a verdict: C code and interpreter
+    tricks can bypass an audit hook; the OS layers and the judging outside are the boundary."""
     root = os.path.realpath(workdir)
     own = str(os.getpid())
     realpath, join, fspath, fsdecode, isdir = os.path.realpath, os.path.join, os.fspath, os.fsdecode, os.path.isdir
@@ -174,51 +325,7 @@ def install_guard(workdir, send):
     sys.addaudithook(hook)
 
 
-# ------------------------------------------------------------------------------ the child
-
-
-def _describe(exc):
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:500]
-
-
-def run_program(spec, send):
-    """Execute the program, then setup, then each test, in one namespace; report each step."""
-    # Bind what we call before the program runs: it may replace builtins.exec with a no-op.
-    exec_, eval_, compile_, repr_, len_ = exec, eval, compile, repr, len
-    namespace = {"__name__": "solution"}
-    ok = True
-    try:
-        exec_(compile_(spec["code"], "<solution>", "exec"), namespace)
-        send({"event": "program", "ok": True})
-    except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are failures too
-        send({"event": "program", "ok": False, "error": _describe(exc)})
-        ok = False
-    if ok and spec.get("setup"):
-        try:
-            exec_(compile_(spec["setup"], "<tests>", "exec"), namespace)
-        except BaseException as exc:  # noqa: BLE001
-            send({"event": "program", "ok": False, "error": "test setup failed: " + _describe(exc)})
-            ok = False
-    if not ok:
-        return
-    limit = spec["value_limit"]
-    for index, test in enumerate(spec["tests"]):
-        send({"event": "start", "i": index})
-        try:
-            if test["kind"] == "value":
-                value = repr_(eval_(compile_(test["expr"], f"<test {index}>", "eval"), namespace))
-                if len_(value) > limit:
-                    raise ValueError(f"returned value too large to compare ({len_(value)} characters)")
-                send({"event": "test", "i": index, "ok": True, "value": value})
-                continue
-            if test["kind"] == "exec":
-                exec_(compile_(test["code"], f"<test {index}>", "exec"), namespace)
-            else:
-                namespace[test["name"]]()
-            send({"event": "test", "i": index, "ok": True})
-        except BaseException as exc:  # noqa: BLE001
-            send({"event": "test", "i": index, "ok": False, "error": _describe(exc)})
+# ------------------------------------------------------------------ confining a child process
 
 
 def _count_own_processes():
@@ -231,47 +338,59 @@ def _count_own_processes():
     return count
 
 
-def child(spec, token, out_w, err_w, result_w):
-    """In the forked child: confine this process, then run the program. Never returns."""
+def _remap_imports():
+    """The stdlib may live where a throwaway uid cannot read (e.g. /root/.pyenv): keep directory
+    descriptors opened as root and import through /proc/self/fd/N instead. Packages already
+    imported (encodings, json, ...) search their own __path__: remap those too."""
+    remap = {}
+    for entry in sys.path:
+        try:
+            remap[entry] = f"/proc/self/fd/{os.open(entry, os.O_RDONLY | os.O_DIRECTORY)}"
+        except OSError:
+            pass
+    return remap
+
+
+def _apply_remap(remap):
+    sys.path[:] = list(remap.values())
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            for old, new in remap.items():
+                search[:] = [new + p[len(old):] if p == old or p.startswith(old + os.sep) else p for p in search]
+    sys.path_importer_cache.clear()
+
+
+def confine(spec, fds, uid, cwd, max_processes, file_bytes):
+    """In a freshly forked child: put `fds` on 0, 1, 2, ... and close everything else, switch to
+    `uid` (when we are root), set the resource limits and no_new_privs."""
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    # Move the four descriptors the program keeps out of the way first, so that dup2 onto
-    # 0..3 cannot clobber one we still need, then close everything else we inherited.
-    keep = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (os.open(os.devnull, os.O_RDONLY), out_w, err_w, result_w)]
+    for signum in (signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_DFL)
+    # Move what we keep out of the way first, so dup2 onto 0..n cannot clobber one we still need.
+    keep = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
     for target, fd in enumerate(keep):
         os.dup2(fd, target)
-    os.closerange(RESULT_FD + 1, 65536)
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.stderr.reconfigure(line_buffering=True)
-    uid = spec["uid"]
+    os.closerange(len(keep), 65536)
     baseline = 1 if uid is not None else _count_own_processes() + 1
     limits = [(resource.RLIMIT_CPU, spec["cpu_s"], spec["cpu_s"] + 1),
-              (resource.RLIMIT_NPROC, baseline + spec["max_processes"], None),
-              (resource.RLIMIT_FSIZE, spec["file_bytes"], None),
+              (resource.RLIMIT_NPROC, baseline + max_processes, None),
+              (resource.RLIMIT_FSIZE, file_bytes, None),
               (resource.RLIMIT_NOFILE, spec["open_files"], None),
               (resource.RLIMIT_CORE, 0, None)]
     if uid is not None:
-        # The stdlib may live where the throwaway uid cannot read (e.g. /root/.pyenv): keep
-        # directory descriptors opened as root and import through /proc/self/fd/N instead.
-        # Packages already imported (encodings, json, ...) search their own __path__: remap too.
-        remap = {}
-        for entry in sys.path:
+        remap = _remap_imports() if not spec["private_root"] else None
+        for fd in (1, 2):  # so that reopening /dev/stdout works for the program
             try:
-                remap[entry] = f"/proc/self/fd/{os.open(entry, os.O_RDONLY | os.O_DIRECTORY)}"
+                os.fchown(fd, uid, uid)
             except OSError:
                 pass
-        for fd in (1, 2):  # so that reopening /dev/stdout works for the program
-            os.fchown(fd, uid, uid)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-        sys.path[:] = list(remap.values())
-        for module in list(sys.modules.values()):
-            search = getattr(module, "__path__", None)
-            if isinstance(search, list):
-                for old, new in remap.items():
-                    search[:] = [new + p[len(old):] if p == old or p.startswith(old + os.sep) else p for p in search]
-        sys.path_importer_cache.clear()
+        if remap:
+            _apply_remap(remap)
+    os.chdir(cwd)
     for which, soft, hard in limits:
         current_hard = resource.getrlimit(which)[1]
         hard = soft if hard is None else hard
@@ -279,29 +398,349 @@ def child(spec, token, out_w, err_w, result_w):
             soft, hard = min(soft, current_hard), min(hard, current_hard)
         resource.setrlimit(which, (soft, hard))
     _prctl(PR_SET_NO_NEW_PRIVS, 1)  # a setuid binary exec'd later cannot gain privileges
-    # Address space last: everything above may allocate.
-    resource.setrlimit(resource.RLIMIT_AS, (spec["memory_bytes"], spec["memory_bytes"]))
 
-    write, dumps = os.write, json.dumps
+
+def drop_namespace_privileges():
+    """Not root outside: inside our user namespace we are uid 0 with every capability. A nested
+    user namespace leaves the program no capability over our namespaces (no ptrace of the judge
+    or supervisor, no mounts, no chroot out of the private root)."""
+    libc = _libc()
+    if libc is None or libc.unshare(CLONE_NEWUSER) != 0:
+        os._exit(125)  # never run the program with capabilities
+
+
+# ------------------------------------------------------------------------ the program process
+
+
+def program_process(spec, uid, cwd, fds, as_main):
+    """Run the model's program (never returns). fds: stdin, stdout, stderr, records[, rpc_in, rpc_out]."""
+    confine(spec, fds, uid, cwd, spec["max_processes"], spec["file_bytes"])
+    os.environ.update({"HOME": cwd, "TMPDIR": cwd})
+    if spec["userns"]:
+        drop_namespace_privileges()
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    # Bind what we call before the program runs. Not for safety (this whole process is the
+    # program's to corrupt; corrupting it only changes the values it answers with), but so that
+    # an innocent program that shadows a builtin still gets its tests evaluated.
+    write, dumps, exec_, eval_, compile_, len_ = os.write, json.dumps, exec, eval, compile, len
+    limit = spec["value_limit"]
 
     def send(record):
-        record["t"] = token
         data = (dumps(record) + "\n").encode()
         while data:
             data = data[write(RESULT_FD, data):]
 
+    resource.setrlimit(resource.RLIMIT_AS, (spec["memory_bytes"], spec["memory_bytes"]))  # last: all above allocates
     if spec["guard"]:
-        install_guard(os.getcwd(), send)
+        install_guard(cwd, send)
     try:
-        run_program(spec, send)
+        namespace = {"__name__": "__main__" if as_main else "solution"}
+        try:
+            exec_(compile_(spec["code"], "<solution>", "exec"), namespace)
+            send({"event": "program", "ok": True})
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are failures too
+            send({"event": "program", "ok": False, "error": describe_exception(exc)})
+            return
+        if as_main:  # an io test: its stdout is the answer
+            return
+        for index, expr in spec["probes"]:
+            send({"event": "start", "i": index})
+            try:
+                value = dumps(encode_value(eval_(compile_(expr, f"<test {index}>", "eval"), namespace)))
+                if len_(value) > limit:
+                    raise ValueError(f"value too large to compare ({len_(value)} bytes encoded)")
+                send({"event": "value", "i": index, "value": value})
+            except NotPlain as exc:
+                send({"event": "value", "i": index, "error": f"returned {exc}, not a plain value"})
+            except BaseException as exc:  # noqa: BLE001
+                send({"event": "value", "i": index, "error": describe_exception(exc)})
+        if len(fds) > 4:
+            serve_judge(namespace, 4, 5, limit)
+    finally:
         for stream in (sys.__stdout__, sys.__stderr__):
             try:
                 stream.flush()
             except BaseException:  # noqa: BLE001 - the program may have broken its streams
                 pass
-        send({"event": "done"})
-    except BaseException:  # noqa: BLE001 - e.g. MemoryError while reporting
-        os._exit(1)
+        os._exit(0)
+
+
+def serve_judge(namespace, rpc_in, rpc_out, limit):
+    """Answer the judge's requests (one JSON line each) until it hangs up. Objects that are not
+    plain values stay here and travel as numbered references."""
+    objects = []
+    loads, dumps, write = json.loads, json.dumps, os.write
+
+    def keep(obj):
+        objects.append(obj)
+        return len(objects) - 1
+
+    def plain(value):
+        return decode_value(value, lambda ref, _type: objects[ref])
+
+    with os.fdopen(rpc_in, "rb") as requests:
+        for line in requests:
+            try:
+                request = loads(line)
+                op = request["op"]
+                if op == "globals":
+                    reply = {"globals": {name: encode_value(value, keep) for name, value in list(namespace.items())
+                                         if not name.startswith("__")}}
+                else:
+                    target = objects[request["ref"]]
+                    if op == "call":
+                        value = target(*[plain(a) for a in request["args"]],
+                                       **{k: plain(v) for k, v in request["kwargs"].items()})
+                    elif op == "getattr":
+                        value = getattr(target, request["name"])
+                    elif op == "getitem":
+                        value = target[plain(request["key"])]
+                    elif op == "len":
+                        value = len(target)
+                    elif op == "iter":
+                        value = list(target)
+                    elif op == "str":
+                        value = str(target)
+                    else:
+                        value = repr(target)
+                    reply = {"value": encode_value(value, keep)}
+            except BaseException as exc:  # noqa: BLE001 - the program's exception goes to the judge
+                reply = {"raise": [type(exc).__name__, describe_exception(exc)]}
+            data = dumps(reply)
+            if len(data) > limit:
+                data = dumps({"raise": ["ValueError", f"value too large to pass ({len(data)} bytes encoded)"]})
+            data = (data + "\n").encode()
+            while data:
+                data = data[write(rpc_out, data):]
+
+
+# ------------------------------------------------------------------------------- the judge
+
+
+class ProgramGone(Exception):
+    """The program stopped answering (it ended, crashed or sent something unreadable)."""
+
+
+class NotComparable(TypeError):
+    pass
+
+
+class ProgramError(Exception):
+    """The program raised an exception that is not a built-in one."""
+
+
+class Channel:
+    """The judge's end of the pipe pair to the program: one request, one reply."""
+
+    def __init__(self, rpc_in, rpc_out, limit):
+        self.reader = os.fdopen(rpc_in, "rb")
+        self.out = rpc_out
+        self.limit = limit
+
+    def ask(self, request):
+        data = (json.dumps(request) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.out, data):]
+            line = self.reader.readline(self.limit + 2)
+        except OSError as exc:
+            raise ProgramGone(f"the program stopped answering ({exc.strerror})") from None
+        if not line.endswith(b"\n"):
+            raise ProgramGone("the program stopped answering" if not line else "the program's answer is too long")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ProgramGone("the program's answer is not readable") from None
+        if not isinstance(reply, dict):
+            raise ProgramGone("the program's answer is not readable")
+        if "raise" in reply:
+            name, text = (list(reply["raise"]) + ["", ""])[:2]
+            builtin = getattr(builtins, str(name), None)
+            if isinstance(builtin, type) and issubclass(builtin, Exception) and builtin is not ProgramGone:
+                raise builtin(str(text)[len(str(name)) + 2:] if str(text).startswith(f"{name}: ") else "")
+            raise ProgramError(str(text)[:500])
+        return reply
+
+    def value(self, request):
+        try:
+            return decode_value(self.ask(request).get("value"), self.proxy)
+        except BadValue as exc:
+            raise ProgramGone(f"the program's answer is not a plain value ({exc})") from None
+
+    def proxy(self, ref, type_name):
+        return Remote(self, ref, type_name)
+
+
+def _refuse(name):
+    def method(self, *args):
+        raise NotComparable(f"{name} on a {object.__getattribute__(self, '_type')} object the program made: "
+                            "only plain values (numbers, strings, lists, ...) can be compared")
+    return method
+
+
+class Remote:
+    """An object that lives in the program's process. Calls, attributes, items, len() and
+    iteration are asked of the program and come back as plain values or more references;
+    comparing, hashing or testing the truth of one is refused (its answer would be the program's
+    to choose, e.g. an __eq__ that always says True)."""
+
+    __slots__ = ("_channel", "_ref", "_type")
+
+    def __init__(self, channel, ref, type_name):
+        object.__setattr__(self, "_channel", channel)
+        object.__setattr__(self, "_ref", ref)
+        object.__setattr__(self, "_type", type_name)
+
+    def _ask(self, op, **fields):
+        return object.__getattribute__(self, "_channel").value({"op": op, "ref": object.__getattribute__(self, "_ref"), **fields})
+
+    def __call__(self, *args, **kwargs):
+        return self._ask("call", args=[_outgoing(a) for a in args], kwargs={str(k): _outgoing(v) for k, v in kwargs.items()})
+
+    def __getattr__(self, name):
+        return self._ask("getattr", name=name)
+
+    def __getitem__(self, key):
+        return self._ask("getitem", key=_outgoing(key))
+
+    def __len__(self):
+        return self._ask("len")
+
+    def __iter__(self):
+        return iter(self._ask("iter"))
+
+    def __str__(self):
+        return str(self._ask("str"))
+
+    def __repr__(self):
+        try:
+            return str(self._ask("repr"))[:200]
+        except Exception:  # noqa: BLE001 - only for messages
+            return f"<{object.__getattribute__(self, '_type')} object of the program>"
+
+    __eq__ = _refuse("==")
+    __ne__ = _refuse("!=")
+    __lt__ = _refuse("<")
+    __le__ = _refuse("<=")
+    __gt__ = _refuse(">")
+    __ge__ = _refuse(">=")
+    __bool__ = _refuse("truth test")
+    __hash__ = _refuse("hash")
+    __contains__ = _refuse("'in'")
+    __setattr__ = _refuse("setting an attribute")
+
+
+def _reference(obj):
+    if isinstance(obj, Remote):
+        return object.__getattribute__(obj, "_ref")
+    raise NotPlain(f"a {type(obj).__name__} object")
+
+
+def _outgoing(value):
+    """An argument for the program: a plain value, or one of the program's own objects."""
+    try:
+        return encode_value(value, _reference)
+    except NotPlain as exc:
+        raise TypeError(f"cannot pass {exc} to the program: only plain values and its own objects") from None
+
+
+class _Raises:
+    """`pytest.raises(E)` for test files: the block must raise E."""
+
+    def __init__(self, expected, match=None):
+        self.expected, self.match = expected, match
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None:
+            raise AssertionError(f"DID NOT RAISE {self.expected}")
+        if not issubclass(kind, self.expected):
+            return False
+        if self.match is not None:
+            import re
+
+            if not re.search(self.match, str(exc)):
+                raise AssertionError(f"{str(exc)!r} does not match {self.match!r}")
+        return True
+
+
+class _Approx:
+    def __init__(self, expected, rel=1e-6, abs=1e-12):  # noqa: A002 - pytest's names
+        self.expected, self.rel, self.abs = expected, rel, abs
+
+    def __eq__(self, other):
+        import math
+
+        if isinstance(self.expected, (list, tuple)):
+            return (isinstance(other, (list, tuple)) and len(other) == len(self.expected)
+                    and all(_Approx(e, self.rel, self.abs) == o for e, o in zip(self.expected, other)))
+        return (type(other) in (int, float) and not isinstance(other, bool)
+                and math.isclose(other, self.expected, rel_tol=self.rel, abs_tol=self.abs))
+
+    def __repr__(self):
+        return f"approx({self.expected!r})"
+
+
+def _fake_modules(names):
+    """A `solution` module holding the program's names, and a tiny `pytest` (raises, approx)."""
+    import types
+
+    solution = types.ModuleType("solution")
+    solution.__dict__.update(names)
+    pytest = types.ModuleType("pytest")
+    pytest.raises, pytest.approx = _Raises, _Approx
+    return {"solution": solution, "pytest": pytest}
+
+
+def judge_process(spec, judge, fds):
+    """Run the dataset's tests against the program's answers (never returns).
+    fds: stdin, stdout, stderr (all /dev/null), records, rpc_in, rpc_out."""
+    confine(spec, fds, spec["judge_uid"], "/" if spec["private_root"] else spec["workroot"], 0, 0)
+    _prctl(PR_SET_DUMPABLE, 0)  # after setuid: no ptrace and no /proc/PID/mem or fd by the program
+    resource.setrlimit(resource.RLIMIT_AS, (spec["memory_bytes"], spec["memory_bytes"]))
+
+    def send(record):
+        data = (json.dumps(record) + "\n").encode()
+        while data:
+            data = data[os.write(RESULT_FD, data):]
+
+    channel = Channel(4, 5, spec["value_limit"])
+    try:
+        answer = channel.ask({"op": "globals"})
+        names = {str(k): decode_value(v, channel.proxy) for k, v in dict(answer.get("globals") or {}).items()}
+        sys.modules.update(_fake_modules(names))
+        namespace = {"__name__": "tests", **names}
+        if judge["setup"]:
+            exec(compile(judge["setup"], "<tests>", "exec"), namespace)
+    except BaseException as exc:  # noqa: BLE001
+        send({"event": "setup", "ok": False, "error": describe_exception(exc)})
+        os._exit(0)
+    for test in judge["tests"]:
+        index = test["i"]
+        try:
+            if test["kind"] == "value":
+                value = eval(compile(test["expr"], f"<test {index}>", "eval"), namespace)
+                try:
+                    send({"event": "value", "i": index, "value": json.dumps(encode_value(value))})
+                except NotPlain as exc:
+                    send({"event": "value", "i": index, "error": f"returned {exc}, not a plain value"})
+                continue
+            if test.get("code"):
+                exec(compile(test["code"], f"<test {index}>", "exec"), namespace)
+            for call in test.get("calls", ()):
+                result = eval(compile(call + "()", f"<test {index}>", "eval"), namespace)
+                if hasattr(result, "__await__"):  # an async test function runs to completion
+                    import asyncio
+
+                    asyncio.run(result)
+                elif hasattr(result, "__next__"):
+                    raise TypeError(f"{call} is a generator, not a test function that runs")
+            send({"event": "test", "i": index, "ok": True})
+        except BaseException as exc:  # noqa: BLE001
+            send({"event": "test", "i": index, "ok": False, "error": describe_exception(exc)})
     os._exit(0)
 
 
@@ -326,16 +765,32 @@ def _children():
         return pids
 
 
+def read_frame(fd):
+    """One length-prefixed JSON frame, read exactly (nothing of the next frame enters memory)."""
+    def exactly(count):
+        data = b""
+        while len(data) < count:
+            chunk = os.read(fd, count - len(data))
+            if not chunk:
+                raise EOFError("the spec ended early")
+            data += chunk
+        return data
+
+    return json.loads(exactly(int(exactly(12).decode())))
+
+
 class Supervisor:
     def __init__(self, spec):
         self.spec = spec
-        self.token = os.urandom(16).hex()
-        self.buffers = {"stdout": bytearray(), "stderr": bytearray(), "records": bytearray()}
-        self.status = None  # the program's wait status
-        self.rusage = None
+        self.buffers = {}  # (process, stream) -> bytearray
+        self.limits = {}  # (process, stream) -> (bytes kept, keep the "head" or the "tail")
+        self.overflow = set()
+        self.pids = {}  # pid -> process name
+        self.status = {}  # process name -> wait status
+        self.rusage = {}
+        self.fds = {}  # read fd -> (process, stream)
 
     def reap(self):
-        """Collect every exited child without blocking; remember the program's status."""
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -343,8 +798,8 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            if pid == self.pid:
-                self.status, self.rusage = status, usage
+            if pid in self.pids:
+                self.status[self.pids[pid]], self.rusage[self.pids[pid]] = status, usage
 
     def kill_everything(self):
         """SIGKILL every descendant until none is left (a fork bomb keeps forking meanwhile)."""
@@ -374,99 +829,193 @@ class Supervisor:
             return False
         return True
 
-    def read(self, fd, name):
+    def pipe(self, process, stream, limit, keep="tail"):
+        read_end, write_end = os.pipe()
+        self.fds[read_end] = (process, stream)
+        self.buffers[(process, stream)] = bytearray()
+        self.limits[(process, stream)] = (limit, keep)
+        return write_end
+
+    def read(self, fd):
         data = os.read(fd, 65536)
         if not data:
             return False
-        buffer = self.buffers[name]
-        if name == "records":
-            if len(buffer) < RECORDS_LIMIT:
-                buffer += data
+        key = self.fds[fd]
+        buffer, (limit, keep) = self.buffers[key], self.limits[key]
+        if keep == "head":
+            room = limit - len(buffer)
+            buffer += data[:max(0, room)]
+            if len(data) > room:
+                self.overflow.add(key)
         else:
             buffer += data
-            del buffer[: max(0, len(buffer) - self.spec["output_bytes"])]
+            del buffer[: max(0, len(buffer) - limit)]
         return True
 
+    def start(self, name, target, *args):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                target(*args)
+            finally:
+                os._exit(127)
+        self.pids[pid] = name
+        return pid
+
     def run(self):
-        spec = self.spec
+        spec = read_frame(0)
+        self.spec = spec
         if os.getpid() != 1:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, not to init, so we can kill them
         _prctl(PR_SET_DUMPABLE, 0)  # same-uid programs cannot open our /proc/PID/fd or ptrace us
-        if spec["uid"] is not None:
-            os.chown(".", spec["uid"], spec["uid"])
-            os.chmod(".", 0o700)
-        # Only as PID 1 of fresh namespaces (unshare --mount-proc implies a private mount
-        # namespace): never remount anything in a namespace someone else shares.
-        self.writable = make_filesystem_readonly(os.getcwd()) if spec["readonly_fs"] and os.getpid() == 1 else None
+        workroot = enter_private_root(spec) if spec["private_root"] else spec["workroot"]
+        spec["workroot"] = workroot
+        if spec["base_uid"] is not None:
+            os.chmod(workroot, 0o711)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        pipes = {name: os.pipe() for name in ("stdout", "stderr", "records")}
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         start = time.monotonic()
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                os.close(wake_r)
-                os.close(wake_w)
-                child(spec, self.token, pipes["stdout"][1], pipes["stderr"][1], pipes["records"][1])
-            finally:
-                os._exit(127)
+        null = os.open(os.devnull, os.O_RDWR)
+        keep = spec["output_bytes"]
+        judged = spec["judge"]
+        rpc = (os.pipe(), os.pipe()) if judged else None  # (program -> judge, judge -> program)
+        closing = [null]
+        if spec["main"]:
+            fds = [null, self.pipe("main", "stdout", keep), self.pipe("main", "stderr", keep),
+                   self.pipe("main", "records", RECORDS_LIMIT, "head")]
+            if rpc:
+                fds += [rpc[1][0], rpc[0][1]]
+            closing += fds[1:]
+            self.start("main", program_process, spec, self.uid(1), self.workdir(1), fds, False)
+        for number, text in enumerate(spec["io"]):
+            stdin = self.stdin_file(text)
+            fds = [stdin, self.pipe(f"io{number}", "stdout", spec["io_output_bytes"], "head"),
+                   self.pipe(f"io{number}", "stderr", keep), self.pipe(f"io{number}", "records", RECORDS_LIMIT, "head")]
+            closing += fds
+            self.start(f"io{number}", program_process, spec, self.uid(2 + number), self.workdir(2 + number), fds, True)
+        if judged:
+            # Only now, with every program process started, does the test code enter our memory.
+            judge = read_frame(0)
+            fds = [null, null, null, self.pipe("judge", "records", RECORDS_LIMIT, "head"), rpc[0][0], rpc[1][1]]
+            closing += fds[3:]
+            self.start("judge", judge_process, spec, judge, fds)
+        for fd in closing:
+            os.close(fd)
         selector = selectors.DefaultSelector()
-        for name, (read_end, write_end) in pipes.items():
-            os.close(write_end)
-            selector.register(read_end, selectors.EVENT_READ, name)
-        selector.register(wake_r, selectors.EVENT_READ, "wake")
+        for fd in self.fds:
+            selector.register(fd, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
         deadline = start + spec["timeout_s"]
         timed_out, killed_at = False, None
-        while len(selector.get_map()) > 1:  # until stdout, stderr and records all reach EOF
+        while len(selector.get_map()) > 1:  # until every pipe reaches EOF
             self.reap()
             now = time.monotonic()
-            if killed_at is None and (self.status is not None or now >= deadline):
-                timed_out = self.status is None
-                self.kill_everything()  # the program's children may hold the pipes open
+            if killed_at is None and (len(self.status) == len(self.pids) or now >= deadline):
+                timed_out = len(self.status) < len(self.pids)
+                self.drain(selector, wake_r)  # what the processes wrote before they ended
+                self.kill_everything()  # their children may hold the pipes open
                 killed_at = now
             if killed_at is not None and now >= killed_at + 1.0:
                 break  # cannot happen while we are PID 1 or a subreaper; do not hang if it does
             wait = 0.05 if killed_at is not None else max(0.0, deadline - now)
             for key, _ in selector.select(timeout=wait):
-                if key.data == "wake":  # SIGCHLD arrived: loop round to reap
+                if key.fd == wake_r:  # SIGCHLD arrived: loop round to reap
                     os.read(wake_r, 4096)
-                elif not self.read(key.fd, key.data):
+                elif not self.read(key.fd):
                     selector.unregister(key.fd)
                     os.close(key.fd)
         self.kill_everything()
-        duration = time.monotonic() - start
-        return self.report(timed_out, duration)
+        return self.report(timed_out, time.monotonic() - start)
+
+    def drain(self, selector, wake_r):
+        for key, _ in selector.select(timeout=0):
+            if key.fd != wake_r:
+                while self.read(key.fd) and select_ready(key.fd):
+                    pass
+
+    def uid(self, offset):
+        base = self.spec["base_uid"]
+        return None if base is None else base + offset
+
+    def workdir(self, number):
+        """A private writable directory per program process (each has its own uid)."""
+        path = os.path.join(self.spec["workroot"], f"p{number}")
+        os.mkdir(path, 0o700)
+        if self.spec["base_uid"] is not None:
+            os.chown(path, self.spec["base_uid"] + number, self.spec["base_uid"] + number)
+        else:  # a nested user namespace maps the program to nobody: let it write its own directory
+            os.chmod(path, 0o777)
+        return path
+
+    @staticmethod
+    def stdin_file(text):
+        data = text.encode()
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("stdin")
+        else:
+            import tempfile
+
+            fd = os.dup(tempfile.TemporaryFile().fileno())
+        while data:
+            data = data[os.write(fd, data):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
 
     def report(self, timed_out, duration):
-        records = []
-        for line in bytes(self.buffers["records"]).decode(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.pop("t", None) == self.token:
-                records.append(record)
-        status, usage = self.status, self.rusage
-        if status is None:
-            state = {}
-        elif os.WIFSIGNALED(status):
-            state = {"signal": os.WTERMSIG(status)}
-        else:
-            state = {"exitcode": os.WEXITSTATUS(status)}
+        def text(process, stream):
+            return bytes(self.buffers.get((process, stream), b"")).decode(errors="replace")
+
+        def records(process):
+            found = []
+            for line in bytes(self.buffers.get((process, "records"), b"")).decode(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    found.append(record)
+            return found
+
+        def state(process):
+            status, usage = self.status.get(process), self.rusage.get(process)
+            if status is None:
+                out = {}
+            elif os.WIFSIGNALED(status):
+                out = {"signal": os.WTERMSIG(status)}
+            else:
+                out = {"exitcode": os.WEXITSTATUS(status)}
+            out["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 4) if usage else None
+            return out
+
+        io = [{"stdout": text(f"io{n}", "stdout"), "stderr": text(f"io{n}", "stderr"), "records": records(f"io{n}"),
+               "overflow": (f"io{n}", "stdout") in self.overflow, "status": state(f"io{n}")}
+              for n in range(len(self.spec["io"]))]
         return {
-            "records": records, "status": state, "timed_out": timed_out, "duration_s": round(duration, 4),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 4) if usage else None,
-            "still_writable": self.writable,
-            "stdout": bytes(self.buffers["stdout"]).decode(errors="replace"),
-            "stderr": bytes(self.buffers["stderr"]).decode(errors="replace"),
+            "program": records("main"), "judge": records("judge"), "io": io,
+            "status": state("main"), "judge_status": state("judge"), "timed_out": timed_out,
+            "duration_s": round(duration, 4), "stdout": text("main", "stdout"), "stderr": text("main", "stderr"),
         }
 
 
+def select_ready(fd):
+    ready = selectors.DefaultSelector()
+    try:
+        ready.register(fd, selectors.EVENT_READ)
+        return bool(ready.select(timeout=0))
+    finally:
+        ready.close()
+
+
 def main():
-    spec = json.loads(sys.stdin.buffer.read())
-    report = Supervisor(spec).run()
+    supervisor = Supervisor(None)
+    try:
+        report = supervisor.run()
+    except BaseException as exc:  # noqa: BLE001 - the trainer turns this into a failed run
+        supervisor.kill_everything()
+        report = {"error": describe_exception(exc)}
     sys.stdout.write(json.dumps(report) + "\n")
     sys.stdout.flush()
     os._exit(0)
