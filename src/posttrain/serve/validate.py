@@ -60,7 +60,7 @@ def parse_json_body(raw: bytes, max_bytes: int = MAX_BODY_BYTES, max_depth: int 
 
 def check_json_values(value: Any, path: str = "", max_depth: int = MAX_DEPTH, depth: int = 0) -> None:
     """Raise RequestError for the first value SQLite or a JSON export could not hold."""
-    if depth > max_depth:
+    if isinstance(value, (list, dict)) and depth >= max_depth:  # this container is level depth + 1
         raise RequestError(None, f"body is nested more than {max_depth} levels deep", status=400)
     if isinstance(value, bool) or value is None:
         return
