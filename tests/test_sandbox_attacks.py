@@ -458,3 +458,17 @@ def test_disk_and_inode_quota(box):
     result = box.run(big)
     written, errno = map(int, result.stdout.split())
     assert written <= 16 and errno == 28  # ENOSPC: 16 MB in all, though each file is under 8 MB
+
+
+def test_blocked_actions_become_the_sandbox_violations_metric():
+    from posttrain.rollout.rewards import score_batch
+    from posttrain.rollout.verifiers import code_reward
+
+    reward = code_reward(sandbox=Sandbox(LIMITS, guard=False))
+    rows = [{"response": f"```python\n{ATTACKS['enumerate_probe_values']}```", "tests": ["assert f(1) == 591373"]},
+            {"response": f"```python\n{HONEST}```", "tests": ["assert f(1) == 591373"]}]
+    scores = score_batch({"code": reward}, rows)
+    assert scores.scores["code"] == [0.0, 1.0]
+    assert scores.reasons["code"][0] == "blocked: forged report (more than one result for a test)"
+    assert scores.metrics()["reward/sandbox_violations"] == 0.5
+    assert "reward/sandbox_violations" not in score_batch({"exact": "exact"}, [{"response": "a", "answer": "a"}]).metrics()

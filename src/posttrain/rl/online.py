@@ -79,6 +79,8 @@ def sample_metrics(run: OnlineRun, samples: list[Sample], scores, seconds_genera
     if len(scores.scores) > 1:
         for name, values in scores.scores.items():
             sums[f"reward/{name}"] = float(sum(values))
+    if getattr(scores, "sandbox_violations", None) is not None:  # samples whose code tried to escape or forge
+        sums["reward/sandbox_violations"] = float(scores.sandbox_violations)
     sums = reduce_sums(run.accelerator, sums)
     count = max(sums.pop("count"), 1.0)
     generated = sums.pop("length")

@@ -177,7 +177,11 @@ def weighted_sum(weights: Mapping[str | RewardFn, float]) -> RewardFn:
         for values in zip(*columns):
             total = sum(w * v for (_, w, _), v in zip(parts, values))
             why = [f"{name}: {v.reason}" for (_, _, name), v in zip(parts, values) if getattr(v, "reason", None)]
-            out.append(Score(total, "; ".join(why) or None))
+            score = Score(total, "; ".join(why) or None)
+            flagged = [v for v in values if hasattr(v, "blocked")]
+            if flagged:  # keep the sandbox's verdict on escape attempts through the sum
+                score.blocked = next((v.blocked for v in flagged if v.blocked), None)
+            out.append(score)
         return out
 
     def reward(prompt: str, response: str, **extra: Any) -> Score:
@@ -202,6 +206,8 @@ class BatchScores:
     reasons: dict[str, list[str | None]]
     seconds: dict[str, float]
     weights: dict[str, float] = field(default_factory=dict)
+    # Rows where the code sandbox blocked an escape or forgery attempt; None when no code reward ran.
+    sandbox_violations: int | None = None
 
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
         """Means and timings, ready for metrics.jsonl."""
@@ -210,6 +216,8 @@ class BatchScores:
         for name, values in self.scores.items():
             out[f"{prefix}/{name}"] = mean(values)
             out[f"{prefix}/{name}_seconds"] = self.seconds[name]
+        if self.sandbox_violations is not None:
+            out[f"{prefix}/sandbox_violations"] = self.sandbox_violations / max(len(self.total), 1)
         return out
 
 
@@ -239,11 +247,14 @@ def score_batch(fns: Mapping[str, str | RewardFn] | Sequence[str], rows: Sequenc
     weights = {name: float(given.get(name, 1.0)) for name in named}
     prompts, responses, extras = zip(*[_row_fields(row, i) for i, row in enumerate(rows)]) if rows else ((), (), ())
     scores, reasons, seconds = {}, {}, {}
+    blocked: set[int] | None = None  # rows with a blocked sandbox action (None: no code reward ran)
     for name, spec in named.items():
         start = time.perf_counter()
         values = _score_all(resolve_reward(spec), name, prompts, responses, extras)
         seconds[name] = time.perf_counter() - start
         scores[name] = [float(v) for v in values]
         reasons[name] = [getattr(v, "reason", None) for v in values]
+        if any(hasattr(v, "blocked") for v in values):
+            blocked = (blocked or set()) | {i for i, v in enumerate(values) if getattr(v, "blocked", None)}
     total = [sum(weights[name] * scores[name][i] for name in named) for i in range(len(rows))]
-    return BatchScores(total, scores, reasons, seconds, weights)
+    return BatchScores(total, scores, reasons, seconds, weights, None if blocked is None else len(blocked))

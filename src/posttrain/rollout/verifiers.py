@@ -470,7 +470,9 @@ def code_reward(all_or_nothing: bool = False, sandbox: Any = None) -> RewardFn:
 
     def to_score(result) -> Score:
         value = float(result.passed) if all_or_nothing else result.fraction_passed
-        return Score(value, result.reason)
+        score = Score(value, result.reason)
+        score.blocked = result.blocked  # an escape or forgery attempt, counted as reward/sandbox_violations
+        return score
 
     def reward(prompt: str, response: str, **extra: Any) -> Score:
         return to_score(box().run(extract_code(response), _need(extra, "tests", "code")))
