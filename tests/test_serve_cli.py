@@ -81,17 +81,29 @@ def test_token_import_label_export_round_trip(tmp_path, capsys):
     (["serve", "export", "--db", "{db}", "--kind", "votes", "{out}"], "config field 'kind': 'votes' is not one of"),
     (["serve", "--variants", "A"], "config field 'variants': expected NAME=MODEL, got 'A'"),
     (["serve", "--port", "0"], "config field 'port': must be"),
+    # issue #16: these were an IsADirectoryError / DatabaseError traceback, or created /nonexistent/
+    (["serve", "export", "--db", "{db}", "{dir}"], "config field 'output': {dir} is a directory"),
+    (["serve", "export", "--db", "{db}", "--ties-output", "{dir}", "{out}"], "config field 'ties_output': {dir} is a"),
+    (["serve", "export", "--db", "{notdb}", "{out}"], "{notdb}: cannot use as the serve database: file is not a"),
+    (["serve", "token", "--db", "{notdb}", "ann"], "{notdb}: cannot use as the serve database: file is not a"),
+    (["serve", "--db", "{notdb}"], "{notdb}: cannot use as the serve database: file is not a database"),
+    (["serve", "token", "--db", "{nodir}/x.db", "ann"], "{nodir}/x.db: directory {nodir} does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     paths = {"db": str(tmp_path / "s.db"), "bad": str(tmp_path / "bad.jsonl"),
-             "missing": str(tmp_path / "missing.jsonl"), "out": str(tmp_path / "out.jsonl")}
+             "missing": str(tmp_path / "missing.jsonl"), "out": str(tmp_path / "out.jsonl"),
+             "dir": str(tmp_path / "a_dir"), "notdb": str(tmp_path / "notes.db"), "nodir": str(tmp_path / "no" / "dir")}
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "notes.db").write_text("these are my notes, not a database\n" * 10)
+    run(capsys, "serve", "token", "--db", paths["db"], "someone")  # an existing database for the export cases
     write(tmp_path / "bad.jsonl", [{"prompt": "p", "response_a": "a", "response_b": "b"},
                                    {"prompt": "p", "response_a": "a", "response_b": ""}])
     code, out, err = run(capsys, *[a.format(**paths) for a in argv])
     assert code == 2
     assert err.startswith("posttrain serve") and message.format(**paths) in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "out.jsonl").exists()
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "no").exists()
+    assert list((tmp_path / "a_dir").iterdir()) == []
 
 
 def test_token_for_an_existing_name_needs_replace(tmp_path, capsys):

@@ -107,3 +107,51 @@ def test_20_clients_x_50_submissions_none_lost_none_duplicated(tmp_path):
     print("labels per item:", sorted(Counter(per_item.values()).items()))
     assert max(per_item.values()) <= K
     assert sum(n == K for n in per_item.values()) >= CLIENTS * SUBMISSIONS // K - CLIENTS  # items fill up first
+
+
+def test_kill_9_under_load_loses_no_acknowledged_label(tmp_path):
+    """SIGKILL the server while 10 clients submit: every label it answered 201 for is in the file."""
+    import os
+    import signal
+
+    db = tmp_path / "kill.db"
+    tokens = dict(list(setup_db(db).items())[:10])
+    acknowledged: dict[int, str] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(name, token, url):
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            n = 0
+            while not stop.is_set():
+                try:
+                    task = http.get("/api/next").json()
+                    body = {"assignment_id": task["assignment_id"], "choice": "A", "confidence": 3,
+                            "reasoning": f"{name}-{n}"}
+                    reply = http.post("/api/labels", json=body)
+                except httpx.TransportError:  # the server is gone
+                    return
+                if reply.status_code == 201:
+                    with lock:
+                        acknowledged[reply.json()["label_id"]] = body["reasoning"]
+                n += 1
+
+    with LiveServer(db) as server:
+        threads = [threading.Thread(target=client, args=(name, token, server.url), daemon=True)
+                   for name, token in tokens.items()]
+        [t.start() for t in threads]
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(server.process.pid, signal.SIGKILL)  # no shutdown, no checkpoint, no flush
+        server.process.wait(timeout=10)
+        stop.set()
+        [t.join(timeout=30) for t in threads]
+    with lock:
+        expected = dict(acknowledged)
+    assert len(expected) >= 150, "the clients did not get going"
+    conn = connect(db)  # opening the file replays the WAL, as a restarted server would
+    stored = {row[0]: row[1] for row in conn.execute("SELECT id, reasoning FROM labels")}
+    missing = {label: text for label, text in expected.items() if stored.get(label) != text}
+    assert not missing, f"{len(missing)} acknowledged labels lost after kill -9"
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

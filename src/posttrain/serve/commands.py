@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
@@ -122,6 +123,12 @@ class ExportConfig:
     ties_output: str | None = help_field(None, "preferences: also write the tied items here (else they are skipped)")
 
 
+def _check_output(field: str, path: str) -> None:
+    """Refuse an output that cannot be a file before any work is done."""
+    if Path(path).is_dir():
+        raise ConfigError(field, f"{path} is a directory; give a file name such as {Path(path) / 'labels.jsonl'}")
+
+
 def export_main(argv: list[str]) -> int:
     cfg = parse_config(ExportConfig, argv, prog="posttrain serve export", positional="output",
                        description="Write labels or feedback from the database as JSONL.")
@@ -129,6 +136,9 @@ def export_main(argv: list[str]) -> int:
         raise ConfigError("output", "give a file to write: posttrain serve export --db DB --kind KIND OUT.jsonl")
     if cfg.min_labels < 1:
         raise ConfigError("min_labels", f"must be at least 1, got {cfg.min_labels}")
+    _check_output("output", cfg.output)
+    if cfg.ties_output:
+        _check_output("ties_output", cfg.ties_output)
     conn = open_existing(cfg.db)
     try:
         rows, ties = export_rows(conn, cfg.kind, cfg.aggregate, cfg.min_labels)

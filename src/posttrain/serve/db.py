@@ -155,18 +155,29 @@ def connect(path: str | Path) -> Connection:
 
 
 def init_db(path: str | Path) -> None:
-    """Create the file and tables if needed and switch the file to WAL mode (persistent)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(path)
+    """Create the file and tables if needed and switch the file to WAL mode (persistent).
+
+    The file's directory must exist (a mistyped --db should not create directories), and
+    an existing file must be a SQLite database: both are a one-line PosttrainError.
+    """
+    folder = Path(path).absolute().parent
+    if Path(path).is_dir():
+        raise PosttrainError(f"{path}: is a directory, not a database file")
+    if not folder.is_dir():
+        raise PosttrainError(f"{path}: directory {folder} does not exist (create it first)")
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise PosttrainError(f"{path}: could not switch SQLite to WAL mode (got {mode!r})")
-        conn.executescript(SCHEMA)
-        _add_label_counts(conn)
-        conn.executescript(INDEXES)
-    finally:
-        conn.close()
+        conn = connect(path)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise PosttrainError(f"{path}: could not switch SQLite to WAL mode (got {mode!r})")
+            conn.executescript(SCHEMA)
+            _add_label_counts(conn)
+            conn.executescript(INDEXES)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "unable to open database file", ...
+        raise PosttrainError(f"{path}: cannot use as the serve database: {exc}") from None
 
 
 def _add_label_counts(conn: sqlite3.Connection) -> None:
