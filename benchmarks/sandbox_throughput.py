@@ -4,7 +4,9 @@
 
 The common RL case: each program defines `f`, and its 5 tests are `assert f(x) == value`
 (half the programs are wrong, so failures are on the path too). Runs `Sandbox().run_many`
-`--repeats` times and prints programs/s per repeat, the median, and the isolation used.
+`--repeats` times and prints programs/s per repeat and their median, the CPU seconds spent per
+program (this process and every process it started, all waited for: steadier than wall time on
+a shared machine), and the isolation used.
 To compare with another checkout, run this same file with that checkout's sources first on
 the path, e.g. `PYTHONPATH=/tmp/base/src python benchmarks/sandbox_throughput.py`.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -29,6 +32,15 @@ def jobs(count: int) -> list[tuple[str, list[str]]]:
     return out
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process plus all its waited-for descendants (supervisors, programs)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--programs", type=int, default=40)
@@ -42,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     box = Sandbox()
     work = jobs(args.programs)
     box.run_many(work[:2], max_workers=1)  # warm-up (first-run costs, page cache)
-    rates = []
+    rates, cpu = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         results = box.run_many(work, max_workers=args.workers)
         rates.append(args.programs / (time.perf_counter() - start))
+        cpu.append((cpu_seconds() - cpu_start) / args.programs)
         passed = [r.passed for r in results]
         if passed != [number % 2 == 0 for number in range(args.programs)]:
             print(f"wrong verdicts: {[r.reason for r in results][:4]}", file=sys.stderr)
@@ -54,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"source": os.path.dirname(posttrain.__file__), "isolation": box.isolation,
                       "programs": args.programs, "workers": args.workers,
                       "programs_per_s": [round(r, 2) for r in rates], "median": round(statistics.median(rates), 2),
+                      "cpu_s_per_program": [round(c, 4) for c in cpu],
                       "load": os.getloadavg()[0]}))
     return 0
 

@@ -308,7 +308,8 @@ signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
 """,
     "setuid_and_capabilities": WRONG + """
 import os
-for call in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.chroot('/tmp'), lambda: os.setgroups([0])):
+# (chroot is left out: in a nested user namespace it succeeds, and gains nothing.)
+for call in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.setgroups([0]), lambda: os.seteuid(0)):
     try:
         call()
         print('FOUND privilege')
@@ -317,8 +318,8 @@ for call in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.chroot('/tmp
 """,
     "poison_the_judges_imports": WRONG + """
 import math, os, sys
-for directory in sys.path + [os.path.dirname(math.__file__) if hasattr(math, '__file__') else '/']:
-    for name in ('math.py', 'pytest.py', 'solution.py', 'asyncio.py'):
+for directory in sys.path + ['/', '/dev', '/root', '/usr', os.path.dirname(sys.path[0])]:
+    for name in ('math.py', 'pytest.py', 'solution.py', 'asyncio.py', 'python311.zip'):
         try:
             with open(os.path.join(directory, name), 'w') as handle:
                 handle.write('floor = lambda x: 0')

@@ -209,8 +209,7 @@ def enter_private_root(spec):
     libc = _libc()
     root = os.path.realpath(spec["mount_point"])
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
-    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={spec['disk_bytes']},nr_inodes={spec['max_files']},mode=755")
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=755")
     for path in runtime_dirs():
         os.makedirs(root + path, exist_ok=True)
         _bind_readonly(path, root + path)
@@ -227,7 +226,9 @@ def enter_private_root(spec):
     os.makedirs(root + "/proc")
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(root + "/tmp")
-    os.chmod(root + "/tmp", 0o711)
+    # The only writable place: its own tmpfs, limited in bytes and inodes.
+    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={spec['disk_bytes']},nr_inodes={spec['max_files']},mode=711")
     number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     os.chdir(root)
     if number is None or libc.syscall(number, b".", b".") != 0:
@@ -235,6 +236,9 @@ def enter_private_root(spec):
     if libc.umount2(b".", MNT_DETACH) != 0:  # the old root, stacked under the new one
         raise OSError(ctypes.get_errno(), "detaching the old root failed")
     os.chdir("/")
+    # The skeleton read-only: in a user namespace every process here has our kernel uid, and a
+    # writable / would let the program plant files (e.g. a missing sys.path entry the judge reads).
+    _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
     return "/tmp"
 
 
