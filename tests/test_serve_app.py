@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from html.parser import HTMLParser
 
 import pytest
 from fastapi.testclient import TestClient
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 from posttrain.serve.app import create_app
 from posttrain.serve.db import connect, create_user, init_db
 from posttrain.serve.items import insert_items, item_from_row
+from posttrain.serve.markup import ALLOWED_TAGS, render_markdown
 from posttrain.serve.web import Settings
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
@@ -260,3 +262,114 @@ def test_sql_injection_through_the_forms_is_stored_as_text(env):
     assert [tuple(r) for r in conn.execute("SELECT reasoning FROM labels")] == [(evil,)]
     assert conn.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 3
     assert conn.execute("SELECT COUNT(*) FROM messages WHERE content = ?", (evil,)).fetchone()[0] == 1
+
+
+# ---------------------------------------------------------------------------- Markdown (issue #15)
+
+MARKDOWN = ("Steps:\n\n1. install\n2. run `posttrain sft`\n\n- a point\n- another\n\n"
+            "```python\ndef f(x):\n    return x < 2\n```\n\nSee **this** and [the docs](https://example.com/docs).")
+
+# Payloads aimed at Markdown renderers: links and images with script URLs, raw HTML, attribute breakouts.
+MARKDOWN_XSS = [
+    "[click](javascript:window.__xss=1)",
+    "[click](JaVaScRiPt:window.__xss=1)",
+    "[click](  javascript:window.__xss=1  )",
+    "[click](vbscript:msgbox(1))",
+    "[click](data:text/html;base64,PHNjcmlwdD53aW5kb3cuX194c3M9MTwvc2NyaXB0Pg==)",
+    "[ref]\n\n[ref]: javascript:window.__xss=1",
+    "<javascript:window.__xss=1>",
+    '![x" onerror="window.__xss=1](https://example.com/a.png)',
+    "![x](x onerror=window.__xss=1)",
+    '<img src=x onerror="window.__xss=1">',
+    "<script>window.__xss=1</script>",
+    '<a href="javascript:window.__xss=1">raw link</a>',
+    '<svg onload="window.__xss=1"></svg>',
+    "<iframe src=\"javascript:window.__xss=1\"></iframe>",
+    '[x](https://example.com "title\\" onmouseover=\\"window.__xss=1")',
+    "```\n</code></pre><script>window.__xss=1</script>\n```",
+    "`<script>window.__xss=1</script>`",
+    "<style>body{display:none}</style>",
+]
+
+
+class _TagCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def tags_of(html):
+    parser = _TagCollector()
+    parser.feed(html)
+    return parser.tags
+
+
+def test_markdown_renders_code_lists_and_inline_code(env):
+    db, app, tokens = env
+    conn = connect(db)
+    conn.execute("DELETE FROM items")
+    insert_items(conn, [item_from_row({"prompt": MARKDOWN, "response_a": MARKDOWN, "response_b": "plain",
+                                       "id": "md"})], k=1)
+    page = client_for(app, tokens["ann"]).get("/annotate").text
+    assert '<pre><code>def f(x):\n    return x &lt; 2\n</code></pre>' in page
+    assert "<li>run <code>posttrain sft</code></li>" in page and "<ol>" in page and "<li>a point</li>" in page
+    assert "<strong>this</strong>" in page
+    assert '<a href="https://example.com/docs" rel="noopener noreferrer">the docs</a>' in page
+
+
+@pytest.mark.parametrize("payload", MARKDOWN_XSS)
+def test_markdown_cannot_inject_script_links_or_markup(payload):
+    html = str(render_markdown(payload))
+    for tag, attrs in tags_of(html):
+        assert tag in ALLOWED_TAGS, (tag, html)
+        assert not any(name.startswith("on") or name in ("style", "src") for name in attrs), html
+        if "href" in attrs:
+            assert attrs["href"].split(":")[0] in ("http", "https", "mailto"), html
+    assert not re.search(r"<(script|img|svg|iframe|style)\b", html, re.I), html
+
+
+def test_markdown_xss_payloads_in_a_page_render_as_text(env):
+    db, app, tokens = env
+    conn = connect(db)
+    conn.execute("DELETE FROM items")
+    payload = "\n\n".join(MARKDOWN_XSS)
+    insert_items(conn, [item_from_row({"prompt": payload, "response_a": payload, "response_b": "b", "id": "x"})],
+                 k=1)
+    page = client_for(app, tokens["ann"]).get("/annotate").text
+    tags = tags_of(page)
+    assert [attrs.get("src") for tag, attrs in tags if tag == "script"] == ["/static/app.js"]
+    assert not [tag for tag, _ in tags if tag in ("img", "svg", "iframe", "style")]
+    assert not [(tag, attrs) for tag, attrs in tags if any(name.startswith("on") for name in attrs)]
+    hrefs = [attrs["href"] for tag, attrs in tags if tag == "a" and "href" in attrs]
+    assert hrefs and all(href.startswith(("/", "https://")) for href in hrefs), hrefs
+    # shown as text three times (raw, in a fence, in inline code), in the prompt and in response A
+    assert page.count("&lt;script&gt;window.__xss=1&lt;/script&gt;") == 6
+
+
+def test_saved_notice_is_below_nothing_left(env):
+    _, app, tokens = env
+    client = client_for(app, tokens["ann"])
+    while 'name="assignment_id"' in (page := client.get("/annotate").text):
+        client.post("/annotate", data={"assignment_id": assignment_id(page), "choice": "A", "crit_helpfulness": "A",
+                                       "crit_harmlessness": "A", "crit_honesty": "A", "confidence": "3"})
+    page = client.get("/annotate?saved=1").text
+    assert page.index("Nothing left to label") < page.index('id="saved"')
+    assert page.index('id="all-done"') < page.index('id="saved"') < page.index("</section>", page.index("all-done"))
+
+
+def test_admin_page_links_download_every_export(env):
+    _, app, tokens = env
+    client = client_for(app, tokens["boss"])
+    page = client.get("/admin").text
+    links = re.findall(r'<a href="(/api/admin/export/[^"]+)" download>', page)
+    assert links == ["/api/admin/export/preferences", "/api/admin/export/preferences?aggregate=each",
+                     "/api/admin/export/ties", "/api/admin/export/annotations", "/api/admin/export/feedback"]
+    for link in links:  # the login cookie is enough: no token to paste
+        response = client.get(link)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("application/x-ndjson")
+        name = link.split("/")[-1].replace("?aggregate=each", "-each")
+        assert response.headers["content-disposition"] == f'attachment; filename="{name}.jsonl"'
+    assert client_for(app, tokens["ann"]).get(links[0]).status_code == 403

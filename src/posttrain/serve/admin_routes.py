@@ -67,7 +67,13 @@ def api_export(kind: str, request: Request, aggregate: str = "majority", min_lab
     if kind not in _KINDS or aggregate not in ("majority", "each"):
         return JSONResponse({"detail": f"unknown export; kinds: {', '.join(_KINDS)}; "
                                        "aggregate: majority or each"}, status_code=404)
+    if min_labels < 1:
+        return JSONResponse({"detail": "field 'min_labels': must be at least 1", "field": "min_labels"},
+                            status_code=422)
     base, part = _KINDS[kind]
     rows = export_rows(conn, base, aggregate, min_labels)[part]
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return Response(text, media_type="application/x-ndjson")
+    # A file name, so that the admin page's links save a .jsonl file (curl prints it as before).
+    name = f"{kind}{'-each' if aggregate == 'each' and base == 'preferences' else ''}.jsonl"
+    return Response(text, media_type="application/x-ndjson",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -22,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader
 from .assign import DEFAULT_CRITERIA, DEFAULT_LEASE_SECONDS
 from .db import ConnectionPool, user_for_token
 from .feedback import ChatBackend
+from .markup import render_markdown
 from .validate import MAX_BODY_BYTES, RequestError, parse_json_body
 
 COOKIE = "posttrain_token"
@@ -30,6 +31,7 @@ HERE = Path(__file__).parent
 
 _templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
                          trim_blocks=True, lstrip_blocks=True)
+_templates.filters["markdown"] = render_markdown  # `{{ text|markdown }}`: rendered and sanitised (markup.py)
 
 
 @dataclass
@@ -152,7 +154,8 @@ async def json_body(request: Request) -> Any:
 
 
 def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """Render a template; every `{{ value }}` is HTML-escaped (autoescape is on)."""
+    """Render a template; every `{{ value }}` is HTML-escaped (autoescape is on), except the
+    output of the `markdown` filter, which is sanitised HTML."""
     return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
 
 
