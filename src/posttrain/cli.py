@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from .errors import PosttrainError
+from .errors import STORAGE_ERRNOS, PosttrainError
 
 # command words -> ("module:function", one-line help). Two-word commands are groups.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -93,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     except PosttrainError as exc:
         print(f"posttrain {name}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        # A full disk or a read-only directory met outside the savers that name what they write.
+        where = f"cannot write {exc.filename}: " if exc.filename else "a write failed: "
+        print(f"posttrain {name}: error: {where}{os.strerror(exc.errno)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"posttrain {name}: interrupted", file=sys.stderr)
         return 130

@@ -8,14 +8,15 @@ checkpoint set or the new one, never a half-written `step-*` folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from ..errors import TrainingError
+from ..errors import TrainingError, storage_errors
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -58,20 +59,34 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
-        if final.exists():  # a rerun of the same step: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        prune_checkpoints(output_dir, keep_last)
+    # A full disk or a read-only directory: one line naming the path, the temporary folder
+    # removed, the previous checkpoints untouched (nothing is pruned before the rename).
+    with storage_errors("checkpoint", final), removed_on_error(tmp, accelerator.is_main_process):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+            if final.exists():  # a rerun of the same step: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            prune_checkpoints(output_dir, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+@contextlib.contextmanager
+def removed_on_error(folder: Path, owner: bool = True) -> Iterator[None]:
+    """Remove a half-written temporary `folder` when the block fails (on the process that owns it)."""
+    try:
+        yield
+    except BaseException:
+        if owner:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:

@@ -36,9 +36,9 @@ import torch
 
 from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
-from ..errors import ConfigError, PosttrainError, TrainingError
+from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
 from .args import TrainArgs
-from .checkpoint import last_good_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import last_good_checkpoint, latest_checkpoint, load_checkpoint, removed_on_error, save_checkpoint
 from .health import (PER_STEP_WEIGHT_CHECK_MAX_VALUES, StepHealth, check_step_health, trainable_values,
                      weights_problem, where_to_restart)
 from .metrics import MetricsLog, Progress, truncate_metrics
@@ -175,16 +175,18 @@ def default_save_final(accelerator, tokenizer=None) -> Callable[[torch.nn.Module
 def save_final_atomically(accelerator, task: TrainTask, model, output_dir: str, tokenizer=None) -> Path:
     final = Path(output_dir) / "final"
     tmp = Path(output_dir) / ".tmp-final"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    (task.save_final or default_save_final(accelerator, tokenizer))(model, tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    # A full disk or a read-only directory: one line naming the path; the temporary folder goes.
+    with storage_errors("the final model", final), removed_on_error(tmp, accelerator.is_main_process):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        (task.save_final or default_save_final(accelerator, tokenizer))(model, tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
 
