@@ -132,6 +132,28 @@ def code_rows() -> tuple[list[dict], list[dict]]:
     return train, test
 
 
+# ------------------------------------------------------------------- expert demonstrations
+
+DEMOS = 400  # arithmetic demonstrations for a behaviour-cloning warm-up (examples/warmup_grpo.yaml)
+
+
+def arithmetic_solution(expression: str, value: int) -> str:
+    """An expert reply in the format the prompt asks for: the working, then `Answer: N` as the
+    last line. Three operands are worked one operation per line ("5 + 3 = 8", "8 - 2 = 6")."""
+    parts = expression.split()
+    if len(parts) == 3:
+        return f"{expression} = {value}\nAnswer: {value}"
+    first = eval(" ".join(parts[:3]))  # noqa: S307 - our own digits and +/-
+    return f"{' '.join(parts[:3])} = {first}\n{first} {parts[3]} {parts[4]} = {value}\nAnswer: {value}"
+
+
+def arithmetic_demos(train: list[dict], count: int) -> list[dict]:
+    """prompt/completion rows for SFT, from the *train* split only (the test split stays unseen)."""
+    return [{"prompt": row["prompt"], "completion": arithmetic_solution(row["expression"], row["answer"]),
+             "task": "arithmetic", "level": row["level"], "source_id": f"arithmetic-train-{index:04d}"}
+            for index, row in enumerate(train[:count])]
+
+
 # ------------------------------------------------------------------------------ main
 
 def problem_key(row: dict) -> str:
@@ -183,9 +205,11 @@ def split_disjoint(make, rng: random.Random, n_train: int, n_test: int) -> tuple
 
 def write(path: Path, rows: list[dict], prefix: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as handle:
         for index, row in enumerate(rows):
             handle.write(json.dumps({"id": f"{prefix}-{index:04d}", **row}) + "\n")
+    partial.replace(path)  # atomic: a reader never sees half a file
 
 
 def main() -> None:
@@ -201,6 +225,9 @@ def main() -> None:
         write(args.out / f"{name}_train.jsonl", train, f"{name}-train")
         write(args.out / f"{name}_test.jsonl", test, f"{name}-test")
         print(f"{name}: {len(train)} train, {len(test)} test -> {args.out}")
+    demos = arithmetic_demos(sets["arithmetic"][0], DEMOS)
+    write(args.out / "arithmetic_demos.jsonl", demos, "arithmetic-demo")
+    print(f"arithmetic: {len(demos)} expert demonstrations (from train) -> {args.out}")
 
 
 if __name__ == "__main__":

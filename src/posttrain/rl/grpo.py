@@ -47,6 +47,7 @@ from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_roll
 from .online import (prepare_online_inputs, Reference, RLResult, add_sum, batch_logprobs, run_evaluator,
                      logprob_temperature, sample_and_score, sample_metrics)
 from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
+from . import combined
 
 
 @dataclass
@@ -70,6 +71,13 @@ class GRPOConfig(RLArgs):
     num_minibatches: int = help_field(1, "optimizer steps per pass over a rollout batch")
     entropy_coef: float = help_field(0.0, "entropy bonus coefficient (subtracted from the loss)")
     missing_eos_penalty: float = help_field(0.0, "subtract this from the reward of responses cut at max_new_tokens")
+    # The combined objective (rl/combined.py): policy_coef * GRPO + dpo_coef * DPO + bc_coef * NLL.
+    policy_coef: float = help_field(1.0, "weight of the GRPO policy loss in the combined objective")
+    dpo_coef: float = help_field(0.0, "weight of a DPO loss on best-vs-worst pairs of each rollout group (0: off)")
+    dpo_beta: float = help_field(0.1, "DPO beta of that term (its reference: pi_ref if kl_coef > 0, else pi_old)")
+    bc_coef: float = help_field(0.0, "weight of a behaviour-cloning NLL on expert data (needs bc_data; 0: off)")
+    bc_data: str | None = help_field(None, "expert prompt/completion JSONL for the behaviour-cloning term")
+    bc_batch_size: int = help_field(8, "expert rows per optimizer step for the behaviour-cloning term")
 
 
 @dataclass
@@ -96,6 +104,7 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ConfigError("kl_coef", "must be >= 0")
     if cfg.epsilon <= 0 or (cfg.epsilon_high is not None and cfg.epsilon_high <= 0):
         raise ConfigError("epsilon", "clip ranges must be > 0")
+    combined.check_combined(cfg)
 
 
 # --------------------------------------------------------------------------- one step
@@ -146,8 +155,9 @@ def global_group_stats(run: OnlineRun, stats: dict[str, float], groups: int) -> 
 
 
 def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOConfig, step: int,
-                  has_old: bool, has_ref: bool) -> dict[str, float]:
-    """mu passes x num_minibatches optimizer steps over the batch; returns the step's metrics."""
+                  has_old: bool, has_ref: bool, expert: list[Sample] | None = None) -> dict[str, float]:
+    """mu passes x num_minibatches optimizer steps over the batch; returns the step's metrics.
+    With dpo_coef / bc_coef > 0 each step also carries the DPO and BC terms (rl/combined.py)."""
     temperature = logprob_temperature(cfg)
     constant = float(cfg.max_new_tokens)
     clip_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
@@ -156,14 +166,28 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
     sums: dict[str, float] = {}
     shuffle = random.Random(cfg.seed * 7_919 + step)
     losses_seen, grad_norm, first = [], 0.0, True
+    scalar_fields = ["advantage"]
+    if cfg.dpo_coef > 0:
+        pairs = combined.rollout_pairs(samples, cfg.num_samples)
+        pair_count = global_sum(run.accelerator, float(pairs[0].numel()))
+        scalar_fields.append("dpo_coef")
     run.model.train()
-    for _ in range(cfg.ppo_epochs):
+    for epoch in range(cfg.ppo_epochs):
         order = list(samples)
         if cfg.ppo_epochs > 1 or cfg.num_minibatches > 1:
             shuffle.shuffle(order)
         for minibatch in split_even(order, cfg.num_minibatches):
+            if cfg.dpo_coef > 0:  # dL/dlogp at the weights of this update (one minibatch: all samples)
+                ref_field = "ref_logps" if has_ref else ("old_logps" if has_old else None)
+                now_field = "old_logps" if has_old and epoch == 0 else None  # pi_old = the weights now
+                part = combined.set_dpo_coefficients(run, samples, *pairs, pad_id, cfg, now_field, ref_field,
+                                                     temperature)
+                add_sum(sums, "dpo_loss_sum", part)
+                add_sum(sums, "dpo_pairs_seen", float(pairs[0].numel()))
+            bc_rows = (combined.expert_batch(expert, cfg.bc_batch_size, cfg.seed, step, len(losses_seen))
+                       if expert and cfg.bc_coef > 0 else [])
             micro_batches = chunks(minibatch, cfg.micro_batch_size)
-            collated = [collate(m, pad_id, token_fields, ["advantage"]) for m in micro_batches]
+            collated = [collate(m, pad_id, token_fields, scalar_fields) for m in micro_batches]
             # The denominator of the whole (global) minibatch first: split-invariant reduction.
             den = global_sum(run.accelerator, sum(float(aggregate_parts(b["response_mask"].float(), b["response_mask"],
                                                                         cfg.loss_aggregation, constant)[1]) for b in collated))
@@ -171,7 +195,7 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
             for j, batch in enumerate(collated):
                 batch = {k: v.to(run.device) for k, v in batch.items()}
                 mask = batch["response_mask"]
-                with run.micro_batch(last=j == len(collated) - 1):
+                with run.micro_batch(last=j == len(collated) - 1 and not bc_rows):
                     out = batch_logprobs(run.model, batch, temperature, entropy=True)
                     logps = out.logprobs
                     old = batch["old_logps"] if has_old else logps.detach()
@@ -184,11 +208,21 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
                     if cfg.entropy_coef:
                         losses = losses - cfg.entropy_coef * torch.where(mask, out.entropy, 0.0)
                     num, _ = aggregate_parts(losses, mask, cfg.loss_aggregation, constant)
-                    run.accelerator.backward(num * run.world / max(den, 1e-12))
+                    objective = num * run.world / max(den, 1e-12)
+                    if cfg.policy_coef != 1.0:
+                        objective = cfg.policy_coef * objective
+                    if cfg.dpo_coef > 0 and pair_count > 0:
+                        surrogate = combined.dpo_surrogate(logps, mask, batch["dpo_coef"])
+                        objective = objective + cfg.dpo_coef * surrogate * run.world / pair_count
+                    run.accelerator.backward(objective)
                 loss_total += float(num.detach()) / max(den, 1e-12)
                 _token_metrics(sums, logps.detach(), old, batch["advantage"], clipped, mask, out.entropy,
                                cfg.epsilon, clip_high, first)
             first = False
+            if bc_rows:
+                nll = combined.bc_backward(run, bc_rows, pad_id, cfg, run.world, last=True)
+                add_sum(sums, "bc_nll_sum", nll)
+                add_sum(sums, "bc_updates", 1.0)
             losses_seen.append(global_sum(run.accelerator, loss_total))
             grad_norm = run.optimizer_step(step, losses_seen[-1])
     return _finish_metrics(run, sums, losses_seen, grad_norm)
@@ -227,6 +261,11 @@ def _finish_metrics(run: OnlineRun, sums: dict[str, float], losses: list[float],
            "clip_high_fraction": sums.get("clipped_high", 0.0) / tokens}
     if "kl_sum" in sums:
         row["kl"] = sums["kl_sum"] / tokens
+    if "dpo_pairs_seen" in sums:  # the combined objective's terms (rl/combined.py)
+        row["dpo_loss"] = sums["dpo_loss_sum"] / max(sums["dpo_pairs_seen"], 1.0)
+        row["dpo_pairs"] = sums["dpo_pairs_seen"]
+    if "bc_updates" in sums:
+        row["bc_nll"] = sums["bc_nll_sum"] / max(sums["bc_updates"], 1.0)
     return row
 
 
@@ -240,6 +279,7 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
     inputs = prepare_online_inputs(cfg, check_grpo, reward_functions)
     cfg, scorer, tokenizer, pad_id = inputs.cfg, inputs.scorer, inputs.tokenizer, inputs.pad_id
     train_set, eval_set = inputs.train_set, inputs.eval_set
+    expert = combined.load_expert_samples(cfg.bc_data, tokenizer, cfg) if cfg.bc_data else None
     say(f"{name}: {len(train_set.ids)} prompts, reward = {scorer.describe()}, G = {cfg.num_samples}, "
         f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, kl_coef = {cfg.kl_coef}")
 
@@ -262,7 +302,7 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
         stats = group_advantages(samples, cfg.num_samples, cfg.advantage, cfg.kl_coef if cfg.kl_in_reward else 0.0)
         row.update(global_group_stats(run, stats, len(samples) // cfg.num_samples))
         trained = timer()
-        row.update(update_policy(run, samples, pad_id, cfg, step, has_old, has_ref))
+        row.update(update_policy(run, samples, pad_id, cfg, step, has_old, has_ref, expert))
         row.update(timing)
         row["time/train"] = timer() - trained
         tokens = int(global_sum(run.accelerator, sum(len(s.prompt_ids) + s.length for s in samples)))
