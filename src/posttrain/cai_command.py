@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import help_field, parse_config
+from .data.options import DataArgs, read_kwargs
 from .errors import ConfigError, PosttrainError
 from .jsonl import write_json, write_jsonl
 from .synth.cai import CaiSettings, CritiqueReviser, Trace, assistant_turn, count, revision_pairs, sft_rows
@@ -34,7 +35,7 @@ from .synth.constitution import Constitution, load_constitution, parse_selection
 
 
 @dataclass
-class CaiConfig:
+class CaiConfig(DataArgs):
     prompts: str = help_field("", "prompts file (prompt / messages / instruction / question rows)")
     model: str = help_field("smollm2-135m", "local model (alias, directory, .gguf, hub id), or the model name "
                                             "sent to --url")
@@ -171,7 +172,7 @@ def run_cai(cfg: CaiConfig, backend=None, judge_backend=None, log=None) -> dict[
     validate(cfg)
     constitution = load_constitution(cfg.constitution)
     selection = parse_selection(cfg.principles, constitution)
-    prompts = load_prompts(cfg.prompts, limit=cfg.limit or None)
+    prompts = load_prompts(cfg.prompts, limit=cfg.limit or None, **read_kwargs(cfg))
     judge = None
     if cfg.pair_mode == "judged" and cfg.pairs_output:
         from .judge import load_template

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import help_field, parse_config
+from .data.options import DataArgs, read_kwargs
 from .errors import ConfigError
 from .jsonl import write_jsonl
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(DataArgs):
     model: list[str] = help_field(["smollm2-135m"], "one or more models (hub id, directory, run directory, .gguf, alias)")
     prompts: str = help_field("", "prompts file (prompt / messages / instruction / question rows)")
     output: str = help_field("generations.jsonl", "output JSONL (written atomically)")
@@ -73,7 +74,7 @@ def run_generate(cfg: GenerateConfig) -> list[dict[str, Any]]:
         raise ConfigError("prompts", "give a prompts file (--prompts FILE)")
     if cfg.num_samples < 1:
         raise ConfigError("num_samples", "must be at least 1")
-    prompts = load_prompts(cfg.prompts, limit=cfg.limit or None)
+    prompts = load_prompts(cfg.prompts, limit=cfg.limit or None, **read_kwargs(cfg))
     rows = [row for name in cfg.model for row in generate_rows(name, prompts, cfg)]
     write_jsonl(cfg.output, rows)
     print(f"wrote {len(rows)} rows to {cfg.output}")

@@ -8,6 +8,12 @@ statistics: characters always, tokens when `--tokenizer` is given (min, mean,
 p50, p95, max, and how many rows are over `--max-length`). The first bad row
 stops the check with the usual one-line error and exit code 2; so does the
 first row over `--max-length` with `--length-policy error`.
+
+The rows pass through the same `formats.parse_row` the training commands use,
+so what `data check` passes, training accepts (`--split`, `--columns` and
+`--max-line-bytes` read the file the same way too). Unpaired (KTO) data must
+hold both labels, as `posttrain kto` requires. Memory stays bounded: rows are
+checked one at a time and only their lengths are kept.
 """
 from __future__ import annotations
 
@@ -19,17 +25,18 @@ import numpy as np
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
-from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Unpaired
-from .formats import KINDS, iter_records
+from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Text, Unpaired
+from .formats import KINDS, check_both_labels, iter_records
+from .options import DataArgs, read_kwargs
 from .templates import TEMPLATE_NAMES, get_template
-from .tokenize import encode, too_long_error, tokenize_conversation, tokenize_prompt_response
+from .tokenize import encode, too_long_error, tokenize_conversation, tokenize_prompt_response, tokenize_text
 
 
 @dataclass
-class DataCheckConfig:
-    file: str = help_field("", "data file (.jsonl/.json/.csv/.parquet), save_to_disk directory, or hub id")
+class DataCheckConfig(DataArgs):
+    file: str = help_field("", "data file (.jsonl/.json/.csv/.parquet), save_to_disk directory, folder of split "
+                               "files, or hub id; FILE:SPLIT picks a split")
     kind: str | None = help_field(None, "require every row to be this kind of data", choices=KINDS)
-    split: str | None = help_field(None, "split of a dataset directory or hub dataset (none given: train)")
     tokenizer: str | None = help_field(None, "count tokens with this model's tokenizer (alias, directory or hub id)")
     template: str = help_field("auto", "prompt template used when counting tokens", choices=TEMPLATE_NAMES)
     max_length: int | None = help_field(None, "report how many rows are longer than this many tokens")
@@ -38,7 +45,7 @@ class DataCheckConfig:
 
 
 RECORD_KINDS = {Conversation: "sft", PreferencePair: "preference", Ranked: "ranked", Unpaired: "unpaired",
-                Prompt: "prompt"}
+                Prompt: "prompt", Text: "text"}
 
 
 @dataclass
@@ -58,6 +65,8 @@ def record_texts(record: Record) -> tuple[str, list[str]]:
     if isinstance(record, Conversation):
         return "".join(m["content"] for m in record.messages if m["role"] != "assistant"), [
             "".join(m["content"] for m in record.messages if m["role"] == "assistant")]
+    if isinstance(record, Text):
+        return "", [record.text]
     prompt = "".join(m["content"] for m in record.prompt)
     if isinstance(record, Prompt):
         return prompt, []
@@ -79,6 +88,8 @@ def record_tokens(record: Record, tokenizer: Any, template: Any) -> int:
     """Tokens of the prompt plus the longest response, as the trainers tokenise them."""
     if isinstance(record, Conversation):
         return len(tokenize_conversation(record, tokenizer, template))
+    if isinstance(record, Text):  # the whole text; training cuts it into max_length pieces
+        return sum(len(piece) for piece in tokenize_text(record, tokenizer))
     _, responses = record_texts(record)
     prompt_ids = encode(tokenizer, template.prompt(record.prompt, record.extra))
     longest = max((len(tokenize_prompt_response(record.prompt, r, tokenizer, template, record.extra)[1])
@@ -87,19 +98,24 @@ def record_tokens(record: Record, tokenizer: Any, template: Any) -> int:
 
 
 def check_data(source: str, kind: str | None = None, split: str | None = None, tokenizer: Any = None,
-               template: str = "auto", max_length: int | None = None, length_policy: str = "report") -> CheckResult:
+               template: str = "auto", max_length: int | None = None, length_policy: str = "report",
+               columns: dict[str, str] | None = None, max_line_bytes: int | None = None) -> CheckResult:
     """Validate every row of `source`; count shapes and measure lengths.
 
     With `length_policy="error"` the first row over `max_length` tokens raises
-    the same `InputError` training would raise under the "error" policy.
+    the same `InputError` training would raise under the "error" policy. A file
+    of unpaired rows must hold both labels (as KTO training requires).
     """
     shapes: Counter = Counter()
     kinds: Counter = Counter()
     chars: list[int] = []
     tokens: list[int] | None = [] if tokenizer is not None else None
     chosen_template = get_template(template, tokenizer) if tokenizer is not None else None
-    for shape, record in iter_records(source, kind, split):
+    labels: Counter = Counter()
+    for shape, record in iter_records(source, kind, split, columns, max_line_bytes):
         shapes[shape] += 1
+        if isinstance(record, Unpaired):
+            labels[record.label] += 1
         kinds[RECORD_KINDS[type(record)]] += 1
         chars.append(record_chars(record))
         if tokens is not None:
@@ -108,6 +124,8 @@ def check_data(source: str, kind: str | None = None, split: str | None = None, t
                 field = "messages" if isinstance(record, Conversation) else "prompt"
                 raise too_long_error(record.source, field, length, max_length)
             tokens.append(length)
+    if labels and sum(labels.values()) == sum(shapes.values()):
+        check_both_labels(source, labels[True], labels[False])
     return CheckResult(sum(shapes.values()), shapes, kinds, chars, tokens)
 
 
@@ -146,6 +164,7 @@ def main(argv: list[str]) -> int:
 
         tokenizer = load_tokenizer(cfg.tokenizer)
         template_name = get_template(cfg.template, tokenizer).name
-    result = check_data(cfg.file, cfg.kind, cfg.split, tokenizer, cfg.template, cfg.max_length, cfg.length_policy)
+    result = check_data(cfg.file, cfg.kind, tokenizer=tokenizer, template=cfg.template, max_length=cfg.max_length,
+                        length_policy=cfg.length_policy, **read_kwargs(cfg))
     print(format_report(cfg.file, result, cfg, template_name))
     return 0

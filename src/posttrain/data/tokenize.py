@@ -23,6 +23,16 @@ Max-length policy (`policy`), applied when an example has more than
   the rest; if it still does not fit the response is cut from the right. A cut
   response loses its end marker, so the model is not taught to stop there.
 
+Raw text rows (`Text`, for language modelling / continued pre-training) are
+trained on every token: `tokenize_text` appends EOS and, instead of applying the
+length policy, cuts a text longer than `max_length` into consecutive pieces of
+`max_length` tokens, so no text is lost.
+
+`encode` tokenises a long text in pieces of at most `ENCODE_CHUNK_CHARS`
+characters, cut at a line break or space, so the tokenizer's memory does not
+grow with the longest text (the ids at a cut can differ from tokenising the
+whole text at once only when a token would have spanned the cut).
+
 `LengthStats` counts what the policy did, for the training log and `data check`.
 """
 from __future__ import annotations
@@ -31,12 +41,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..records import Conversation, Message
+from ..records import Conversation, Message, Text
 from .readers import split_location
 from .templates import Template
 
 IGNORE_INDEX = -100
 POLICIES = ("error", "truncate", "drop")
+ENCODE_CHUNK_CHARS = 64 * 1024
 
 
 @dataclass
@@ -84,10 +95,29 @@ class LengthStats:
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of `text` with no special tokens added (templates write their own)."""
-    if not text:
-        return []
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Token ids of `text` with no special tokens added (templates write their own); a text
+    longer than ENCODE_CHUNK_CHARS is tokenised piece by piece (see the module doc)."""
+    ids: list[int] = []
+    for piece in text_pieces(text, ENCODE_CHUNK_CHARS):
+        ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def text_pieces(text: str, size: int) -> list[str]:
+    """`text` cut into pieces of at most `size` characters, each cut just before a line break or
+    a space in the second half of the piece when there is one (so words stay whole)."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = text.rfind("\n", start + size // 2, end)
+            if cut <= start:
+                cut = text.rfind(" ", start + size // 2, end)
+            if cut > start:
+                end = cut
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 def _check_policy(policy: str) -> None:
@@ -170,6 +200,20 @@ def tokenize_conversation(conversation: Conversation, tokenizer: Any, template: 
     return TokenizedExample(prompt + rest, kept_labels, conversation.source)
 
 
+def tokenize_text(record: Text, tokenizer: Any, max_length: int | None = None,
+                  stats: LengthStats | None = None) -> list[TokenizedExample]:
+    """A raw text as training examples with every token trained on, ending with EOS; cut into
+    consecutive pieces of `max_length` tokens when longer (the length policy does not apply)."""
+    ids = encode(tokenizer, record.text)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        ids.append(eos)
+    if stats is not None:
+        stats.add(len(ids))
+    step = max_length or len(ids)
+    return [TokenizedExample(ids[i:i + step], ids[i:i + step], record.source) for i in range(0, len(ids), step)]
+
+
 def tokenize_prompt_response(prompt_messages: list[Message], response: str, tokenizer: Any, template: Template,
                              extra: dict[str, Any] | None = None) -> tuple[list[int], list[int]]:
     """`(prompt_ids, response_ids)`; the response ends with the end-of-turn / EOS token.
@@ -188,13 +232,17 @@ def tokenize_prompt_response(prompt_messages: list[Message], response: str, toke
     return prompt_ids, response_ids
 
 
-def tokenize_conversations(conversations: Sequence[Conversation], tokenizer: Any, template: Template,
+def tokenize_conversations(conversations: Sequence[Conversation | Text], tokenizer: Any, template: Template,
                            max_length: int | None = None, policy: str = "error"
                            ) -> tuple[list[TokenizedExample], LengthStats]:
-    """Tokenise many conversations; dropped ones are left out and counted in the stats."""
+    """Tokenise many conversations (and raw texts, see `tokenize_text`); dropped ones are left
+    out and counted in the stats."""
     stats = LengthStats()
     examples = []
     for conversation in conversations:
+        if isinstance(conversation, Text):
+            examples += tokenize_text(conversation, tokenizer, max_length, stats)
+            continue
         example = tokenize_conversation(conversation, tokenizer, template, max_length, policy, stats)
         if example is not None:
             examples.append(example)

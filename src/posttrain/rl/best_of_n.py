@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs
 from ..errors import ConfigError
 from ..jsonl import write_json, write_jsonl
 from ..records import prompt_text
@@ -47,7 +48,7 @@ from .rollouts import conversation
 
 
 @dataclass
-class BestOfNConfig(ModelArgs):
+class BestOfNConfig(ModelArgs, DataArgs):
     prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields reach the reward)")
     task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
     reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT] (see posttrain grpo --help)")

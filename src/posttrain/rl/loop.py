@@ -124,9 +124,11 @@ class PromptSet:
 
 
 def load_prompt_set(path: str, tokenizer, cfg: RLArgs, limit: int = 0) -> PromptSet:
+    from ..data.options import read_kwargs
     from ..data.prompts import load_prompts
 
-    prompts = load_prompts(path, limit=limit or None)
+    # --split picks the training prompts' split; eval prompts name their own as PATH:SPLIT.
+    prompts = load_prompts(path, limit=limit or None, **read_kwargs(cfg, split=path == cfg.prompts))
     ids, kept = render_prompt_ids(prompts, tokenizer, cfg.template, cfg.max_length - cfg.max_new_tokens,
                                   cfg.length_policy)
     if not kept:

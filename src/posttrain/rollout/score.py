@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs
 from ..errors import ConfigError, InputError, PosttrainError
 from ..records import Message, user_prompt
 
@@ -180,7 +181,7 @@ class RewardScorer:
 # --------------------------------------------------------------------------- the command
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(DataArgs):
     model: str = help_field("", "reward model: a `posttrain rm` run directory (or its final/), or a HF "
                                 "sequence-classification model")
     input: str = help_field("", "JSONL (or any data file) with prompt + response | chosen/rejected | responses")
@@ -245,13 +246,14 @@ def _progress_bar(total: int, enabled: bool):
 def score_file(cfg: ScoreConfig) -> dict[str, float]:
     """Score `cfg.input` into `cfg.output`; returns counts and throughput."""
     from ..data import read_rows
+    from ..data.options import read_kwargs
     from ..jsonl import write_jsonl
 
     for name in ("model", "input", "output"):
         if not getattr(cfg, name):
             raise ConfigError(name, f"required (--{name} ...)")
     rows, parsed, sources = [], [], []
-    for where, row in read_rows(cfg.input):
+    for where, row in read_rows(cfg.input, **read_kwargs(cfg)):
         parsed.append(parse_score_row(row, where, cfg.overwrite))
         rows.append(row)
         sources.append(where)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..config import help_field, parse_config
+from ..data.formats import check_both_labels
 from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
@@ -175,6 +176,8 @@ def train_kto(cfg: KTOConfig):
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)
     train, held_out, files, reports = load_data(cfg, tokenizer, template, load_unpaired)
+    desirable = sum(1 for e in train if e.desirable)
+    check_both_labels(" + ".join(data_paths(cfg)), desirable, len(train) - desirable)  # before the run dir
     prepare_run_dir(cfg)  # after the data checks: bad input leaves nothing behind
     check_weights(cfg, train)
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.formats import parse_row
+from ..data.options import read_kwargs
 from ..data.readers import read_rows, split_location
 from ..data.tokenize import LengthStats, apply_length_policy, tokenize_prompt_response
 from ..errors import ConfigError, InputError
@@ -104,9 +105,11 @@ def check_policies(length_policy: str, invalid_rows: str) -> None:
         raise ConfigError("length_policy", f"{length_policy!r} is not one of error, drop, truncate")
 
 
-def _records(path: str, kind: str | None, invalid_rows: str, report: DataReport, limit: int | None):
-    """Yield normalised records; bad rows raise or are dropped as `invalid_rows` says."""
-    for where, row in read_rows(path):
+def _records(path: str, kind: str | None, invalid_rows: str, report: DataReport, limit: int | None,
+             read: dict[str, Any] | None = None):
+    """Yield normalised records; bad rows raise or are dropped as `invalid_rows` says. `read`:
+    split / columns / max_line_bytes for `read_rows` (see `posttrain.data.options.read_kwargs`)."""
+    for where, row in read_rows(path, **(read or {})):
         if limit is not None and report.rows >= limit:
             return
         report.rows += 1
@@ -150,12 +153,13 @@ def tokenize_pair(pair: PreferencePair, tokenizer, template, max_length: int | N
 
 
 def load_pairs(path: str, tokenizer, template, *, max_length: int | None, length_policy: str,
-               invalid_rows: str = "error", limit: int | None = None) -> tuple[list[PairExample], DataReport]:
+               invalid_rows: str = "error", limit: int | None = None, read: dict[str, Any] | None = None
+               ) -> tuple[list[PairExample], DataReport]:
     """Read preference pairs from `path` and tokenise them (see the module doc for the policies)."""
     check_policies(length_policy, invalid_rows)
     report = DataReport(str(path))
     examples: list[PairExample] = []
-    for pair in _records(path, "preference", invalid_rows, report, limit):
+    for pair in _records(path, "preference", invalid_rows, report, limit, read):
         try:
             example = tokenize_pair(pair, tokenizer, template, max_length, length_policy, report.lengths)
         except InvalidExample as exc:
@@ -206,12 +210,13 @@ def assign_mismatched(examples: list[UnpairedExample], max_length: int | None, s
 
 
 def load_unpaired(path: str, tokenizer, template, *, max_length: int | None, length_policy: str,
-                  invalid_rows: str = "error", limit: int | None = None) -> tuple[list[UnpairedExample], DataReport]:
+                  invalid_rows: str = "error", limit: int | None = None, read: dict[str, Any] | None = None
+                  ) -> tuple[list[UnpairedExample], DataReport]:
     """Read KTO examples from `path` (unpaired or preference rows) and tokenise them."""
     check_policies(length_policy, invalid_rows)
     report = DataReport(str(path))
     examples: list[UnpairedExample] = []
-    for record in _records(path, None, invalid_rows, report, limit):
+    for record in _records(path, None, invalid_rows, report, limit, read):
         for prompt, completion, desirable in _unpaired_items(record, report, invalid_rows):
             prompt_ids, (completion_ids,) = _prompt_and_responses(prompt, [completion], tokenizer, template, record.extra)
             if not prompt_ids:
@@ -267,13 +272,14 @@ def load_data(cfg, tokenizer, template, loader) -> tuple[list, list, list, dict[
                   limit=cfg.limit or None)
     train, reports, files = [], {}, []
     for number, path in enumerate(paths, start=1):
-        examples, report = loader(path, tokenizer, template, **kwargs)
+        examples, report = loader(path, tokenizer, template, **kwargs, read=read_kwargs(cfg))
         say(report.summary())
         reports["train" if len(paths) == 1 else f"train/{number}"] = report
         files.append((path, examples))
         train += examples
     if cfg.eval_data:
-        held_out, eval_report = loader(cfg.eval_data, tokenizer, template, **kwargs)
+        held_out, eval_report = loader(cfg.eval_data, tokenizer, template, **kwargs,
+                                       read=read_kwargs(cfg, split=False))  # eval data names its split as PATH:SPLIT
         say(eval_report.summary())
         reports["eval"] = eval_report
         files.append((cfg.eval_data, held_out))

@@ -69,9 +69,12 @@ class RMConfig(ModelArgs, TrainArgs):
 def load_groups(path: str, tokenizer, template, cfg: RMConfig) -> list[RewardGroup]:
     """Read pairs/rankings from `path` and tokenise them; bad rows are one-line InputErrors."""
     from ..data import LengthStats, iter_records
+    from ..data.options import read_kwargs
 
     stats, groups, skipped = LengthStats(), [], 0
-    for count, (_, record) in enumerate(iter_records(path), start=1):
+    # --split picks the training data's split; eval data names its own as PATH:SPLIT.
+    read = read_kwargs(cfg, split=path != cfg.eval_data)
+    for count, (_, record) in enumerate(iter_records(path, **read), start=1):
         group = training_group(record, tokenizer, template, cfg.max_length, cfg.length_policy, stats)
         if group is None:
             skipped += 1

@@ -3,7 +3,8 @@
 Reads one or more instruction datasets in any supported shape, mixes them
 (proportional, weighted, or temperature-scaled), tokenises with loss only on
 assistant answers, optionally packs several examples per row, and trains the
-model (full or with a PEFT adapter) with the shared engine.
+model (full or with a PEFT adapter) with the shared engine. Raw `text` rows
+(language modelling, continued pre-training) are trained on every token.
 
 The loss is the token mean of the negative log-likelihood over every assistant
 token in the global batch. Logits are computed only at the positions that
@@ -44,12 +45,17 @@ class SFTConfig(ModelArgs, TrainArgs):
     limit: int = help_field(0, "use only the first N examples of each dataset (0: all)")
 
 
-def tokenize_dataset(path: str, tokenizer, template, cfg: SFTConfig) -> list:
+def tokenize_dataset(path: str, tokenizer, template, cfg: SFTConfig, eval_data: bool = False) -> list:
+    """Conversations (loss on the answers) and raw `text` rows (loss on every token; a text longer
+    than max_length becomes several examples) of one dataset, tokenised. Eval data names its own
+    split (PATH:SPLIT), so --split applies to the training data only."""
     from ..data import load_records, tokenize_conversations
+    from ..data.options import read_kwargs
 
-    records = load_records(path, kind="sft", limit=cfg.limit or None)
+    records = load_records(path, kind=("sft", "text"), limit=cfg.limit or None, **read_kwargs(cfg, split=not eval_data))
     examples, stats = tokenize_conversations(records, tokenizer, template, cfg.max_length, cfg.length_policy)
-    say(f"{path}: {stats.summary()}")
+    pieces = len(examples) - stats.kept
+    say(f"{path}: {stats.summary()}" + (f"; long texts cut into {pieces} extra pieces of max_length" if pieces else ""))
     if not examples:
         raise ConfigError("data", f"{path}: no example is left after the length policy ({stats.summary()})")
     return examples
@@ -136,7 +142,7 @@ def train_sft(cfg: SFTConfig):
     template = get_template(cfg.template, tokenizer)
     train = build_mixture([tokenize_dataset(path, tokenizer, template, cfg) for path in cfg.data], cfg)
     if cfg.eval_data:
-        held_out = tokenize_dataset(cfg.eval_data, tokenizer, template, cfg)
+        held_out = tokenize_dataset(cfg.eval_data, tokenizer, template, cfg, eval_data=True)
     else:
         train, held_out = split_eval(train, cfg.eval_fraction, cfg.seed)
     if cfg.packing:
