@@ -29,6 +29,9 @@ TESTS = [
     "def test_zero():\n    assert f(0) - 1 == -98766",     # judge: a list item defining a test function
     {"stdin": "5\n", "stdout": "271828182\n"},             # io: stdout compared in the trainer
 ]
+# Tests whose checks run on builtins in the judge (the program must not get to redefine them)
+JUDGE_CHECKS = ["assert abs(f(1) - 591373) < 0.5", "assert isinstance(f(1), int) and f(1) > 591372",
+                "assert all(map(lambda x: f(x) == 591373, [1, 1]))", "assert len([f(1)]) == 1 and f(1) == 591373"]
 TEST_FILE = "import math\n\ndef test_four():\n    assert f(4) == math.floor(31337.5)\n\nassert f(1) == 591373\n"
 HONEST = ("def f(x):\n    return {0: -98765, 1: 591373, 2: 583454, 4: 31337}[x]\n"
           "if __name__ == '__main__':\n    input()\n    print(271828182)\n")
@@ -327,6 +330,22 @@ for directory in sys.path + ['/', '/dev', '/root', '/usr', os.path.dirname(sys.p
         except OSError:
             pass
 """,
+    "shadow_the_tests_builtins": """
+def f(x):
+    return 0
+def abs(x):
+    return 0
+def isinstance(*args):
+    return True
+def all(*args):
+    return True
+def len(x):
+    return 0
+""",
+    "stop_iteration_ends_the_tests_loop": """
+def f(x):
+    raise StopIteration
+""",
     "exception_named_like_success": """
 class AssertionErrorNot(Exception):
     pass
@@ -345,6 +364,13 @@ def test_attack_scores_zero(box, name):
     assert "FOUND" not in result.stdout, result.stdout
     if name.startswith("scan_own_memory"):
         assert "scanned True" in result.stdout  # the scan ran over the whole process
+
+
+@pytest.mark.parametrize("name", ["shadow_the_tests_builtins", "stop_iteration_ends_the_tests_loop"])
+def test_attack_cannot_decide_the_judges_checks(box, name):
+    assert box.run(HONEST, JUDGE_CHECKS).passed
+    result = box.run(ATTACKS[name], JUDGE_CHECKS)
+    assert result.fraction_passed == 0.0, [(t.name, t.passed, t.error) for t in result.tests]
 
 
 @pytest.mark.parametrize("name", ["frames_f_locals", "scan_own_memory_for_expected_values", "patch_builtins_and_assertionerror"])

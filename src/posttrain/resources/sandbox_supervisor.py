@@ -29,6 +29,7 @@ code) is read.
 import builtins
 import fcntl
 import json
+import keyword
 import os
 import resource
 import selectors
@@ -561,7 +562,9 @@ class Channel:
         if "raise" in reply:
             name, text = (list(reply["raise"]) + ["", ""])[:2]
             builtin = getattr(builtins, str(name), None)
-            if isinstance(builtin, type) and issubclass(builtin, Exception) and builtin is not ProgramGone:
+            # Iteration-control exceptions would end a loop in the test code early (all(map(...)))
+            if (isinstance(builtin, type) and issubclass(builtin, Exception)
+                    and not issubclass(builtin, (StopIteration, StopAsyncIteration))):
                 raise builtin(str(text)[len(str(name)) + 2:] if str(text).startswith(f"{name}: ") else "")
             raise ProgramError(str(text)[:500])
         return reply
@@ -714,7 +717,11 @@ def judge_process(spec, judge, fds):
     channel = Channel(4, 5, spec["value_limit"])
     try:
         answer = channel.ask({"op": "globals"})
-        names = {str(k): decode_value(v, channel.proxy) for k, v in dict(answer.get("globals") or {}).items()}
+        # Only the program's own public names: never a builtin's name (an `abs` or `isinstance`
+        # of the program's choosing would decide the test's checks), never a dunder.
+        names = {k: decode_value(v, channel.proxy) for k, v in dict(answer.get("globals") or {}).items()
+                 if isinstance(k, str) and k.isidentifier() and not k.startswith("_") and not hasattr(builtins, k)
+                 and not keyword.iskeyword(k)}
         sys.modules.update(_fake_modules(names))
         namespace = {"__name__": "tests", **names}
         if judge["setup"]:
