@@ -23,18 +23,23 @@ from posttrain.serve.testing import LiveServer
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+MARKDOWN_XSS = ("[click me](javascript:window.__xss=3)\n\n![pic](x onerror=window.__xss=4)\n\n"
+                '![pic" onerror="window.__xss=5](https://example.com/a.png)\n\n<svg onload="window.__xss=6"></svg>')
 
 ITEMS = [
-    {"id": "sky", "prompt": "Explain to a ten-year-old why the sky is blue.",
-     "response_a": "Sunlight has all colours in it. When it hits the air, the tiny gas molecules bounce blue light "
-                   "around much more than red light, so blue comes at your eyes from every part of the sky.",
-     "response_b": "Because of Rayleigh scattering, whose cross-section goes as 1/wavelength^4."},
+    {"id": "reverse", "prompt": "How do I reverse a list in Python without changing the original?",
+     "response_a": "Two common ways:\n\n1. **Slicing** makes a reversed copy:\n\n"
+                   "```python\nnumbers = [1, 2, 3]\nbackwards = numbers[::-1]\nprint(backwards)  # [3, 2, 1]\n```\n\n"
+                   "2. `reversed()` gives an iterator; wrap it in `list()` if you need a list.\n\n"
+                   "Avoid `numbers.reverse()` here: it reverses *in place*.",
+     "response_b": "Use `list.reverse()`:\n\n- it is fast\n- it needs no extra memory\n\n"
+                   "```python\nnumbers.reverse()\n```"},
     {"id": "email", "prompt": [{"role": "system", "content": "You are a helpful writing assistant."},
                                {"role": "user", "content": "Write a two-line note to say I'll be late to the "
                                                            "team meeting."}],
      "response_a": "Hi all, I'm running about 15 minutes late to today's meeting.\nPlease start without me.",
      "response_b": "I will not be attending on time."},
-    {"id": "xss", "prompt": XSS, "response_a": XSS, "response_b": "a plain answer"},
+    {"id": "xss", "prompt": XSS, "response_a": XSS, "response_b": MARKDOWN_XSS},
 ]
 
 
@@ -88,6 +93,13 @@ def test_annotate_submit_next_and_xss_is_inert(site, browser, shots):
     login(page, server, tokens["ann"])
     first = page.get_attribute("#annotate-form", "data-item")
     assert page.inner_text("#done-count") == "0"
+    # Markdown is rendered: fenced code in a monospace block, numbered and bulleted lists, inline code
+    assert first == "reverse"
+    code_font = page.eval_on_selector(".response pre code", "e => getComputedStyle(e).fontFamily")
+    text_font = page.eval_on_selector(".response p", "e => getComputedStyle(e).fontFamily")
+    assert "monospace" in code_font and "monospace" not in text_font
+    assert page.locator(".response pre code").count() == 2 and page.locator(".response ol > li").count() == 2
+    assert page.locator(".response ul > li").count() == 2 and page.locator(".response li code").count() >= 1
     page.keyboard.press("2")  # keyboard shortcut from app.js
     assert page.is_checked("#choice-B")
     page.click("#choice-A")
@@ -117,12 +129,27 @@ def test_annotate_submit_next_and_xss_is_inert(site, browser, shots):
     assert page.evaluate("window.__xss") is None
     assert XSS in page.inner_text(".prompt .text")
     assert page.locator(".prompt img").count() == 0
+    # ... and so must Markdown's own ways in: script links, images with handlers, raw SVG
+    assert page.locator("main img, main svg, a[href^='javascript'], a[href^='JAVASCRIPT']").count() == 0
+    assert "[click me](javascript:window.__xss=3)" in page.inner_text("main")
+    assert page.evaluate("window.__xss") is None
 
     conn = connect(db)
     rows = conn.execute("SELECT i.item_id, l.reasoning, l.confidence FROM labels l JOIN items i ON i.seq = l.item_seq "
                         "ORDER BY l.id").fetchall()
     assert [tuple(r) for r in rows] == [
         (first, "A answers at the right level; B is correct but too technical.", 4), (second, "", 2)]
+
+    # the last label: the "Saved" notice sits inside "Nothing left to label", not above it
+    page.click("#choice-A")
+    for name in ("helpfulness", "harmlessness", "honesty"):
+        page.check(f"#crit-{name}-A")
+    page.click("#confidence-3")
+    with page.expect_navigation():
+        page.click("#submit")
+    assert page.locator("#all-done #saved").count() == 1
+    title_y = page.locator("#all-done h1").bounding_box()["y"]
+    assert page.locator("#saved").bounding_box()["y"] > title_y
     page.close()
 
 
@@ -165,6 +192,11 @@ def test_admin_page(site, browser, shots):
     login(page, server, tokens["boss"], "/admin")
     assert page.inner_text("#stat-items") == "3"
     page.screenshot(path=str(shots / "serve-admin.png"), full_page=True)
+    with page.expect_download() as download:  # the export links save files, with the login cookie only
+        page.click("#downloads a:text('annotations.jsonl')")
+    assert download.value.suggested_filename == "annotations.jsonl"
+    rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert len(rows) == 3 and {row["annotator"] for row in rows} == {"ann"}
     page.click("button.link")  # log out
     page.goto(server.url + "/admin")
     assert page.url.startswith(server.url + "/login")
