@@ -152,3 +152,94 @@ def test_losses_import_no_models_or_modules_beyond_tensor_helpers(unit):
         for target, _, line, _ in imports(path):
             if unit_of(target) != unit:
                 assert target in allowed, f"{path.name}:{line}: losses import {target}"
+
+
+# Packages that take seconds to import or are optional extras: a function-local import of one
+# of these (or of a posttrain module that imports one at its top) is allowed, so that
+# `posttrain --help`, `posttrain CMD --help` and argument errors stay instant.
+HEAVY = {"torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "matplotlib", "lm_eval",
+         "sacrebleu", "rouge_score", "bert_score", "bitsandbytes", "deepspeed", "gguf", "scipy", "numpy",
+         "pandas", "pyarrow", "fastapi", "uvicorn", "httpx", "tensorboard", "wandb", "mlflow", "sklearn",
+         "markdown_it", "nh3", "jsonschema", "yaml", "jinja2", "tqdm", "playwright"}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Modules imported at a file's top level (incl. inside top-level if/try, not TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    nodes = []
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        nodes += list(ast.walk(node)) if isinstance(node, (ast.If, ast.Try)) else [node]
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found |= {f"{target}.{alias.name}" for alias in node.names}
+    return found
+
+
+def heavy_modules() -> set[str]:
+    """posttrain modules whose top-level imports reach a HEAVY package (directly or through other modules)."""
+    known = {module_name(path): path for path in SOURCES}
+    direct = {name: _top_level_imports(path) for name, path in known.items()}
+    heavy = {name for name, found in direct.items() if any(f.split(".")[0] in HEAVY for f in found)}
+    changed = True
+    while changed:
+        changed = False
+        for name, found in direct.items():
+            if name not in heavy and any(f in heavy for f in found):
+                heavy.add(name)
+                changed = True
+    return heavy
+
+
+def test_local_imports_only_for_heavy_or_optional_modules():
+    """Imports go at the top, except a heavy package (or a module that loads one) kept out of
+    `--help` and argument checking; everything else imported inside a function is a defect."""
+    heavy = heavy_modules()
+    known = {module_name(path) for path in SOURCES}
+    wrong = []
+    # resources/ holds scripts that run on their own (the sandbox supervisor imports after it has
+    # locked itself down), not library modules.
+    for path in [p for p in SOURCES if "resources" not in p.parts]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        module = module_name(path)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        top = set()
+        for node in tree.body:
+            top |= {id(n) for n in ast.walk(node)} if isinstance(node, (ast.If, ast.Try)) else {id(node)}
+        for node in ast.walk(tree):
+            if id(node) in top or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = [f"{target}.{a.name}" if f"{target}.{a.name}" in known else target for a in node.names]
+            else:
+                targets = [node.module or ""]
+            for target in targets:
+                root = target.split(".")[0]
+                if root != "posttrain" and root in HEAVY | {"resource", "ctypes", "fcntl", "readline"}:
+                    continue
+                if root == "posttrain" and target in heavy:
+                    continue
+                if root not in ("posttrain",) and root not in HEAVY:
+                    # A standard-library module: always cheap, belongs at the top.
+                    wrong.append(f"{path.relative_to(SRC.parent)}:{node.lineno}: {ast.unparse(node)}")
+                    break
+                if root == "posttrain":
+                    wrong.append(f"{path.relative_to(SRC.parent)}:{node.lineno}: {ast.unparse(node)} (a light module)")
+                    break
+    assert not wrong, f"{len(wrong)} function-local imports to move to the top:\n" + "\n".join(wrong)
