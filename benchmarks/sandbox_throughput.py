@@ -21,13 +21,19 @@ import sys
 import time
 
 
-def jobs(count: int) -> list[tuple[str, list[str]]]:
-    """`count` programs; even ones are right, odd ones are off by one on every test."""
+def jobs(count: int, form: str = "probe") -> list[tuple[str, list[str]]]:
+    """`count` programs; even ones are right, odd ones are off by one on every test. form
+    "probe": `assert f(x) == value` (compared by the trainer); "judge": `assert value <= f(x) <= value`
+    (no literal to split off, so it runs in the judge process)."""
     out = []
     for number in range(count):
         wrong = number % 2
         code = f"def f(x):\n    total = 0\n    for i in range(x):\n        total += i\n    return total + {wrong}\n"
-        tests = [f"assert f({x}) == {x * (x - 1) // 2}" for x in range(number % 7, number % 7 + 5)]
+        expected = [(x, x * (x - 1) // 2) for x in range(number % 7, number % 7 + 5)]
+        if form == "probe":
+            tests = [f"assert f({x}) == {value}" for x, value in expected]
+        else:
+            tests = [f"assert {value} <= f({x}) <= {value}" for x, value in expected]
         out.append((code, tests))
     return out
 
@@ -46,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--form", choices=("probe", "judge"), default="probe")
     args = parser.parse_args(argv)
 
     import posttrain
     from posttrain.rollout.sandbox import Sandbox
 
     box = Sandbox()
-    work = jobs(args.programs)
+    work = jobs(args.programs, args.form)
     box.run_many(work[:2], max_workers=1)  # warm-up (first-run costs, page cache)
     rates, cpu = [], []
     for _ in range(args.repeats):
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrong verdicts: {[r.reason for r in results][:4]}", file=sys.stderr)
             return 1
     print(json.dumps({"source": os.path.dirname(posttrain.__file__), "isolation": box.isolation,
-                      "programs": args.programs, "workers": args.workers,
+                      "form": args.form, "programs": args.programs, "workers": args.workers,
                       "programs_per_s": [round(r, 2) for r in rates], "median": round(statistics.median(rates), 2),
                       "cpu_s_per_program": [round(c, 4) for c in cpu],
                       "load": os.getloadavg()[0]}))
