@@ -131,6 +131,17 @@ def test_always_equal_object_cannot_fake_an_equality_test(guarded):
     assert not result.passed and "not a plain value" in result.tests[0].error
 
 
+def test_subclasses_of_plain_types_arrive_as_their_plain_data(guarded):
+    code = ("import collections, enum\nclass Color(enum.IntEnum):\n    RED = 1\n"
+            "def count(s):\n    return collections.Counter(s)\n"
+            "def pair():\n    return collections.namedtuple('P', 'x y')(1, 2)\n"
+            "def red():\n    return Color.RED")
+    result = guarded.run(code, ["assert count('aab') == {'a': 2, 'b': 1}", "assert pair() == (1, 2)", "assert red() == 1",
+                                "assert count('ab') == {'a': 2}"])
+    assert [t.passed for t in result.tests] == [True, True, True, False]
+    assert result.tests[3].error == "expected {'a': 2}, got {'a': 1, 'b': 1}"
+
+
 def test_replacing_builtins_cannot_skip_the_tests(guarded):
     code = "import builtins\nbuiltins.exec = lambda *args, **kwargs: None\ndef f():\n    return 0"
     result = guarded.run(code, ["assert f() > 5", "assert f() == 7"])

@@ -31,9 +31,10 @@ TESTS = [
 ]
 # Tests whose checks run on builtins in the judge (the program must not get to redefine them)
 JUDGE_CHECKS = ["assert abs(f(1) - 591373) < 0.5", "assert isinstance(f(1), int) and f(1) > 591372",
-                "assert all(map(lambda x: f(x) == 591373, [1, 1]))", "assert len([f(1)]) == 1 and f(1) == 591373"]
+                "assert all(map(lambda x: f(x) == 591373, [1, 1]))", "assert len([f(1)]) == 1 and f(1) == 591373",
+                "assert f(4) == math.floor(31337.5)"]  # (relies on the program's own `import math`)
 TEST_FILE = "import math\n\ndef test_four():\n    assert f(4) == math.floor(31337.5)\n\nassert f(1) == 591373\n"
-HONEST = ("def f(x):\n    return {0: -98765, 1: 591373, 2: 583454, 4: 31337}[x]\n"
+HONEST = ("import math\ndef f(x):\n    return {0: -98765, 1: 591373, 2: 583454, 4: 31337}[x]\n"
           "if __name__ == '__main__':\n    input()\n    print(271828182)\n")
 WRONG = "def f(x):\n    return 0\n"
 
@@ -342,6 +343,21 @@ def all(*args):
 def len(x):
     return 0
 """,
+    "fake_module_the_test_did_not_import": """
+class math:
+    floor = staticmethod(lambda x: 0)
+def f(x):
+    return 0
+""",
+    "plant_modules_in_its_directory": """
+import os
+for name in ('math.py', 'pytest.py', 'solution.py', 'builtins.py', 'sitecustomize.py'):
+    with open(name, 'w') as handle:
+        handle.write('floor = abs = lambda *a: 0\nimport os\nos._exit(0)\n')
+os.mkdir('__pycache__')
+def f(x):
+    return 0
+""",
     "stop_iteration_ends_the_tests_loop": """
 def f(x):
     raise StopIteration
@@ -366,7 +382,8 @@ def test_attack_scores_zero(box, name):
         assert "scanned True" in result.stdout  # the scan ran over the whole process
 
 
-@pytest.mark.parametrize("name", ["shadow_the_tests_builtins", "stop_iteration_ends_the_tests_loop"])
+@pytest.mark.parametrize("name", ["shadow_the_tests_builtins", "stop_iteration_ends_the_tests_loop",
+                                  "fake_module_the_test_did_not_import", "plant_modules_in_its_directory"])
 def test_attack_cannot_decide_the_judges_checks(box, name):
     assert box.run(HONEST, JUDGE_CHECKS).passed
     result = box.run(ATTACKS[name], JUDGE_CHECKS)

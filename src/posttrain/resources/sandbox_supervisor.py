@@ -36,6 +36,7 @@ import selectors
 import signal
 import sys
 import time
+import types
 
 try:
     import ctypes
@@ -82,6 +83,7 @@ class NotPlain(Exception):
 
 _SEQUENCES = {list: "l", tuple: "t", set: "S", frozenset: "z"}
 _BUILD = {"l": list, "t": tuple, "S": set, "z": frozenset}
+_PLAIN_BASES = (int, float, complex, str, bytes, list, tuple, set, frozenset, dict)
 MAX_DEPTH = 100
 
 
@@ -108,6 +110,9 @@ def encode_value(value, handle=None, depth=0):
         return [_SEQUENCES[kind], [encode_value(item, handle, depth + 1) for item in value]]
     if kind is dict:
         return ["d", [[encode_value(k, handle, depth + 1), encode_value(v, handle, depth + 1)] for k, v in value.items()]]
+    for base in _PLAIN_BASES:
+        if isinstance(value, base):  # a subclass (Counter, namedtuple, IntEnum...): its plain data only
+            return encode_value(base(value), handle, depth + 1)
     if handle is not None:
         return ["h", handle(value), kind.__name__[:100]]
     raise NotPlain(f"a {kind.__name__[:100]} object")
@@ -693,8 +698,6 @@ class _Approx:
 
 def _fake_modules(names):
     """A `solution` module holding the program's names, and a tiny `pytest` (raises, approx)."""
-    import types
-
     solution = types.ModuleType("solution")
     solution.__dict__.update(names)
     pytest = types.ModuleType("pytest")
@@ -705,7 +708,8 @@ def _fake_modules(names):
 def judge_process(spec, judge, fds):
     """Run the dataset's tests against the program's answers (never returns).
     fds: stdin, stdout, stderr (all /dev/null), records, rpc_in, rpc_out."""
-    confine(spec, fds, spec["judge_uid"], "/" if spec["private_root"] else spec["workroot"], 0, 0)
+    confine(spec, fds, spec["judge_uid"], os.path.join(spec["workroot"], "p1"), 0, 0)
+    sys.path[:] = [p for p in sys.path if os.path.isabs(p)]  # never import from the program's directory
     _prctl(PR_SET_DUMPABLE, 0)  # after setuid: no ptrace and no /proc/PID/mem or fd by the program
     resource.setrlimit(resource.RLIMIT_AS, (spec["memory_bytes"], spec["memory_bytes"]))
 
@@ -722,6 +726,13 @@ def judge_process(spec, judge, fds):
         names = {k: decode_value(v, channel.proxy) for k, v in dict(answer.get("globals") or {}).items()
                  if isinstance(k, str) and k.isidentifier() and not k.startswith("_") and not hasattr(builtins, k)
                  and not keyword.iskeyword(k)}
+        # A standard module the program imported (`math`) is the judge's own real module, so a
+        # test that forgot its import still works and the program cannot fake `math.floor`.
+        for name in [n for n in names if n in getattr(sys, "stdlib_module_names", ())]:
+            try:
+                names[name] = __import__(name)
+            except BaseException:  # noqa: BLE001 - not importable here: the name is not the program's either
+                del names[name]
         sys.modules.update(_fake_modules(names))
         namespace = {"__name__": "tests", **names}
         if judge["setup"]:
@@ -743,11 +754,11 @@ def judge_process(spec, judge, fds):
                 exec(compile(test["code"], f"<test {index}>", "exec"), namespace)
             for call in test.get("calls", ()):
                 result = eval(compile(call + "()", f"<test {index}>", "eval"), namespace)
-                if hasattr(result, "__await__"):  # an async test function runs to completion
+                if isinstance(result, types.CoroutineType):  # an async test function runs to completion
                     import asyncio
 
                     asyncio.run(result)
-                elif hasattr(result, "__next__"):
+                elif isinstance(result, types.GeneratorType):
                     raise TypeError(f"{call} is a generator, not a test function that runs")
             send({"event": "test", "i": index, "ok": True})
         except BaseException as exc:  # noqa: BLE001
@@ -904,7 +915,7 @@ class Supervisor:
         for number, text in enumerate(spec["io"]):
             stdin = self.stdin_file(text)
             fds = [stdin, self.pipe(f"io{number}", "stdout", spec["io_output_bytes"], "head"),
-                   self.pipe(f"io{number}", "stderr", keep), self.pipe(f"io{number}", "records", RECORDS_LIMIT, "head")]
+                   self.pipe(f"io{number}", "stderr", keep), self.pipe(f"io{number}", "records", 1 << 16, "head")]
             closing += fds
             self.start(f"io{number}", program_process, spec, self.uid(2 + number), self.workdir(2 + number), fds, True)
         if judged:
@@ -956,7 +967,11 @@ class Supervisor:
         path = os.path.join(self.spec["workroot"], f"p{number}")
         os.mkdir(path, 0o700)
         if self.spec["base_uid"] is not None:
-            os.chown(path, self.spec["base_uid"] + number, self.spec["base_uid"] + number)
+            # The program's own directory (number 1) is readable by the judge's group, so that a
+            # test may check the files the program wrote (their contents are the program's
+            # answers, like its return values).
+            os.chown(path, self.spec["base_uid"] + number, self.spec["base_uid"] + (number != 1) * number)
+            os.chmod(path, 0o750 if number == 1 else 0o700)
         else:  # a nested user namespace maps the program to nobody: let it write its own directory
             os.chmod(path, 0o777)
         return path
