@@ -275,3 +275,28 @@ def test_cli_columns_flag_on_data_check_and_yaml_on_sft(tmp_path, capsys):
                       f"batch_size: 2\noutput_dir: {tmp_path / 'run'}\nprogress: false\n")
     assert main(["sft", "--config", str(config)]) == 0
     capsys.readouterr()
+
+
+def test_pipeline_stage_takes_columns_and_a_split_and_notices_changed_split_data(tmp_path):
+    from posttrain.pipeline import run_pipeline
+
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    rows = [{"q": f"{i}+1?", "a": str(i + 1)} for i in range(8)]
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "test.jsonl", rows[:2])
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"""
+output_dir: {tmp_path / 'run'}
+defaults: {{model: tiny-random}}
+stages:
+  - name: sft
+    type: sft
+    with: {{data: ["{folder}:train"], eval_data: "{folder}:test", columns: {{prompt: q, completion: a}},
+           max_steps: 1, batch_size: 4, progress: false}}
+""")
+    first = run_pipeline(str(pipeline), log=lambda _: None)
+    assert [s["status"] for s in first["stages"]] == ["done"]
+    write_jsonl(folder / "train.jsonl", rows[::-1])  # same folder, other content: not cached
+    second = run_pipeline(str(pipeline), log=lambda _: None)
+    assert [s["cached"] for s in second["stages"]] == [False]

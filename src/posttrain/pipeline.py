@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import canonical_name, from_mapping, help_field, load_yaml_mapping, parse_config
+from .data.readers import resolve_split
 from .errors import ConfigError, PosttrainError
 from .jsonl import write_json
 
@@ -193,7 +194,7 @@ def stage_hash(stage: Stage, settings: dict[str, Any], upstream_hashes: dict[str
     inputs = {}
     run_root = run_dir.resolve()
     for value in _strings(settings):
-        path = Path(value)
+        path = Path(resolve_split(value, None)[0]) if len(value) < 4096 else Path(value)  # "data/uf:test" -> data/uf
         if len(value) < 4096 and path.exists() and run_root not in path.resolve().parents:
             inputs[value] = file_fingerprint(path)
     used = sorted({s for s, _ in REFERENCE.findall(json.dumps(stage.settings))})
