@@ -365,6 +365,17 @@ def test_namespaces_required_but_missing_is_a_clear_error(monkeypatch):
         sandbox_module._isolation.cache_clear()
 
 
+def test_no_safe_isolation_is_refused(monkeypatch):
+    # Not root and no namespaces: the program would share our uid, so no verdict could be trusted.
+    sandbox_module._isolation.cache_clear()
+    monkeypatch.setattr(sandbox_module.os, "geteuid", lambda: 1000)
+    try:
+        with pytest.raises(PosttrainError, match="cannot judge safely here"):
+            Sandbox(isolation="process")
+    finally:
+        sandbox_module._isolation.cache_clear()
+
+
 def test_bad_limits_and_bad_tests_are_one_line_errors():
     with pytest.raises(PosttrainError, match="sandbox limit 'timeout_s' must be positive"):
         Sandbox(SandboxLimits(timeout_s=0))

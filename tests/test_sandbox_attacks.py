@@ -225,6 +225,28 @@ for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
         except OSError:
             pass
 """,
+    "read_the_supervisors_fds_for_the_test_code": WRONG + """
+import os
+for pid in [p for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())]:
+    for fd in range(0, 32):
+        try:
+            handle = os.open(f'/proc/{pid}/fd/{fd}', os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            data = os.read(handle, 1 << 16)
+        except OSError:
+            data = b''
+        print('FOUND open', pid, fd, b'setup' in data)
+for fd in range(0, 256):  # and our own descriptors: nothing but our pipes
+    try:
+        os.set_blocking(fd, False)
+        data = os.read(fd, 1 << 16)
+        if b'setup' in data or b'7919' in data:
+            print('FOUND in fd', fd)
+    except OSError:
+        pass
+""",
     "signal_everything": WRONG + """
 import os, signal
 for pid in [1, os.getppid(), -1] + [int(p) for p in os.listdir('/proc') if p.isdigit()]:
