@@ -2,13 +2,13 @@
 
 Process tree for one run (see docs/rewards.md, "Reward integrity" and "How a run is contained"):
 
-    trainer thread ── [unshare --net --pid --mount-proc] ── supervisor ──┬── program   (uid A)
-                                                          (PID 1, root)  ├── io test k (uid A+k)
-                                                                         └── judge     (uid J)
+    trainer thread ── [unshare --net --ipc --pid --mount-proc] ── supervisor ──┬── program   (uid A)
+                                                                (PID 1, root) ├── io test k (uid A+1+k)
+                                                                              └── judge     (uid J)
 
 * The trainer (this module) splits the tests (`parse_tests`), keeps every expected value and
   expected output to itself, starts the supervisor in a new session with a clean environment
-  and, where the kernel allows, new network/PID/mount namespaces; it kills the whole session
+  and, where the kernel allows, new network/IPC/PID/mount namespaces; it kills the whole session
   after a wall-clock deadline.
 * The supervisor (`posttrain/resources/sandbox_supervisor.py`, stdlib only) pivots into a
   private, size-limited tmpfs root that holds only the Python runtime, forks the program
@@ -317,7 +317,7 @@ def _isolation(wanted: str) -> _Isolation:
     root = os.geteuid() == 0
     unshare = shutil.which("unshare")
     if wanted != "process" and unshare and sys.platform.startswith("linux"):
-        flags = ("--net", "--pid", "--fork", "--kill-child", "--mount-proc")
+        flags = ("--net", "--ipc", "--pid", "--fork", "--kill-child", "--mount-proc")
         # As root: plain namespaces (a user namespace would keep uid 0, exempt from RLIMIT_NPROC).
         # Otherwise an unprivileged user namespace maps us to root inside it.
         candidate = _Isolation("namespaces", (unshare, *flags) if root else (unshare, "--user", "--map-root-user", *flags),
