@@ -5,9 +5,10 @@
     .venv/bin/python benchmarks/serve_load.py --py-spy /tmp/serve.svg   # where the server's time goes
     PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/serve_load.py   # the same load on other code
 
-Each client is a thread with one keep-alive HTTP connection (the standard library's
-http.client, which costs the client side little CPU) running a closed loop: GET /api/next,
-then POST /api/labels, with no pause. The server is the real `posttrain serve` command in a
+Each client holds one keep-alive HTTP connection and runs a closed loop: GET /api/next,
+then POST /api/labels, with no pause. All clients share one asyncio thread speaking minimal
+HTTP/1.1, so the load generator takes little CPU and, on a shared machine, no more of the
+scheduler's attention than the one-thread server it measures (30 client threads would). The server is the real `posttrain serve` command in a
 child process (it inherits PYTHONPATH, so an old checkout can be measured the same way).
 
 Printed per repetition: labels per second over the whole run, p50 / p90 / p99 / max of the
@@ -19,14 +20,13 @@ a lost or duplicated label fails the run. Nothing here is a test; no test times 
 from __future__ import annotations
 
 import argparse
-import http.client
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -58,32 +58,36 @@ def setup_db(path: Path, clients: int, items: int, k: int) -> dict[str, str]:
     return tokens
 
 
-class Client(threading.Thread):
-    """One annotator: `count` rounds of GET /api/next + POST /api/labels on one connection."""
+class Client:
+    """One annotator: `count` rounds of GET /api/next + POST /api/labels on one keep-alive connection."""
 
-    def __init__(self, port: int, name: str, token: str, count: int, start_gate: threading.Event):
-        super().__init__(daemon=True)
-        self.port, self.name, self.count, self.start_gate = port, name, count, start_gate
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    def __init__(self, port: int, name: str, token: str, count: int):
+        self.port, self.name, self.token, self.count = port, name, token, count
         self.next_ms: list[float] = []
         self.post_ms: list[float] = []
         self.acknowledged: list[int] = []
         self.error: str | None = None
 
-    def request(self, conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None):
-        started = time.perf_counter()
-        conn.request(method, path, body=body, headers=self.headers)
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, data, (time.perf_counter() - started) * 1000
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
 
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        conn.connect()  # outside the timed window: a client's first request should not pay for TCP setup
-        self.start_gate.wait()
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes, float]:
+        """A minimal HTTP/1.1 exchange (the server always answers with Content-Length)."""
+        started = time.perf_counter()
+        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        status_line, *header_lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+        length = int(next(v for k, v in headers.items() if k.lower() == "content-length"))
+        data = await self.reader.readexactly(length)
+        return int(status_line.split()[1]), data, (time.perf_counter() - started) * 1000
+
+    async def run(self, start_gate: asyncio.Event) -> None:
+        await start_gate.wait()
         try:
             for n in range(self.count):
-                status, data, ms = self.request(conn, "GET", "/api/next")
+                status, data, ms = await self.request("GET", "/api/next")
                 self.next_ms.append(ms)
                 task = json.loads(data)
                 if status != 200 or "assignment_id" not in task:
@@ -91,15 +95,28 @@ class Client(threading.Thread):
                 body = json.dumps({"assignment_id": task["assignment_id"], "choice": "AB"[n % 2],
                                    "criteria": {"helpfulness": "A"}, "reasoning": f"{self.name}-{n}",
                                    "confidence": 1 + n % 5}).encode()
-                status, data, ms = self.request(conn, "POST", "/api/labels", body)
+                status, data, ms = await self.request("POST", "/api/labels", body)
                 self.post_ms.append(ms)
                 if status != 201:
                     raise RuntimeError(f"POST /api/labels -> {status} {data[:200]!r}")
                 self.acknowledged.append(json.loads(data)["label_id"])
-        except Exception as exc:  # reported by the main thread
+        except Exception as exc:  # reported by main
             self.error = f"{self.name}: {type(exc).__name__}: {exc}"
         finally:
-            conn.close()
+            self.writer.close()
+
+
+async def drive(clients: list[Client], on_start) -> float:
+    """Connect every client (outside the timed window), start them together, return the seconds taken."""
+    for client in clients:
+        await client.connect()
+    gate = asyncio.Event()
+    tasks = [asyncio.create_task(client.run(gate)) for client in clients]
+    on_start()
+    started = time.perf_counter()
+    gate.set()
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started
 
 
 def cpu_seconds(pid: int) -> float:
@@ -127,10 +144,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict:
     tokens = setup_db(db, args.clients, args.items, args.k)
     per_client = args.labels // args.clients
     with LiveServer(db) as server:
-        gate = threading.Event()
-        clients = [Client(server.port, name, token, per_client, gate) for name, token in tokens.items()]
-        for client in clients:
-            client.start()
+        clients = [Client(server.port, name, token, per_client) for name, token in tokens.items()]
         spy = None
         if args.py_spy:
             spy_format = "flamegraph" if args.py_spy.endswith(".svg") else "raw"  # raw: collapsed stacks
@@ -138,17 +152,14 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict:
                                     "--rate", "200", "--nonblocking", "--format", spy_format],
                                    stdout=subprocess.DEVNULL)
             time.sleep(1.0)
-        load_before = os.getloadavg()
-        cpu_before = cpu_seconds(server.process.pid)
-        started = time.perf_counter()
-        gate.set()
-        for client in clients:
-            client.join()
-        elapsed = time.perf_counter() - started
-        server_cpu = cpu_seconds(server.process.pid) - cpu_before
-        load_after = os.getloadavg()
+        before: dict[str, object] = {}
+        elapsed = asyncio.run(drive(clients, lambda: before.update(
+            load=os.getloadavg(), cpu=cpu_seconds(server.process.pid), client_cpu=cpu_seconds(os.getpid()))))
+        server_cpu = cpu_seconds(server.process.pid) - before["cpu"]
+        client_cpu = cpu_seconds(os.getpid()) - before["client_cpu"]
+        load_before, load_after = before["load"], os.getloadavg()
         if spy is not None:
-            spy.send_signal(2)  # SIGINT: py-spy writes the flame graph and exits
+            spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
             spy.wait(timeout=60)
     errors = [c.error for c in clients if c.error]
     if errors:
@@ -163,6 +174,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict:
     return {"clients": args.clients, "labels": len(acknowledged), "seconds": round(elapsed, 2),
             "labels_per_s": round(len(acknowledged) / elapsed, 1),
             "server_cpu_ms_per_label": round(server_cpu * 1000 / len(acknowledged), 2),
+            "client_cpu_ms_per_label": round(client_cpu * 1000 / len(acknowledged), 2),
             "get_next_ms": summary([ms for c in clients for ms in c.next_ms]),
             "post_labels_ms": summary([ms for c in clients for ms in c.post_ms]),
             "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],

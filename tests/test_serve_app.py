@@ -373,3 +373,15 @@ def test_admin_page_links_download_every_export(env):
         name = link.split("/")[-1].replace("?aggregate=each", "-each")
         assert response.headers["content-disposition"] == f'attachment; filename="{name}.jsonl"'
     assert client_for(app, tokens["ann"]).get(links[0]).status_code == 403
+
+
+def test_while_serving_checkpoints_run_in_the_background(env):
+    _, app, tokens = env
+    assert app.state.pool.autocheckpoint is True  # outside the server's lifetime: SQLite's own
+    with TestClient(app) as client:  # runs the lifespan, as uvicorn does
+        assert client.get("/api/next", headers=bearer(tokens["ann"])).status_code == 200
+        assert app.state.pool.autocheckpoint is False
+        conn = app.state.pool.acquire()
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        app.state.pool.release(conn)
+    assert app.state.pool.autocheckpoint is True

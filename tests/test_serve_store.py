@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -11,8 +12,15 @@ from posttrain.records import Annotation, PreferencePair
 from posttrain.serve.assign import LabelError, next_task, overview, submit_label
 from posttrain.serve.db import connect, create_user, init_db, user_for_token
 from posttrain.serve.export import annotation_rows, feedback_rows, preference_rows
-from posttrain.serve.feedback import (EchoBackend, FeedbackError, assign_variant, parse_variants, record_feedback,
-                                      send_message, start_conversation)
+from posttrain.serve.feedback import (
+    EchoBackend,
+    FeedbackError,
+    assign_variant,
+    parse_variants,
+    record_feedback,
+    send_message,
+    start_conversation,
+)
 from posttrain.serve.items import insert_items, item_from_row, read_items
 
 
@@ -300,3 +308,23 @@ def test_a_database_from_before_label_counts_is_migrated(tmp_path):
     assert [tuple(r) for r in conn.execute("SELECT item_id, n_labels FROM items ORDER BY seq")] == [
         ("i0", 2), ("i1", 0), ("i2", 0)]
     assert overview(conn)["items_complete"] == 1
+
+
+def test_background_checkpointer_copies_the_wal_into_the_database(tmp_path):
+    from posttrain.serve.db import Checkpointer, ConnectionPool
+
+    path, conn, _ = make_db(tmp_path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pool = ConnectionPool(path)
+    pool.set_autocheckpoint(False)
+    writer = pool.acquire()
+    assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    size_before = path.stat().st_size
+    for n in range(300):  # far past SQLite's own 1000-page trigger, which is now off
+        create_user(writer, f"user{n}-" + "x" * 2000)
+    assert path.stat().st_size == size_before  # everything is still only in the WAL
+    with Checkpointer(path, interval_s=0.05):
+        time.sleep(0.5)
+    assert path.stat().st_size > size_before + 300 * 2000
+    pool.release(writer)
+    pool.close()

@@ -11,17 +11,18 @@ injected inline script; all model and user text is escaped by the templates.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.datastructures import MutableHeaders
 
 from . import admin_routes, annotate_routes, chat_routes
-from .db import ConnectionPool, init_db, user_for_token
+from .db import Checkpointer, ConnectionPool, init_db, user_for_token
 from .validate import RequestError
-from .web import (COOKIE, HERE, LoginRequired, Settings, User, api_user, form, login_url, page_user, render,
-                  safe_next)
+from .web import COOKIE, HERE, LoginRequired, Settings, User, api_user, form, login_url, page_user, render, safe_next
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -58,9 +59,22 @@ class SecurityHeaders:
 
 def create_app(settings: Settings) -> FastAPI:
     init_db(settings.db)
-    app = FastAPI(title="posttrain serve", docs_url=None, redoc_url=None, openapi_url=None)
+    pool = ConnectionPool(settings.db)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """While the server runs, WAL checkpoints happen on a background thread (db.Checkpointer)."""
+        with Checkpointer(settings.db):
+            pool.set_autocheckpoint(False)
+            try:
+                yield
+            finally:
+                pool.set_autocheckpoint(True)
+        pool.close()
+
+    app = FastAPI(title="posttrain serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.settings = settings
-    app.state.pool = ConnectionPool(settings.db)
+    app.state.pool = pool
 
     app.add_middleware(SecurityHeaders)
 

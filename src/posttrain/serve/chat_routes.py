@@ -12,8 +12,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from .feedback import (FeedbackError, assign_variant, conversation, make_backend, messages_with_feedback,
-                       record_feedback, send_message, start_conversation)
+from .feedback import (
+    FeedbackError,
+    assign_variant,
+    conversation,
+    make_backend,
+    messages_with_feedback,
+    record_feedback,
+    send_message,
+    start_conversation,
+)
 from .validate import RequestError, json_object
 from .web import Settings, User, api_user, db, form, json_body, page_user, render, settings
 

@@ -8,7 +8,6 @@ Pages redirect to /login without a valid token; /api routes answer 401.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
