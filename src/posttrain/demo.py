@@ -1,9 +1,10 @@
 """`make demo`: the quickstart pipeline on SmolLM2-135M-Instruct, with a measured before/after.
 
-Runs `examples/quickstart.yaml` (baseline eval -> best-of-n sampling with a math verifier ->
-full SFT on the accepted samples -> final eval), then prints held-out accuracy before and
-after with 95% intervals, the difference with its interval (paired: same problems before and
-after, with an exact McNemar p-value), and the report's path.
+Runs `examples/quickstart.yaml` (baseline eval -> behaviour-cloning warm-up on programmatic
+expert answers -> eval -> GRPO with DPO and BC terms against the strict answer-line verifier
+-> final eval), then prints held-out accuracy before and after with 95% intervals, the
+difference with its interval (paired: same problems before and after, with an exact McNemar
+p-value), the same for what RL added on top of the warm-up, and the report's path.
 A rerun reuses finished stages (delete the run directory to start over).
 
     python -m posttrain.demo [--pipeline examples/quickstart.yaml] [--output-dir runs/quickstart]
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     print("\n" + "=" * 78)
-    print("held-out arithmetic accuracy, base model (A) vs after best-of-n + SFT (B):")
+    print("held-out arithmetic accuracy (strict answer line), base model (A) vs the pipeline's result (B):")
     print("\n".join(lines))
+    warmup = pipeline.output_dir / "warmup_eval"
+    if warmup.is_dir():  # what RL added on top of the behaviour-cloning warm-up alone
+        print("-" * 78)
+        print("after the warm-up alone (A) vs after the warm-up + RL (B):")
+        print("\n".join(accuracy_lines(warmup, pipeline.output_dir / "final")))
     print("=" * 78)
     print(f"total {time.perf_counter() - started:.0f}s; report: {report}")
     return 0
