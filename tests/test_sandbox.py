@@ -117,6 +117,15 @@ def test_exiting_early_does_not_pass_the_tests(guarded):
     assert not result.passed and result.reason == "program raised SystemExit: 0"
 
 
+def test_io_tests_compare_stdout_in_the_trainer(guarded):
+    code = "import sys\nn = int(input())\nprint(n * 2)  \nprint()\nsys.exit(0 if n < 9 else 3)"
+    tests = [{"stdin": "3\n", "stdout": "6"}, {"stdin": "4", "stdout": "9\n"}, {"input": "9", "output": "18"}]
+    result = guarded.run(code, tests)
+    assert [t.passed for t in result.tests] == [True, False, False]
+    assert result.tests[1].error == "line 1: expected '9', got '8'"
+    assert result.tests[2].error == "program raised SystemExit: 3"
+
+
 def test_output_is_kept_as_a_tail(guarded):
     result = guarded.run("print('x' * 100000)\nprint('END')")
     assert result.passed

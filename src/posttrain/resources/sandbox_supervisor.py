@@ -449,7 +449,12 @@ def program_process(spec, uid, cwd, fds, as_main):
         try:
             exec_(compile_(spec["code"], "<solution>", "exec"), namespace)
             send({"event": "program", "ok": True})
-        except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are failures too
+        except SystemExit as exc:
+            # A script run on stdin (io test) may end with sys.exit(); as a module it may not.
+            clean = as_main and (exc.code is None or exc.code == 0)
+            send({"event": "program", "ok": clean, **({} if clean else {"error": describe_exception(exc)})})
+            return
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt and friends are failures too
             send({"event": "program", "ok": False, "error": describe_exception(exc)})
             return
         if as_main:  # an io test: its stdout is the answer
@@ -746,6 +751,8 @@ def judge_process(spec, judge, fds):
             if test["kind"] == "value":
                 value = eval(compile(test["expr"], f"<test {index}>", "eval"), namespace)
                 try:
+                    if isinstance(value, Remote):
+                        raise NotPlain(f"a {object.__getattribute__(value, '_type')} object")
                     send({"event": "value", "i": index, "value": json.dumps(encode_value(value))})
                 except NotPlain as exc:
                     send({"event": "value", "i": index, "error": f"returned {exc}, not a plain value"})

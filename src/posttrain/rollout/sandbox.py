@@ -555,9 +555,12 @@ class Sandbox:
         died = self._death(run.get("status", {}))
         if died:
             return TestOutcome(test.name, False, died)
-        if not run.get("status"):
+        status = run.get("status", {})
+        if "exitcode" not in status:
             return TestOutcome(test.name, False, f"timeout after {self.limits.timeout_s:g}s" if report.get("timed_out")
                                else "not run")
+        if status["exitcode"] != 0:  # a runtime error, as competitive judges count it
+            return TestOutcome(test.name, False, f"exited with code {status['exitcode']}")
         return _compare_io(test, str(run.get("stdout", "")))
 
     def _death(self, status: dict[str, Any]) -> str | None:
