@@ -300,3 +300,23 @@ stages:
     write_jsonl(folder / "train.jsonl", rows[::-1])  # same folder, other content: not cached
     second = run_pipeline(str(pipeline), log=lambda _: None)
     assert [s["cached"] for s in second["stages"]] == [False]
+
+
+def test_quality_and_eval_commands_take_columns_and_splits(tmp_path, capsys):
+    folder = tmp_path / "held"
+    folder.mkdir()
+    write_jsonl(folder / "test.jsonl", [{"body": "The cat sat on the mat."}, {"body": "Dogs bark at night."}])
+    write_jsonl(folder / "validation.jsonl", [{"body": "Unused."}])
+    code = main(["eval", "--model", "tiny-random", "--suite", "perplexity", "--heldout", f"{folder}:test",
+                 "--columns", "text=body", "--output-dir", str(tmp_path / "eval")])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert "perplexity" in json.dumps(results)
+    capsys.readouterr()
+
+    odd = write_jsonl(tmp_path / "odd.jsonl", ODD)
+    code = main(["data", "validate", str(odd), "--columns", "prompt=question", "chosen=better", "rejected=worse"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    fields = [line.split()[0] for line in out.split("\n\n")[0].splitlines()[3:]]
+    assert fields == ["chosen", "prompt", "rejected"]  # the mapped names, not better/question/worse

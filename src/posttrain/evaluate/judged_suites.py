@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..data.options import read_kwargs
 from ..errors import ConfigError
 from ..records import user_prompt
 from .responders import EvalItem
@@ -57,7 +58,7 @@ def prepare_winrate(cfg: "EvalConfig") -> WinrateData:
                                             "the prompts) or --baseline-outputs FILE (its answers)")
     check_judge_options(cfg, "winrate suite")
     template = load_template(cfg.judge_template, "pairwise")
-    return WinrateData([item for item, _, _ in load_items(cfg.prompts, cfg.limit)], template)
+    return WinrateData([item for item, _, _ in load_items(cfg.prompts, cfg.limit, **read_kwargs(cfg))], template)
 
 
 def judge_in_chunks(judge, pairs: list, ctx: SuiteContext) -> list:

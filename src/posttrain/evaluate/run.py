@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import AT_LEAST_0, help_field, parse_config, save_config
+from ..data.options import DataArgs
 from ..errors import ConfigError
 from ..jsonl import write_jsonl
 from .harness import prepare_harness, run_harness
@@ -52,7 +53,7 @@ SAMPLED_TEMPERATURE = 0.8  # default for --num-samples N > 1 (Chen et al. 2021 u
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(DataArgs):
     model: str | None = help_field(None, "model to evaluate: alias, local or run directory, .gguf, hub id")
     suite: list[str] = help_field([], "suites to run (one or more)", choices=list(SUITES))
     output_dir: str | None = help_field(None, "where results.json and generations go (default: the run directory "

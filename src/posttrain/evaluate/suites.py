@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..data.options import read_kwargs
 from ..errors import ConfigError, InputError
 from ..records import Conversation
 from .accuracy import accuracy, mean_pass_at_k, perplexity_result
@@ -101,13 +102,14 @@ def _where(where: str) -> tuple[str, int | None]:
     return (path, int(line)) if line.isdigit() else (where, None)
 
 
-def load_items(path: str, limit: int = 0) -> list[tuple[EvalItem, dict[str, Any], str]]:
-    """(item, raw row, "FILE:LINE") for each prompt row; ids from an `id` field, else "#N" (row number)."""
+def load_items(path: str, limit: int = 0, **read: Any) -> list[tuple[EvalItem, dict[str, Any], str]]:
+    """(item, raw row, "FILE:LINE") for each prompt row; ids from an `id` field, else "#N" (row number).
+    `read` (split, columns, max_line_bytes) goes to `read_rows`."""
     from ..data.prompts import parse_prompt
     from ..data.readers import read_rows
 
     out = []
-    for index, (where, raw) in enumerate(read_rows(path), start=1):
+    for index, (where, raw) in enumerate(read_rows(path, **read), start=1):
         prompt = parse_prompt(raw, where)
         item_id = str(raw["id"]) if raw.get("id") is not None else f"#{index}"
         out.append((EvalItem(item_id, prompt.prompt, {k: v for k, v in prompt.extra.items() if k != "id"}), raw, where))
@@ -129,7 +131,7 @@ def prepare_reference(cfg: "EvalConfig") -> ReferenceData:
         raise ConfigError("references", "the reference suite needs a prompts file with reference answers "
                                         "(--references FILE; fields reference, answer, output or completion)")
     items = []
-    for item, raw, where in load_items(cfg.references, cfg.limit):
+    for item, raw, where in load_items(cfg.references, cfg.limit, **read_kwargs(cfg)):
         name = next((f for f in REFERENCE_FIELDS if raw.get(f) is not None), None)
         if name is None:
             raise InputError(*_where(where), "reference", f"no reference answer (expected one of "
@@ -203,7 +205,8 @@ def prepare_task(cfg: "EvalConfig") -> TaskData:
     if cfg.verifier:
         check_verifier(cfg.verifier)
     items, verifiers = [], []
-    for item, raw, where in load_items(path, cfg.limit):
+    # --split is for the user's eval data; a task names its split with --task-split or PATH:SPLIT.
+    for item, raw, where in load_items(path, cfg.limit, **read_kwargs(cfg, split=False)):
         verifier = cfg.verifier or infer_verifier(raw)
         if verifier is None:
             raise InputError(*_where(where), "verifier", "cannot tell how to check this row: give --verifier "
@@ -285,7 +288,7 @@ def prepare_perplexity(cfg: "EvalConfig") -> list[TextItem]:
     if not cfg.model:
         raise ConfigError("model", "the perplexity suite scores text with a model's weights; give --model")
     items = []
-    for index, (where, raw) in enumerate(read_rows(cfg.heldout), start=1):
+    for index, (where, raw) in enumerate(read_rows(cfg.heldout, **read_kwargs(cfg)), start=1):
         item_id = str(raw["id"]) if raw.get("id") is not None else f"#{index}"
         if "text" in raw:
             if not isinstance(raw["text"], str) or not raw["text"].strip():

@@ -21,6 +21,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import InputError, PosttrainError
 from ..jsonl import write_json
 from .fields import load_rows, normalise_winner
@@ -336,7 +337,7 @@ def _label(value: object, path: str | None, line: int, field: str) -> Label:
 # `posttrain data agreement`
 
 @dataclass
-class AgreementConfig:
+class AgreementConfig(DataArgs):
     input: str = help_field("", "annotations JSONL: item_id, annotator, choice (or label), optional criteria")
     output: str | None = help_field(None, "also write the full report (with every annotator pair) as JSON here")
     level: str = help_field("nominal", "level of measurement for Krippendorff's alpha", choices=LEVELS)
@@ -392,7 +393,7 @@ def main(argv: list[str]) -> int:
                        description="Inter-annotator agreement, overall and per criterion.")
     if not cfg.input:
         raise PosttrainError("no input file given (posttrain data agreement FILE)")
-    rows = load_rows(cfg.input)
+    rows = load_rows(cfg.input, **read_kwargs(cfg))
     if not rows:
         raise InputError(cfg.input, None, None, "no annotations in the file")
     report = agreement_report(rows, cfg)

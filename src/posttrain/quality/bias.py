@@ -30,6 +30,7 @@ import numpy as np
 from scipy import stats
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, InputError, PosttrainError
 from ..jsonl import write_json
 from .fields import Row, load_rows, normalise_winner, winner_of
@@ -257,7 +258,7 @@ def bias_report(pairs: Sequence[LabelledPair], confidence: float = 0.95) -> dict
 
 
 @dataclass
-class BiasConfig:
+class BiasConfig(DataArgs):
     input: str = help_field("", "pairwise labels JSONL (judgements or annotations)")
     output: str | None = help_field(None, "also write the full report as JSON here")
     length_unit: str = help_field("chars", "how response length is measured from text", choices=("chars", "words"))
@@ -301,7 +302,7 @@ def main(argv: list[str]) -> int:
         raise PosttrainError("no input file given (posttrain data bias FILE)")
     if not 0 < cfg.confidence < 1:
         raise ConfigError("confidence", f"must be between 0 and 1, got {cfg.confidence}")
-    rows = load_rows(cfg.input)
+    rows = load_rows(cfg.input, **read_kwargs(cfg))
     pairs, unlabelled = labelled_pairs(rows, cfg.input, cfg.length_unit)
     if not pairs:
         raise InputError(cfg.input, None, "winner", "no labelled rows (expected winner, choice or label: A, B or tie)")

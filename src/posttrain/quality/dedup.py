@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, PosttrainError
 from ..jsonl import write_json, write_jsonl
 from .fields import Row, load_rows, prompt_of, responses_of
@@ -75,7 +76,7 @@ def contamination(train: Sequence[str], evals: Sequence[str], threshold: float =
 
 
 @dataclass
-class DedupConfig:
+class DedupConfig(DataArgs):
     input: str = help_field("", "JSONL file to deduplicate (the training side of a contamination check)")
     against: list[str] | None = help_field(None, "eval/test JSONL files to check for contamination")
     output: str | None = help_field(None, "write the input without duplicates (and without rows matching "
@@ -114,7 +115,7 @@ def _short(text: str, width: int = 60) -> str:
 def run_dedup(cfg: DedupConfig) -> dict[str, Any]:
     """The whole command without printing: returns the report (and writes the files asked for)."""
     _check(cfg)
-    rows = load_rows(cfg.input)
+    rows = load_rows(cfg.input, **read_kwargs(cfg))
     texts = [key_text(row, cfg.key, cfg.input, line) for line, row in rows]
     dropped = find_duplicates(texts, cfg.threshold, cfg.near, cfg.shingle, cfg.num_perm, cfg.seed)
     duplicates = [{"line": rows[i][0], "duplicate_of_line": rows[j][0], "kind": kind, "similarity": sim,
@@ -129,7 +130,7 @@ def run_dedup(cfg: DedupConfig) -> dict[str, Any]:
     train_texts = [key_text(row, cfg.against_key, cfg.input, line) for line, row in rows] if cfg.against else []
     train_full = [key_text(row, "all", cfg.input, line) for line, row in rows] if cfg.against and cfg.ngram else None
     for eval_path in cfg.against or []:
-        eval_rows = load_rows(eval_path)
+        eval_rows = load_rows(eval_path, **read_kwargs(cfg, split=False))  # PATH:SPLIT names its split
         eval_texts = [key_text(row, cfg.against_key, eval_path, line) for line, row in eval_rows]
         found = contamination(train_texts, eval_texts, cfg.threshold, cfg.near, cfg.ngram,
                               cfg.shingle, cfg.num_perm, cfg.seed, train_full)

@@ -33,11 +33,12 @@ PAIR_FIELDS = (("chosen", "rejected"), ("response_a", "response_b"))
 _WINNER_SYNONYMS = {"a": "A", "b": "B", "tie": "tie", "draw": "tie", "equal": "tie"}
 
 
-def load_rows(path: str | os.PathLike) -> list[tuple[int, Row]]:
+def load_rows(path: str | os.PathLike, **read: Any) -> list[tuple[int, Row]]:
     """All `(line_number, row)` pairs of a data file (JSONL, JSON, CSV, Parquet, a saved
-    `datasets` folder; see `posttrain.data.read_rows`). InputError on a bad or empty file."""
+    `datasets` folder; see `posttrain.data.read_rows`, which takes `read`: split, columns,
+    max_line_bytes). InputError on a bad or empty file."""
     rows = []
-    for source, row in read_rows(path):
+    for source, row in read_rows(path, **read):
         _, number = split_location(source)
         rows.append((number, row))
     return rows

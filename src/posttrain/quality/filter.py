@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, InputError, PosttrainError
 from ..jsonl import write_json, write_jsonl
 from .dedup import KEYS, key_text
@@ -34,7 +35,7 @@ CHECKS = ("length", "repetition", "non_alpha", "echo", "refusal")
 
 
 @dataclass
-class FilterConfig:
+class FilterConfig(DataArgs):
     input: str = help_field("", "JSONL file to filter (any row format the data tools read)")
     output: str = help_field("", "kept rows go here (JSONL)")
     dropped: str | None = help_field(None, "dropped rows, each with a drop_reason (default: OUTPUT.dropped.jsonl)")
@@ -141,7 +142,7 @@ def safety_reasons(row: Row, prompt: str, responses: list[str],
 def run_filter(cfg: FilterConfig) -> dict[str, Any]:
     """Filter `cfg.input`, write kept and dropped rows, return the report."""
     _check_config(cfg)
-    rows = load_rows(cfg.input)
+    rows = load_rows(cfg.input, **read_kwargs(cfg))
     results: list[tuple[int, Row, list[tuple[str, str]]]] = []
     redactions: Counter[str] = Counter()
     for line, row in rows:

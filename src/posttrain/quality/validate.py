@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, InputError, PosttrainError
 from ..jsonl import write_json
 from .fields import Row, load_rows, prompt_of, responses_of, winner_of
@@ -188,7 +189,7 @@ def balance(rows: Sequence[tuple[int, Row]], path: str | None = None) -> dict[st
 
 
 @dataclass
-class ValidateConfig:
+class ValidateConfig(DataArgs):
     input: str = help_field("", "JSONL file to check (any row format the data tools read)")
     output: str | None = help_field(None, "also write the full report as JSON here")
     threshold: float = help_field(0.8, "Jaccard similarity at which two distinct prompts count as near duplicates")
@@ -257,7 +258,7 @@ def main(argv: list[str]) -> int:
         raise PosttrainError("no input file given (posttrain data validate FILE)")
     if not 0 < cfg.threshold <= 1:
         raise ConfigError("threshold", f"must be in (0, 1], got {cfg.threshold}")
-    rows = load_rows(cfg.input)
+    rows = load_rows(cfg.input, **read_kwargs(cfg))
     if not rows:
         raise InputError(cfg.input, None, None, "no rows in the file")
     report = validate_rows(rows, cfg.input, cfg.threshold, cfg.examples)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, PosttrainError
 from ..jsonl import write_json, write_jsonl
 from .responses import Response, read_responses
@@ -216,7 +217,7 @@ def build_pairs(responses: list[Response], strategies: list[str], rules: Rules, 
 # --------------------------------------------------------------------------- the command
 
 @dataclass
-class PairsConfig:
+class PairsConfig(DataArgs):
     input: str = help_field("", "responses JSONL: prompt + response + score and/or model, or ranked rows")
     output: str | None = help_field(None, "preference JSONL to write (default: INPUT stem + .pairs.jsonl)")
     strategy: list[str] = help_field(["best-vs-random"], "one or more pair strategies", choices=STRATEGIES)
@@ -261,7 +262,7 @@ def run_pairs(cfg: PairsConfig) -> dict[str, Any]:
     rules = validate(cfg)
     strategies = list(dict.fromkeys(cfg.strategy))
     scores_required = any(name not in SCORE_FREE for name in strategies)
-    read = read_responses(cfg.input, cfg.score_field, scores_required)
+    read = read_responses(cfg.input, cfg.score_field, scores_required, **read_kwargs(cfg))
     if "stronger-vs-weaker" in strategies and not any(r.model in rules.model_rank for r in read.responses):
         raise PosttrainError(f"{cfg.input}: no response comes from a model in --model-order "
                              f"({', '.join(rules.model_rank)}); the rows need a 'model' field")

@@ -125,16 +125,17 @@ def _ranked(row: dict[str, Any], where: str, prompt: Any, key: str, order: int) 
             for i, (text, name, value) in enumerate(zip(texts, names, values))]
 
 
-def read_responses(path: str, score_field: str = "score", scores_required: bool = True) -> ReadResult:
+def read_responses(path: str, score_field: str = "score", scores_required: bool = True, **read: Any) -> ReadResult:
     """Every response in `path`; bad rows raise `InputError` naming FILE:LINE and the field.
 
     scores_required: a single-response row without `score_field` is an error (unless it is
     a judge record whose verdict failed, which is counted as unscored); ranked rows need
     `scores` or `ranking`. With False (model-order pairs only) scores are optional.
+    `read` (split, columns, max_line_bytes) goes to `read_rows`.
     """
     responses: list[Response] = []
     rows = unscored = 0
-    for where, row in read_rows(path):
+    for where, row in read_rows(path, **read):
         rows += 1
         prompt, key = _prompt(row, where)
         if row.get("responses") is not None:
