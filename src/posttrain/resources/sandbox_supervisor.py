@@ -809,8 +809,10 @@ def read_frame(fd):
 
 
 class Supervisor:
-    def __init__(self, spec):
-        self.spec = spec
+    """One run: set up the private root, start the processes, collect what they write, report."""
+
+    def __init__(self):
+        self.spec = None  # frame 1, read by run()
         self.buffers = {}  # (process, stream) -> bytearray
         self.limits = {}  # (process, stream) -> (bytes kept, keep the "head" or the "tail")
         self.overflow = set()
@@ -892,8 +894,7 @@ class Supervisor:
         return pid
 
     def run(self):
-        spec = read_frame(0)
-        self.spec = spec
+        spec = self.spec = read_frame(0)
         if os.getpid() != 1:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, not to init, so we can kill them
         _prctl(PR_SET_DUMPABLE, 0)  # same-uid programs cannot open our /proc/PID/fd or ptrace us
@@ -1043,7 +1044,7 @@ def select_ready(fd):
 
 
 def main():
-    supervisor = Supervisor(None)
+    supervisor = Supervisor()
     try:
         report = supervisor.run()
     except BaseException as exc:  # noqa: BLE001 - the trainer turns this into a failed run
