@@ -117,6 +117,12 @@ def test_ultrafeedback_prompt_that_contradicts_the_conversation_is_an_error():
         parse_row(row, "uf.jsonl:2", "preference")
 
 
+def test_ultrafeedback_train_sft_rows_give_sft_their_messages():
+    shape, conversation = parse_row(UF[1], "uf.jsonl:2", "sft")  # train_sft rows have chosen/rejected too
+    assert shape == "messages" and conversation.messages == UF[1]["messages"]
+    assert parse_row(UF[1], "uf.jsonl:2")[0] == "preference"  # without a kind, the first shape in the table
+
+
 def save_h4_dataset_dict(path):
     import datasets
 

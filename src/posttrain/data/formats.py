@@ -106,12 +106,17 @@ def _type_name(value: Any) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def detect_shape(row: Row) -> str | None:
+def detect_shape(row: Row, kinds: tuple[str, ...] | None = None) -> str | None:
     """The shape name of a row (see the module table), or None when no shape fits.
 
-    A row with a telltale field of a shape but missing others counts as that shape.
+    A row with a telltale field of a shape but missing others counts as that shape. A row
+    complete for several shapes takes the first in table order, or with `kinds` the first of
+    those kinds: H4's `train_sft` rows hold `messages` and `chosen`/`rejected`, and `sft`
+    reads their `messages`.
     """
-    return _complete_shape(row) or _text_only(row) or _guess_shape(row) or _prompt_only(row)
+    complete = _complete_shapes(row)
+    wanted = [shape for shape in complete if kinds is None or SHAPES[shape][0] in kinds]
+    return (wanted or complete or [None])[0] or _text_only(row) or _guess_shape(row) or _prompt_only(row)
 
 
 def _text_only(row: Row) -> str | None:
@@ -124,27 +129,21 @@ def _prompt_only(row: Row) -> str | None:
     return "prompt" if any(row.get(name) is not None for name in PROMPT_ONLY_FIELDS) else None
 
 
-def _complete_shape(row: Row) -> str | None:
+def _complete_shapes(row: Row) -> list[str]:
+    """Every shape whose fields the row has, in table order."""
     has = lambda name: row.get(name) is not None  # noqa: E731
-    if has("chosen") and has("rejected"):
-        return "preference"
-    if has("prompt") and has("responses"):
-        return "ranked"
-    if has("prompt") and has("completion") and "label" in row:
-        return "unpaired"
-    if has("messages"):
-        return "messages"
-    if has("conversations"):
-        return "sharegpt"
-    if has("instruction") and "output" in row:
-        return "alpaca"
-    if has("instruction") and "response" in row:
-        return "dolly"
-    if has("prompt") and "completion" in row:
-        return "prompt_completion"
-    if has("question") and "answer" in row:
-        return "question_answer"
-    return None
+    tests = {
+        "preference": has("chosen") and has("rejected"),
+        "ranked": has("prompt") and has("responses"),
+        "unpaired": has("prompt") and has("completion") and "label" in row,
+        "messages": has("messages"),
+        "sharegpt": has("conversations"),
+        "alpaca": has("instruction") and "output" in row,
+        "dolly": has("instruction") and "response" in row,
+        "prompt_completion": has("prompt") and "completion" in row,
+        "question_answer": has("question") and "answer" in row,
+    }
+    return [shape for shape, complete in tests.items() if complete]
 
 
 # Fields that only one shape uses: a row that has one but fails detection is that shape with a
@@ -508,7 +507,7 @@ def parse_row(row: Row, source: str | None = None, kind: str | tuple[str, ...] |
         raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
     located = _Row(row, source)
     check_single_prompt(located)
-    shape = detect_shape(row)
+    shape = detect_shape(row, kinds)
     if kinds == ("prompt",):
         from .prompts import parse_prompt  # prompts.py builds on this module
 
