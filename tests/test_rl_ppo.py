@@ -138,3 +138,69 @@ def test_a_trained_reward_model_as_reward_and_value_model(tmp_path):
     row = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "reward" in r][0]
     assert row["reward"] == pytest.approx(row[f"reward/rm:{rm_dir}"] + 0.5 * row[f"reward/{toy}:lowercase"], abs=1e-6)
     assert row["values_mean"] != 0
+
+
+def _zero(prompt: str, response: str, **extra) -> float:
+    return 0.0
+
+
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_a_batch_without_reward_signal_leaves_the_policy_alone(tmp_path, value_model):
+    """Every sample scores 0 and there is no KL term: nothing says which way to move, so the
+    first update must not move the policy. A random fresh value head (the old init) made the
+    advantages its own TD errors, whitened to unit variance: the policy took a full-size step
+    in a random direction every such step, which is how PPO wrecked SmolLM2 (docs/ppo.md)."""
+    from posttrain.models import load_model
+
+    cfg = _config(tmp_path, value_model=value_model, kl_coef=0.0, max_steps=1, prompts_per_step=8, micro_batch_size=8)
+    train_ppo(cfg, {"zero": _zero})
+    start = load_model("tiny-random", seed=cfg.seed).state_dict()
+    trained = load_model(str(Path(cfg.output_dir) / "final")).state_dict()
+    assert trained.keys() == start.keys()
+    moved = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert moved == []
+    row = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "reward" in r][0]
+    assert row["reward"] == 0.0
+    assert row["values_mean"] == 0.0  # a fresh head predicts exactly 0
+    assert row["advantages_whitened"] == 0.0
+
+
+def test_advantages_are_not_whitened_when_every_score_is_the_same(tmp_path):
+    """Equal scores: whitening would turn the critic's errors into unit-size advantages."""
+    from types import SimpleNamespace
+
+    def samples_with(scores):
+        out = []
+        for score in scores:
+            sample = Sample(0, 0, [1, 2], [4, 4], "", "eos", score=score)
+            sample.tokens = {"old_logps": torch.zeros(2), "ref_logps": torch.zeros(2),
+                             "old_values": torch.tensor([0.01, -0.02])}
+            out.append(sample)
+        return out
+
+    cfg = _config(tmp_path, gamma=1.0, lam=1.0)  # whiten_advantages is on by default
+    run = SimpleNamespace(world=1, accelerator=SimpleNamespace(num_processes=1))
+    same = samples_with([0.0, 0.0])
+    stats = compute_advantages(run, same, 0, cfg, kl_coef=0.0)
+    assert stats["advantages_whitened"] == 0.0
+    # Raw GAE with gamma = lambda = 1: A_t = score - V_t.
+    assert same[0].tokens["advantages"].tolist() == pytest.approx([-0.01, 0.02])
+    differ = samples_with([1.0, 0.0])
+    stats = compute_advantages(run, differ, 0, cfg, kl_coef=0.0)
+    assert stats["advantages_whitened"] == 1.0
+    values = torch.cat([s.tokens["advantages"] for s in differ])
+    assert float(values.mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(values.std()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_value_warmup_trains_only_the_value_head(tmp_path):
+    cfg = _config(tmp_path, value_model="shared", max_steps=1, prompts_per_step=8, micro_batch_size=8,
+                  value_warmup_steps=1, vf_coef=0.0)
+    from posttrain.models import load_model
+
+    train_ppo(cfg, {"lowercase": rl_toy.lowercase})
+    start = load_model("tiny-random", seed=cfg.seed).state_dict()
+    trained = load_model(str(Path(cfg.output_dir) / "final")).state_dict()
+    assert all(torch.equal(start[k], trained[k]) for k in start)  # no policy loss, no value loss: nothing moved
+    head = torch.load(Path(cfg.output_dir) / "value_head.pt")
+    assert float(head["weight"].abs().sum()) == 0.0

@@ -27,7 +27,6 @@ linear head on the policy's own last hidden states (one forward pass for both).
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +75,8 @@ class PPOConfig(RLArgs):
     loss_aggregation: str = help_field("token_mean", "how per-token losses become one number", choices=list(REDUCTIONS))
     entropy_coef: float = help_field(0.0, "entropy bonus coefficient")
     missing_eos_penalty: float = help_field(0.0, "subtract this from the score of responses cut at max_new_tokens")
+    value_warmup_steps: int = help_field(0, "rollout steps at the start that train only the value model "
+                                            "(the policy loss is off while the critic learns a baseline)")
 
 
 # --------------------------------------------------------------------------- actor + critic
@@ -131,10 +132,7 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
     if cfg.value_model == "shared":
         param = next(policy.parameters())
         head = nn.Linear(_hidden_size(policy), 1, device=param.device, dtype=param.dtype)
-        generator = torch.Generator().manual_seed(cfg.seed + 1)
-        with torch.no_grad():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / math.sqrt(head.in_features + 1))
-            head.bias.zero_()
+        zero_value_head(head)
         return None, head
     path = cfg.value_model_path or cfg.model
     if cfg.value_model_path and is_scalar_head_dir(path):
@@ -145,6 +143,7 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
     else:
         # A LoRA run as the critic's start is merged first, so a new adapter can go on top.
         critic = ScalarHeadModel.from_causal_lm(merge_adapter(load_model(path, dtype=cfg.dtype, seed=cfg.seed)), seed=cfg.seed + 1)
+        zero_value_head(critic.head)  # a fresh head; a trained reward model's head (above) is kept
     if cfg.peft != "none" and cfg.peft in ("lora", "dora"):
         target = cfg.lora_target_modules
         critic.model = apply_peft(critic.model, cfg.peft, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -153,11 +152,31 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
     return critic, None
 
 
+def zero_value_head(head: nn.Linear) -> None:
+    """A fresh value head predicts exactly 0 for every state.
+
+    A random head is a random critic: on SmolLM2 (last hidden states of norm ~48), weights of
+    std 1/sqrt(H+1) give values of std ~1.4 against 0/1 rewards, so GAE's advantages are
+    mostly the critic's TD noise, and whitening scales that noise to unit variance whatever
+    its size (std 1/(H+1) gives the same whitened advantages). Measured on a batch of 16
+    samples that all scored 0: a policy-gradient norm of 5.7 with the random head, 0 with
+    this one (docs/ppo.md, "Why PPO collapsed"). With V = 0, the first advantages are the
+    returns themselves, centred by whitening: REINFORCE with the batch mean as baseline,
+    until the critic learns a better one.
+    """
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
+
+
 def check_ppo(cfg: PPOConfig) -> None:
     check_common(cfg, cfg.num_samples)
     for name in ("ppo_epochs", "num_minibatches"):
         if getattr(cfg, name) < 1:
             raise ConfigError(name, "must be at least 1")
+    if cfg.value_warmup_steps < 0:
+        raise ConfigError("value_warmup_steps", "must be >= 0")
     if cfg.kl_controller == "adaptive" and (cfg.kl_target <= 0 or cfg.kl_horizon <= 0):
         raise ConfigError("kl_target", "the adaptive controller needs kl_target > 0 and kl_horizon > 0")
     if cfg.kl_coef < 0:
@@ -192,7 +211,8 @@ def compute_advantages(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: 
     if cfg.whiten_rewards:
         rewards = whiten(rewards, mask, shift_mean=False, moments=_global_moments(run, rewards, mask))
     advantages, returns = gae(rewards, batch["old_values"], mask, gamma=cfg.gamma, lam=cfg.lam)
-    if cfg.whiten_advantages:
+    scores_vary = _scores_vary(run, scores)
+    if cfg.whiten_advantages and scores_vary:
         advantages = whiten(advantages, mask, moments=_global_moments(run, advantages, mask))
     store_tokens(samples, "advantages", advantages, mask)
     store_tokens(samples, "returns", returns, mask)
@@ -205,7 +225,22 @@ def compute_advantages(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: 
     count, tokens = max(sums["count"], 1.0), max(sums["tokens"], 1.0)
     return {"kl": sums["kl"] / count, "non_score_reward": sums["non_score"] / count, "kl_coef": kl_coef,
             "values_mean": sums["values"] / tokens, "returns_mean": sums["returns"] / tokens,
-            "explained_variance": _global_explained_variance(run, batch["old_values"], returns, mask)}
+            "explained_variance": _global_explained_variance(run, batch["old_values"], returns, mask),
+            "advantages_whitened": float(cfg.whiten_advantages and scores_vary)}
+
+
+def _scores_vary(run: OnlineRun, scores: torch.Tensor) -> bool:
+    """Whether the batch's scores (all processes) differ at all.
+
+    When every sample scored the same (common with 0/1 verifiers: nobody solved anything),
+    the advantages hold no information about the task, only the critic's errors and the KL
+    term; whitening them would blow that up to unit variance and take a full-size step in
+    a direction the reward never asked for. Such batches keep their raw (small) advantages.
+    """
+    moments = _global_moments(run, scores.view(-1, 1), torch.ones(len(scores), 1, dtype=torch.bool))
+    total, total_sq, count = moments.tolist()
+    count = max(count, 1.0)
+    return total_sq / count - (total / count) ** 2 > 1e-12 * max(1.0, (total / count) ** 2)
 
 
 def _global_explained_variance(run: OnlineRun, values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -230,13 +265,31 @@ def _global_moments(run: OnlineRun, values: torch.Tensor, mask: torch.Tensor) ->
     return moments
 
 
+def ppo_token_losses(logps, entropy, values, batch, cfg: PPOConfig, policy_weight: float = 1.0):
+    """PPO's loss per token of one micro-batch -> (loss_t, policy_t, value_t, clipped, value_clipped).
+
+        loss_t = policy_weight * policy_t + vf_coef * value_t - entropy_coef * H_t
+
+    All [B, T], 0 off the response mask. `policy_weight` is 0 during the value warm-up.
+    """
+    mask = batch["response_mask"]
+    clip_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+    policy_t, clipped = ppo_clip_losses(logps, batch["old_logps"], batch["advantages"], mask,
+                                        clip_low=cfg.epsilon, clip_high=clip_high)
+    value_t, value_clipped = clipped_value_losses(values, batch["old_values"], batch["returns"], mask,
+                                                  clip=cfg.cliprange_value if cfg.cliprange_value > 0 else None)
+    loss_t = policy_weight * policy_t + cfg.vf_coef * value_t
+    if cfg.entropy_coef:
+        loss_t = loss_t - cfg.entropy_coef * torch.where(mask, entropy, 0.0)
+    return loss_t, policy_t, value_t, clipped, value_clipped
+
+
 def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, step: int) -> dict[str, float]:
     """ppo_epochs x num_minibatches optimizer steps; returns the loss metrics."""
     from ..train.engine import reduce_sums
 
     temperature = logprob_temperature(cfg)
-    clip_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
-    value_clip = cfg.cliprange_value if cfg.cliprange_value > 0 else None
+    policy_weight = 0.0 if step < cfg.value_warmup_steps else 1.0
     fields = ["old_logps", "old_values", "advantages", "returns"]
     constant = float(cfg.max_new_tokens)
     shuffle = random.Random(cfg.seed * 7_919 + step)
@@ -257,13 +310,8 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
                 mask = batch["response_mask"]
                 with run.micro_batch(last=j == len(collated) - 1):
                     logps, entropy, values = run.model(batch["input_ids"], batch["attention_mask"], mask, temperature)
-                    policy_t, clipped = ppo_clip_losses(logps, batch["old_logps"], batch["advantages"], mask,
-                                                        clip_low=cfg.epsilon, clip_high=clip_high)
-                    value_t, value_clipped = clipped_value_losses(values, batch["old_values"], batch["returns"], mask,
-                                                                  clip=value_clip)
-                    loss_t = policy_t + cfg.vf_coef * value_t
-                    if cfg.entropy_coef:
-                        loss_t = loss_t - cfg.entropy_coef * torch.where(mask, entropy, 0.0)
+                    loss_t, policy_t, value_t, clipped, value_clipped = ppo_token_losses(
+                        logps, entropy, values, batch, cfg, policy_weight)
                     num, _ = aggregate_parts(loss_t, mask, cfg.loss_aggregation, constant)
                     run.accelerator.backward(num * run.world / den)
                 total += float(num.detach()) / den
