@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Tests use tiny models, where a second intra-op thread costs more than it gives, and the
 # multi-process tests would oversubscribe the CI machine's 2 cores. Subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+# posttrain's caches (reference log-probs, converted models) go to a fresh folder per session,
+# never into the user's ~/.cache/posttrain.
+os.environ.setdefault("POSTTRAIN_CACHE", tempfile.mkdtemp(prefix="posttrain-test-cache-"))
 
 import pytest
 

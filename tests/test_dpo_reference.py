@@ -3,6 +3,7 @@ the on-disk cache equals what it caches, is reused by a rerun, and is never used
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -73,7 +74,9 @@ def test_cache_equals_computed_is_reused_and_never_stale(tmp_path, preference_fi
     first = cached(cfg, examples, layout, policy, accelerator)
     assert ref_module.cache_passes == passes + 1 and not first.caches[0].hit
     path = first.caches[0].path
-    assert path.startswith(str(data.parent / ".posttrain-cache" / "pairs.jsonl.ref-"))
+    # In posttrain's cache root ($POSTTRAIN_CACHE, set per session in conftest.py), not beside the data.
+    assert path.startswith(os.path.join(os.environ["POSTTRAIN_CACHE"], "reference", "pairs.jsonl.ref-"))
+    assert not (data.parent / ".posttrain-cache").exists()
     torch.testing.assert_close(first.logps(None, layout.pairs(examples), (0, 1)), expected, rtol=0, atol=1e-5)
 
     # A rerun (fresh examples, same everything) reads the file: no new pass.

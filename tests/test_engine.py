@@ -145,7 +145,10 @@ def test_checkpoints_are_pruned_to_keep_last(tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
-def test_global_batch_larger_than_data_is_a_config_error(tmp_path):
-    from posttrain.errors import ConfigError
-    with pytest.raises(ConfigError, match="batch_size"):
-        run_training(make_task(examples=toy_examples(3)), args_for(tmp_path))
+def test_global_batch_larger_than_data_trains_on_all_of_it_with_a_warning(tmp_path, capsys):
+    # As TRL does: one warning line, then every step uses the whole (small) training set.
+    result = run_training(make_task(examples=toy_examples(3)), args_for(tmp_path, max_steps=2))
+    assert result.steps == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "WARNING: the training set (3 examples) is smaller than one global batch (4 x 1 accumulation x 1 "
+        "processes = 4); each step uses 3 of them (batch size 3 x 1 accumulation)"]

@@ -81,10 +81,10 @@ def _mount(*args: str) -> bool:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 4 MiB tmpfs at tmp_path/disk, unmounted afterwards; skipped where mounting is not allowed."""
+    """An 8 MiB tmpfs at tmp_path/disk, unmounted afterwards; skipped where mounting is not allowed."""
     point = tmp_path / "disk"
     point.mkdir()
-    if not _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(point)):
+    if not _mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(point)):
         pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
     yield point
     subprocess.run(["umount", "-l", str(point)], capture_output=True)

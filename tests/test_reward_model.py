@@ -65,8 +65,10 @@ def test_bradley_terry_training_raises_heldout_accuracy(pairs, tmp_path, capsys)
     assert {"accuracy", "margin", "rewards/mean", "rewards/std"} <= set(step_rows[-1])
     assert rows(run)[-1]["eval/accuracy"] == after["accuracy"]
     final = run / "final"
-    for name in ("value_head.safetensors", "value_head.json", "reward_model.json", "tokenizer.json"):
+    # An AutoModelForSequenceClassification directory (tests/test_outputs_reward_model.py loads it).
+    for name in ("config.json", "model.safetensors", "reward_model.json", "tokenizer.json"):
         assert (final / name).is_file()
+    assert not (final / "value_head.safetensors").exists()
     assert "held-out: pairwise accuracy" in capsys.readouterr().out
 
 
@@ -168,7 +170,7 @@ def test_lora_reward_model_reloads_to_the_scores_it_was_evaluated_with(pairs, tm
                      "--lora-r", "4", "--output-dir", str(run), "--max-steps", "4", "--learning-rate", "3e-3",
                      "--no-progress", "--no-eval-at-start"]) == 0
     final = run / "final"
-    assert (final / "adapter_config.json").is_file() and (final / "value_head.safetensors").is_file()
+    assert (final / "adapter_config.json").is_file() and not (final / "value_head.safetensors").exists()
     assert not (final / "model.safetensors").exists()
     heldout = summary(run)["heldout"]
     records = [json.loads(line) for line in held.read_text().splitlines()]

@@ -33,7 +33,7 @@ def export_model(model: str, output: str | Path, *, dtype: str = "auto", overwri
 
     Returns {"output": str, "merged_adapter": bool, "scalar_head": bool}.
     """
-    from .heads import ScalarHeadModel, is_scalar_head_dir
+    from .heads import ScalarHeadModel, is_classifier_dir, is_scalar_head_dir, load_reward_model
     from .loading import load_model, load_tokenizer
     from .peft import is_peft_model, merge_adapter
     from .saving import save_pretrained_atomic
@@ -42,11 +42,15 @@ def export_model(model: str, output: str | Path, *, dtype: str = "auto", overwri
     if output.exists() and not overwrite:
         raise PosttrainError(f"{output}: already exists (choose another --output or pass --overwrite)")
     tokenizer = load_tokenizer(model)
-    scalar_head = is_scalar_head_dir(model)
-    if scalar_head:
+    scalar_head = is_scalar_head_dir(model) or is_classifier_dir(model)
+    if is_scalar_head_dir(model):
         loaded = ScalarHeadModel.from_pretrained(model, dtype=dtype)
         merged = is_peft_model(loaded.model)
         loaded.model = merge_adapter(loaded.model)
+    elif scalar_head:  # a reward model: sequence classifier (adapter), saved as a plain classifier
+        loaded = load_reward_model(model, dtype=dtype)
+        merged = is_peft_model(loaded)
+        loaded = merge_adapter(loaded)
     else:
         loaded = load_model(model, dtype=dtype)
         merged = is_peft_model(loaded)

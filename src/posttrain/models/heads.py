@@ -8,13 +8,17 @@ adapters work on it unchanged) but runs only its transformer body, then a
 `Linear(hidden, 1)`. An untied `lm_head` is frozen: it is never used, and a trainable
 unused parameter would break DDP.
 
-On disk (`save_pretrained(dir)`): the backbone as a Hugging Face directory (or a PEFT
-adapter directory when the backbone is a PeftModel), plus `value_head.safetensors`
-(`weight` (1, H), `bias` (1,)) and `value_head.json`
-(`{"format": "posttrain-scalar-head", "hidden_size": H}`).
+On disk, two formats:
+- reward models (`save_as_classifier`, bias-free head): what the ecosystem reads, an
+  `AutoModelForSequenceClassification` directory with `num_labels=1` whose `score` layer is
+  the head, or, for a LoRA backbone, a PEFT adapter of task type SEQ_CLS with `score` in
+  `modules_to_save`. `load_reward_model` loads these (and TRL's, and any HF reward model).
+- value models (`save_pretrained`): the backbone as a Hugging Face directory (or a PEFT
+  adapter directory), plus `value_head.safetensors` (`weight` (1, H), `bias` (1,)) and
+  `value_head.json` (`{"format": "posttrain-scalar-head", "hidden_size": H}`). Older
+  posttrain reward models are in this format and still load.
 
-Existing reward models saved as `AutoModelForSequenceClassification` with one label
-load through `load_reward_model` too; `sequence_scores` scores either kind.
+`sequence_scores` scores either kind.
 """
 from __future__ import annotations
 
@@ -45,16 +49,21 @@ class ScalarHeadModel(nn.Module):
         _freeze_unused_lm_head(model)
 
     @classmethod
-    def from_causal_lm(cls, model: nn.Module, seed: int = 0) -> "ScalarHeadModel":
-        """A fresh head: weight ~ N(0, 1/(H+1)), bias 0 (deterministic for `seed`)."""
+    def from_causal_lm(cls, model: nn.Module, seed: int = 0, bias: bool = True) -> "ScalarHeadModel":
+        """A fresh head: weight ~ N(0, 1/(H+1)), bias 0 (deterministic for `seed`).
+
+        `bias=False` for reward models: the head is then exactly the `score` layer of
+        `AutoModelForSequenceClassification` (which has no bias; a reward's constant offset
+        does not change any preference), so the model saves in that format."""
         hidden = _hidden_size(model)
         param = next(model.parameters())
-        head = nn.Linear(hidden, 1, device=param.device, dtype=param.dtype)
+        head = nn.Linear(hidden, 1, bias=bias, device=param.device, dtype=param.dtype)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             weight = torch.randn(1, hidden, generator=generator) / math.sqrt(hidden + 1)
             head.weight.copy_(weight)
-            head.bias.zero_()
+            if bias:
+                head.bias.zero_()
         return cls(model, head)
 
     @property
@@ -91,6 +100,8 @@ class ScalarHeadModel(nn.Module):
             backbone = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
             save_model_files(self.model, directory, state_dict=backbone)
             head = {"weight": state_dict["head.weight"], "bias": state_dict["head.bias"]}
+        if head["bias"] is None:
+            head["bias"] = torch.zeros(1, dtype=head["weight"].dtype)
         state = {k: v.detach().cpu().contiguous() for k, v in head.items()}
         save_file(state, str(directory / HEAD_WEIGHTS))
         meta = {"format": HEAD_FORMAT, "hidden_size": int(self.head.in_features)}
@@ -118,6 +129,88 @@ class ScalarHeadModel(nn.Module):
             head.weight.copy_(state["weight"])
             head.bias.copy_(state["bias"])
         return cls(model, head)
+
+
+    def save_as_classifier(self, directory: str | Path, tokenizer, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Save in the format the ecosystem reads reward models in: `AutoModelForSequenceClassification`
+        with `num_labels=1` and this head as its `score` layer (a full model), or a PEFT adapter of
+        task type SEQ_CLS with `score` in `modules_to_save` (a LoRA backbone). Plain transformers /
+        PEFT then give the scores posttrain gives. The head must have no bias (`bias=False`).
+
+        `tokenizer` is saved too; its pad token is the one the classifier treats as padding (it
+        scores a sequence's last non-pad token), so a pad token that equals eos is swapped for another
+        special token: a response ends in eos, and that is the token the head was trained on.
+        """
+        from safetensors.torch import load_file, save_file
+
+        if self.head.bias is not None:
+            raise PosttrainError("a head with a bias cannot be saved as a sequence classifier (use bias=False)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tokenizer = classifier_tokenizer(tokenizer)
+        if state_dict is None:
+            backbone_state, score = None, self.head.weight
+        else:
+            backbone_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+            score = state_dict["head.weight"]
+        score = score.detach().cpu().contiguous()
+        from .peft import is_peft_model
+
+        if is_peft_model(self.model):
+            save_model_files(self.model, directory, state_dict=backbone_state)
+            config_path = directory / "adapter_config.json"
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config["task_type"] = "SEQ_CLS"
+            config["modules_to_save"] = sorted(set(config.get("modules_to_save") or []) | {"score"})
+            config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            weights_path = directory / "adapter_model.safetensors"
+            weights = load_file(str(weights_path))
+            weights["base_model.model.score.weight"] = score.to(next(iter(weights.values())).dtype)
+            save_file(weights, str(weights_path), metadata={"format": "pt"})
+        else:
+            lm = self.model
+            weights = backbone_state if backbone_state is not None else lm.state_dict()
+            output = lm.get_output_embeddings()
+            output_name = next((name for name, module in lm.named_modules() if module is output), "lm_head")
+            weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()
+                       if not k.startswith(output_name + ".")}
+            weights["score.weight"] = score.to(next(iter(weights.values())).dtype)
+            classifier_config(lm.config, tokenizer.pad_token_id).save_pretrained(str(directory))
+            save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(directory))
+
+
+def classifier_config(config, pad_token_id: int | None):
+    """A causal LM's config -> the config of its `...ForSequenceClassification` with one label."""
+    import copy
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    if name is None:
+        raise PosttrainError(f"transformers has no sequence-classification model for {config.model_type!r}")
+    config = copy.deepcopy(config)
+    config.architectures = [name]
+    config.num_labels = 1
+    config.pad_token_id = pad_token_id
+    config._name_or_path = ""
+    return config
+
+
+def classifier_tokenizer(tokenizer):
+    """`tokenizer`, or a copy whose pad token differs from eos (see `save_as_classifier`)."""
+    import copy
+
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer
+    vocab = tokenizer.get_vocab()
+    preferred = ["<pad>", "<|pad|>", "[PAD]", "<|endoftext|>", "<unk>", *tokenizer.all_special_tokens]
+    for token in preferred:
+        if token in vocab and vocab[token] != tokenizer.eos_token_id:
+            tokenizer = copy.deepcopy(tokenizer)
+            tokenizer.pad_token = token
+            return tokenizer
+    return tokenizer  # nothing else to pad with: the classifier then skips a final eos
 
 
 def _hidden_size(model: nn.Module) -> int:
@@ -152,31 +245,105 @@ def last_token_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def is_scalar_head_dir(path: str | Path) -> bool:
+    """A reward/value model in posttrain's older format (backbone + value_head.safetensors)."""
     from .loading import resolve_run_dir
 
     return (resolve_run_dir(Path(path)) / HEAD_CONFIG).is_file()
 
 
+def is_classifier_dir(path: str | Path) -> bool:
+    """A local sequence-classification model (a reward model): a directory whose config names a
+    `...ForSequenceClassification` architecture, or a SEQ_CLS adapter."""
+    from .loading import resolve_run_dir
+
+    path = resolve_run_dir(Path(path).expanduser())
+    if is_classifier_adapter_dir(path):
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(str(name).endswith("ForSequenceClassification") for name in config.get("architectures") or [])
+
+
+def is_classifier_adapter_dir(path: Path) -> bool:
+    """A PEFT adapter of task type SEQ_CLS (a LoRA reward model, posttrain's or TRL's)."""
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return config.get("task_type") == "SEQ_CLS"
+
+
 def load_reward_model(name_or_path: str, **load_kwargs: Any):
-    """A posttrain scalar-head directory -> `ScalarHeadModel`; anything else ->
-    `AutoModelForSequenceClassification` with `num_labels=1` (e.g. an existing HF reward model)."""
+    """A reward model, as `AutoModelForSequenceClassification` with `num_labels=1` (posttrain's
+    own, TRL's, any HF one; a SEQ_CLS PEFT adapter on its base), or a `ScalarHeadModel` for a
+    directory in posttrain's older value-head format. `load_kwargs`: dtype, device,
+    attn_implementation (and `merge_adapter=True` to fold an adapter into its base)."""
     if is_scalar_head_dir(name_or_path):
+        load_kwargs.pop("merge_adapter", None)
         return ScalarHeadModel.from_pretrained(name_or_path, **load_kwargs)
-    from transformers import AutoModelForSequenceClassification
+    from .loading import (_missing, adapter_base_name, check_hub_available, is_adapter_dir, loadable_base,
+                          looks_like_path, resolve_device, resolve_dtype, resolve_run_dir)
 
-    from .loading import _first_line, _missing, check_hub_available, looks_like_path, resolve_device, resolve_dtype
-
-    if not Path(name_or_path).expanduser().exists():
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
         if looks_like_path(str(name_or_path)):
             raise _missing(str(name_or_path))
         check_hub_available(str(name_or_path))
+    else:
+        path = resolve_run_dir(path)
     device = resolve_device(load_kwargs.get("device"))
     dtype = resolve_dtype(load_kwargs.get("dtype", "auto"), device)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), num_labels=1, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 - missing dir, offline hub, wrong architecture
-        raise PosttrainError(f"cannot load reward model '{name_or_path}': {_first_line(exc)}") from None
+    kwargs = {"dtype": dtype, "attn_implementation": load_kwargs.get("attn_implementation") or "sdpa"}
+    source = str(path) if path.exists() else str(name_or_path)
+    if path.exists() and is_adapter_dir(path):
+        if not is_classifier_adapter_dir(path):
+            raise PosttrainError(f"{path}: a causal-LM adapter, not a reward model (expected task_type SEQ_CLS)")
+        base_name = adapter_base_name(path)
+        base = _classifier_from_pretrained(loadable_base(base_name)[0], base_name, kwargs, path)
+        model = _with_classifier_adapter(base, path, merge=bool(load_kwargs.get("merge_adapter")))
+    else:
+        model = _classifier_from_pretrained(source, str(name_or_path), kwargs, path if path.exists() else None)
     return model.to(device) if load_kwargs.get("device") is not None else model
+
+
+def _classifier_from_pretrained(source: str, label: str, kwargs: dict[str, Any], tokenizer_dir: Path | None):
+    """`AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)` with a pad token id
+    (the classifier finds each row's last token by it; a causal LM's config often has none)."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    from .loading import _first_line, load_tokenizer
+
+    verbosity = transformers.logging.get_verbosity()
+    # Loading a causal LM as a classifier (the base of a LoRA reward model) reports its new,
+    # random `score` layer; the adapter's saved `score` replaces it right after.
+    transformers.logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - missing dir, offline hub, wrong architecture
+        raise PosttrainError(f"cannot load reward model '{label}': {_first_line(exc)}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if model.config.pad_token_id is None:
+        tokenizer = load_tokenizer(str(tokenizer_dir or source))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def _with_classifier_adapter(base, path: Path, merge: bool):
+    from peft import PeftModel
+
+    from .loading import _first_line
+    from .peft import merge_adapter, quiet_peft_warnings
+
+    try:
+        with quiet_peft_warnings():
+            model = PeftModel.from_pretrained(base, str(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise PosttrainError(f"cannot load reward-model adapter {path}: {_first_line(exc)}") from None
+    return (merge_adapter(model) if merge else model).eval()
 
 
 def sequence_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,58 @@ def adapter_base_name(path: Path) -> str:
     base = config.get("base_model_name_or_path")
     if not base:
         raise PosttrainError(f"{path}/adapter_config.json: no base_model_name_or_path; cannot find the base model")
+    note = path / BASE_NOTE
+    if not Path(str(base)).expanduser().exists() and note.is_file():
+        # The recorded base is a cache directory that has since been removed: rebuild from the alias.
+        try:
+            return str(json.loads(note.read_text(encoding="utf-8"))["alias"])
+        except (OSError, ValueError, KeyError):
+            pass
     return str(base)
+
+
+BASE_NOTE = "posttrain_base.json"  # beside adapter_config.json: the alias the recorded base path stands for
+
+
+def tiny_checkpoint(seed: int = 0) -> Path:
+    """`tiny-random` (of this seed) saved as an ordinary model directory in the cache, so code
+    that knows nothing of posttrain (plain transformers/PEFT) can load it as an adapter's base.
+    Written once per seed and version of tiny.py: `$POSTTRAIN_CACHE/models/tiny-random-s<seed>-<key>`."""
+    import hashlib
+
+    from . import tiny
+    from .gguf import _file_lock, cache_root
+    from .saving import save_pretrained_atomic
+
+    key = hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{TINY_RANDOM}-s{seed}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if not (target / "config.json").is_file():
+            model = tiny.build_tiny_model(seed=seed)
+            model.name_or_path = model.config._name_or_path = ""
+            save_pretrained_atomic(model, tiny.build_tiny_tokenizer(), target)
+    return target
+
+
+def loadable_base(name: str, seed: int = 0) -> tuple[str, str | None]:
+    """What an adapter should record as `base_model_name_or_path` so that plain PEFT
+    (`AutoPeftModelForCausalLM.from_pretrained`) loads it without posttrain:
+    (base, alias or None). Aliases and .gguf files -> the converted directory in the cache;
+    hub ids and local directories (already absolute) unchanged."""
+    if name == TINY_RANDOM:
+        return str(tiny_checkpoint(seed)), name
+    if name == SMOLLM2_135M:
+        from .gguf import smollm2_checkpoint
+
+        return str(smollm2_checkpoint()), name
+    if name.endswith(".gguf") and Path(name).is_file():
+        from .gguf import gguf_checkpoint
+
+        return str(gguf_checkpoint(name)), name
+    return name, None
 
 
 def looks_like_path(name: str) -> bool:
@@ -127,6 +178,9 @@ def _checkpoint_dir(name_or_path: str) -> tuple[str, Path | None]:
             return "adapter", path
         if (path / "config.json").is_file():
             return "dir", path
+        if (path / "trainer_state.json").is_file():
+            raise PosttrainError(f"{path}: a checkpoint holding only training state (written by an older posttrain); "
+                                 "continue it with --resume, or load the run's final/")
         raise PosttrainError(f"{path}: not a model directory (no config.json or adapter_config.json)")
     if path.exists():
         raise PosttrainError(f"{path}: not a model (expected a directory or a .gguf file)")
@@ -163,6 +217,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "auto", device: 
         from .tiny import build_tiny_model
 
         model = build_tiny_model(seed=seed, attn_implementation=attn_implementation or "eager").to(torch_dtype)
+        model.posttrain_seed = seed  # saving an adapter records this seed's checkpoint as its base
         model.eval()
     elif kind == "alias":  # smollm2-135m
         from .gguf import smollm2_checkpoint
@@ -182,9 +237,9 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "auto", device: 
         model = _from_hub(name_or_path, **common)
 
     if kind in ("alias", "gguf", "dir"):
-        # Record a portable name: PEFT writes it into adapter_config.json as the base,
-        # so an adapter trained on `smollm2-135m` names the alias, not a cache path,
-        # and one trained on a local directory names its absolute path.
+        # Record a portable name: PEFT writes it into adapter_config.json as the base. An
+        # alias or .gguf name is turned into a directory plain PEFT can load when the adapter
+        # is saved (saving.py); a local directory is recorded by its absolute path.
         portable = name_or_path if kind == "alias" else str(path.resolve())
         model.name_or_path = portable
         model.config._name_or_path = portable

@@ -6,10 +6,15 @@ final models and exports; `load_model` reads the result back.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
+
+from ..errors import storage_errors
 
 
 def save_model_files(model, directory: str | Path, state_dict: dict | None = None) -> None:
@@ -23,12 +28,42 @@ def save_model_files(model, directory: str | Path, state_dict: dict | None = Non
     are only saved when they are themselves trained.
     """
     kwargs = {} if state_dict is None else {"state_dict": state_dict}
-    if getattr(model, "peft_config", None) is not None and hasattr(model, "get_base_model"):
+    is_adapter = getattr(model, "peft_config", None) is not None and hasattr(model, "get_base_model")
+    if is_adapter:
         kwargs["save_embedding_layers"] = _embeddings_trained(model)
     from .peft import quiet_peft_warnings
 
-    with quiet_peft_warnings():
+    with quiet_peft_warnings(), _loadable_base_recorded(model if is_adapter else None, directory):
         model.save_pretrained(str(directory), **kwargs)
+
+
+@contextlib.contextmanager
+def _loadable_base_recorded(model, directory: str | Path) -> Iterator[None]:
+    """While a PEFT model is saved, its configs name a base that plain PEFT can load
+    (`loading.loadable_base`: the converted directory of an alias or .gguf file), and
+    `posttrain_base.json` keeps the alias for posttrain (should the cache be cleared)."""
+    if model is None:
+        yield
+        return
+    from .loading import BASE_NOTE, loadable_base
+
+    seed = int(getattr(model.get_base_model(), "posttrain_seed", 0))
+    configs = list(model.peft_config.values())
+    recorded = [config.base_model_name_or_path for config in configs]
+    aliases = set()
+    for config in configs:
+        if config.base_model_name_or_path:
+            config.base_model_name_or_path, alias = loadable_base(str(config.base_model_name_or_path), seed)
+            aliases.add(alias)
+    try:
+        yield
+    finally:
+        for config, name in zip(configs, recorded):
+            config.base_model_name_or_path = name
+    alias = next(iter(aliases - {None}), None)
+    if alias is not None:
+        note = {"alias": alias, "seed": seed}
+        (Path(directory) / BASE_NOTE).write_text(json.dumps(note) + "\n", encoding="utf-8")
 
 
 def _embeddings_trained(model) -> bool:
@@ -40,6 +75,11 @@ def _embeddings_trained(model) -> bool:
 def save_pretrained_atomic(model, tokenizer, directory: str | Path) -> Path:
     """Write model (+ tokenizer when given) to `directory`, replacing it atomically."""
     directory = Path(directory)
+    with storage_errors("model directory", directory):  # a full disk, a read-only directory: one line
+        return _save_pretrained_atomic(model, tokenizer, directory)
+
+
+def _save_pretrained_atomic(model, tokenizer, directory: Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:

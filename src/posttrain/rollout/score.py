@@ -98,7 +98,7 @@ class RewardScorer:
             from ..models.heads import ScalarHeadModel, load_reward_model
             from ..models.peft import merge_adapter
 
-            model = load_reward_model(self.model_dir, **self._load)
+            model = load_reward_model(self.model_dir, **self._load, merge_adapter=self._merge)
             if self._merge and isinstance(model, ScalarHeadModel):
                 model.model = merge_adapter(model.model)
             self._model = model.eval()

@@ -22,6 +22,7 @@ uninterrupted run would have seen.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -38,11 +39,13 @@ from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
 from .args import TrainArgs
-from .checkpoint import last_good_checkpoint, latest_checkpoint, load_checkpoint, removed_on_error, save_checkpoint
+from .checkpoint import (checkpoint_model_files, checkpoint_root, last_good_checkpoint, latest_checkpoint,
+                         load_checkpoint, removed_on_error, save_checkpoint)
 from .health import (PER_STEP_WEIGHT_CHECK_MAX_VALUES, StepHealth, check_step_health, trainable_values,
                      weights_problem, where_to_restart)
 from .metrics import MetricsLog, Progress, truncate_metrics
 from .optim import build_optimizer, build_scheduler
+from .setup import is_main_process
 
 
 @dataclass
@@ -151,6 +154,34 @@ def plan_steps(num_examples: int, args: TrainArgs, world: int) -> tuple[int, int
     return steps_per_epoch, total
 
 
+def describe_examples(examples: Sequence[Any]) -> str:
+    """"12 examples", or for packed training "3 packs (12 rows)"."""
+    if examples and all(hasattr(e, "lengths") for e in examples):  # data/packing.py Pack
+        return f"{len(examples)} packs ({sum(len(e.lengths) for e in examples)} rows)"
+    return f"{len(examples)} examples"
+
+
+def fit_batch_to_data(args: TrainArgs, examples: Sequence[Any], world: int) -> TrainArgs:
+    """A training set smaller than one global batch trains on all of itself each step, with a
+    one-line warning (as TRL does), instead of stopping: the micro-batch and accumulation shrink
+    to fit. (The loss is normalised by the global item count, so this changes no meaning.)"""
+    num_examples = len(examples)
+    global_batch = args.batch_size * args.grad_accum * world
+    if num_examples == 0 or global_batch <= num_examples:
+        return args
+    if num_examples < world:
+        raise ConfigError("data", f"the training set ({describe_examples(examples)}) is smaller than the number of "
+                                  f"processes ({world}); each process needs at least one example")
+    grad_accum = min(args.grad_accum, num_examples // world)
+    batch_size = num_examples // (grad_accum * world)
+    if is_main_process():
+        print(f"WARNING: the training set ({describe_examples(examples)}) is smaller than one global batch "
+              f"({args.batch_size} x {args.grad_accum} accumulation x {world} processes = {global_batch}); "
+              f"each step uses {batch_size * grad_accum * world} of them (batch size {batch_size} x {grad_accum} "
+              "accumulation)", file=sys.stderr, flush=True)
+    return dataclasses.replace(args, batch_size=batch_size, grad_accum=grad_accum)
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -184,6 +215,23 @@ def save_final_atomically(accelerator, task: TrainTask, model, output_dir: str, 
         (task.save_final or default_save_final(accelerator, tokenizer))(model, tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def final_from_checkpoint(accelerator, checkpoint: Path, output_dir: str) -> Path:
+    """final/ = the loadable model of `checkpoint` (copied, then renamed into place)."""
+    final = Path(output_dir) / "final"
+    tmp = Path(output_dir) / ".tmp-final"
+    if accelerator.is_main_process:
+        with storage_errors("the final model", final), removed_on_error(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for item in checkpoint_model_files(checkpoint):
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -251,6 +299,7 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
     set_seed(args.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
     examples = task.train_examples
+    args = fit_batch_to_data(args, examples, world)
     steps_per_epoch, total_steps = plan_steps(len(examples), args, world)
 
     model = task.model
@@ -290,7 +339,17 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
 
     def checkpoint_state(good: bool = True) -> dict[str, Any]:
         return {"best": state["best"], "bad_evals": state["bad_evals"], "stopped_early": state["stopped_early"],
-                "epoch": step / steps_per_epoch, "good": good, "loss": last_row.get("loss")}
+                "best_step": state.get("best_step"), "epoch": step / steps_per_epoch, "good": good,
+                "loss": last_row.get("loss")}
+
+    save_model_into = task.save_final or default_save_final(accelerator, tokenizer)
+
+    def checkpoint(good: bool = True) -> Path:
+        """A checkpoint of this step: training state plus the loadable model (as final/ holds it)."""
+        best = state.get("best_step")
+        protect = checkpoint_root(args.output_dir) / f"step-{best:08d}" if args.keep_best and best else None
+        return save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(good), args.keep_last,
+                               save_model=lambda directory: save_model_into(model, directory), protect=protect)
 
     def bad_weights() -> str | None:
         """The weights' problem (any process), or None; every process must call it."""
@@ -364,13 +423,18 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
 
             if args.eval_every and step % args.eval_every == 0 and step < total_steps:
                 row = run_eval()
-                if args.early_stopping_patience and args.early_stopping_metric in row:
+                if (args.early_stopping_patience or args.keep_best) and args.early_stopping_metric in row:
                     value = row[args.early_stopping_metric]
                     if improved(value, state["best"], args.early_stopping_mode):
                         state["best"], state["bad_evals"] = value, 0
+                        if args.keep_best:  # the best model so far is kept as a checkpoint
+                            if problem := bad_weights():
+                                raise stop_diverged(step, problem, "before checkpointing")
+                            state["best_step"] = step
+                            last_good = checkpoint()
                     else:
                         state["bad_evals"] += 1
-                        if state["bad_evals"] >= args.early_stopping_patience:
+                        if args.early_stopping_patience and state["bad_evals"] >= args.early_stopping_patience:
                             state["stopped_early"] = True
                             if accelerator.is_main_process:
                                 print(f"early stopping at step {step}: {args.early_stopping_metric} has not "
@@ -379,10 +443,10 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             if args.save_every and step % args.save_every == 0 and step < total_steps:
                 if problem := bad_weights():  # a checkpoint is written only when it is good
                     raise stop_diverged(step, problem, "before checkpointing")
-                last_good = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(), args.keep_last)
+                last_good = checkpoint()
             if any_process(accelerator, interrupt["hit"]):
                 good = bad_weights() is None  # saved either way (it was asked for), marked honestly
-                path = save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(good), args.keep_last)
+                path = checkpoint(good)
                 progress.close()
                 raise Interrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved to {path}; "
                                   f"run again with --resume to continue")
@@ -390,7 +454,16 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
         raise stop_diverged(step, problem, "at the end of training; final/ was not written")
     progress.close()
     final_eval = run_eval()
-    final_dir = save_final_atomically(accelerator, task, model, args.output_dir, tokenizer)
+    best_step = state.get("best_step")
+    value = final_eval.get(args.early_stopping_metric)
+    if args.keep_best and best_step and value is not None and not improved(value, state["best"], args.early_stopping_mode):
+        final_dir = final_from_checkpoint(accelerator, checkpoint_root(args.output_dir) / f"step-{best_step:08d}",
+                                          args.output_dir)
+        if accelerator.is_main_process:
+            print(f"--keep-best: final/ holds the model of step {best_step} ({args.early_stopping_metric} "
+                  f"{state['best']:.4g}; the last step's: {value:.4g})", flush=True)
+    else:
+        final_dir = save_final_atomically(accelerator, task, model, args.output_dir, tokenizer)
     seconds = time.perf_counter() - started
     if args.report_to:
         accelerator.end_training()

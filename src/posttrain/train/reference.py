@@ -11,8 +11,9 @@ ways to get log pi_ref(y | x) for the sequences of a batch:
   forward per batch. Needs `--peft`; the base under the adapter is the
   reference, so `--ref-model` cannot be used.
 - `cached`: the reference log-probs of every example are computed ONCE, in a
-  first pass before training, and stored in a file beside the dataset:
-  `<data dir>/.posttrain-cache/<data file name>.ref-<key>.safetensors`. A
+  first pass before training, and stored in posttrain's cache (never beside the
+  user's data): `$POSTTRAIN_CACHE/reference/<data file name>.ref-<key>.safetensors`
+  (default `~/.cache/posttrain`). A
   second epoch, an evaluation, or a rerun reads them instead of running the
   reference at all: no reference model in memory and no reference forward
   during training. The first pass runs the starting model (the policy before
@@ -29,8 +30,8 @@ the length policy, and the token ids of every example. Any change gives a new
 key and so a new file name: a stale cache is never read. Files are written
 atomically (temporary file, then rename) by the main process, after every
 process has computed its share (examples `rank::world`) and the shares were
-gathered. If the dataset's directory is not writable, the cache goes to the
-run directory instead (and is then only reused by runs with that directory).
+gathered. If the cache directory is not writable, the file goes to the run
+directory instead (and is then only reused by runs with that directory).
 """
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ from .preference_batch import sequence_logps
 
 STRATEGIES = ("auto", "copy", "adapter", "cached")
 CACHE_FORMAT = "posttrain-reference-logps-v1"
-CACHE_DIR_NAME = ".posttrain-cache"
 
 # Number of first passes run in this process (tests check that a rerun does not add one).
 cache_passes = 0
@@ -223,23 +223,17 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 def cache_file(data_path: str, key: str, fallback_dir: str | Path) -> Path:
-    """`<data dir>/.posttrain-cache/<name>.ref-<key16>.safetensors`.
-
-    Data shipped inside the posttrain package caches under `$POSTTRAIN_CACHE/reference/`
-    instead (the package directory is the source tree or a read-only install), and a
-    data directory that is not writable under `fallback_dir/reference-cache/`.
-    """
+    """`$POSTTRAIN_CACHE/reference/<name>.ref-<key16>.safetensors` (the key covers the data's
+    content, so two files of one name never share an entry); when the cache root is not
+    writable, `fallback_dir/reference-cache/`. Never beside the data: a user's data directory,
+    or the source tree for shipped data, is not posttrain's to write into."""
     from ..models.gguf import cache_root
 
-    data = Path(data_path).resolve()
-    package = Path(__file__).resolve().parent.parent
-    if package in data.parents:
-        directory = cache_root() / "reference"
-    else:
-        directory = data.parent / CACHE_DIR_NAME
-        if not os.access(directory if directory.exists() else data.parent, os.W_OK):
-            directory = Path(fallback_dir) / "reference-cache"
-    return directory / f"{data.name}.ref-{key[:16]}.safetensors"
+    directory = cache_root() / "reference"
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), directory)
+    if not os.access(existing, os.W_OK):
+        directory = Path(fallback_dir) / "reference-cache"
+    return directory / f"{Path(data_path).name}.ref-{key[:16]}.safetensors"
 
 
 def read_cache(path: Path, key: str, rows: int) -> torch.Tensor | None:

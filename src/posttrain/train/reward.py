@@ -185,7 +185,8 @@ def build_model(cfg: RMConfig):
     lm = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.gradient_checkpointing and cfg.peft == "none":
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = ScalarHeadModel.from_causal_lm(lm, seed=cfg.seed)
+    # No bias: the head is then the `score` layer of a sequence classifier (saved in that format).
+    model = ScalarHeadModel.from_causal_lm(lm, seed=cfg.seed, bias=False)
     model.head.requires_grad_(True)
     return model.train()
 
@@ -201,8 +202,8 @@ def make_saver(accelerator, tokenizer, settings: dict[str, Any]):
     def save(model, directory: Path) -> None:
         state_dict = full_state_dict(accelerator, model)  # every process: sharded weights are gathered (else None)
         if accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict)
-            tokenizer.save_pretrained(directory)
+            # AutoModelForSequenceClassification (or a SEQ_CLS adapter) + tokenizer, as TRL writes them.
+            accelerator.unwrap_model(model).save_as_classifier(directory, tokenizer, state_dict=state_dict)
             (Path(directory) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return save
 
