@@ -15,7 +15,7 @@ import tracemalloc
 import pytest
 
 from posttrain.cli import main
-from posttrain.data import load_records, read_rows
+from posttrain.data import read_rows
 from posttrain.data.formats import parse_row
 from posttrain.data.prompts import load_prompts
 from posttrain.data.tokenize import ENCODE_CHUNK_CHARS, encode

@@ -107,8 +107,8 @@ def test_load_records_kind_and_limit(tmp_path):
 
 @pytest.mark.parametrize("row,kind,message", [
     # missing field
-    ({"prompt": "Q?", "chosen": "Yes."}, None, "data.jsonl:7: field 'rejected': missing"),
-    ({"instruction": "Add."}, None, "data.jsonl:7: field 'output': missing"),
+    ({"prompt": "Q?", "chosen": "Yes."}, None, "data.jsonl:7: field 'rejected': missing (if the file names it otherwise: --columns rejected=COLUMN)"),
+    ({"instruction": "Add."}, None, "data.jsonl:7: field 'output': missing (if the file names it otherwise: --columns output=COLUMN)"),
     ({"prompt": "Q?", "completion": "A", "label": None}, None, "data.jsonl:7: field 'label': missing"),
     ({"messages": [{"content": "Q?"}, A]}, None, "data.jsonl:7: field 'messages[0].role': missing"),
     # empty field

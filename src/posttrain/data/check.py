@@ -29,7 +29,7 @@ from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Text
 from .formats import KINDS, check_both_labels, iter_records
 from .options import DataArgs, read_kwargs
 from .templates import TEMPLATE_NAMES, get_template
-from .tokenize import encode, too_long_error, tokenize_conversation, tokenize_prompt_response, tokenize_text
+from .tokenize import encode, tokenize_conversation, tokenize_prompt_response, tokenize_text, too_long_error
 
 
 @dataclass

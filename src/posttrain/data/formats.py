@@ -88,6 +88,8 @@ class _Row:
 
     def text(self, name: str, allow_empty: bool = False) -> str:
         value = self.row.get(name)
+        if value is None:  # a top-level field: the file may call it something else
+            raise self.error(name, f"missing (if the file names it otherwise: --columns {name}=COLUMN)")
         return check_text(self, name, value, allow_empty)
 
 

@@ -14,7 +14,15 @@ from typing import Any
 
 from ..errors import InputError
 from ..records import Message, Prompt, user_prompt
-from .formats import _Row, _conversation_value, alpaca_user_text, check_messages, check_single_prompt, check_text, check_turn_order
+from .formats import (
+    _conversation_value,
+    _Row,
+    alpaca_user_text,
+    check_messages,
+    check_single_prompt,
+    check_text,
+    check_turn_order,
+)
 from .readers import read_rows
 
 PROMPT_FIELDS = ("prompt", "messages", "conversations", "instruction", "question", "problem")

@@ -36,10 +36,17 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..errors import InputError, PosttrainError
 from .. import jsonl
-from ..jsonl import (DuplicateKeyError, check_data_file, duplicate_key_message, iter_lines, loads_strict, read_jsonl,
-                     too_long_message)
+from ..errors import InputError, PosttrainError
+from ..jsonl import (
+    DuplicateKeyError,
+    check_data_file,
+    duplicate_key_message,
+    iter_lines,
+    loads_strict,
+    read_jsonl,
+    too_long_message,
+)
 
 Row = dict[str, Any]
 
