@@ -214,7 +214,8 @@ def test_admin_import_stats_and_exports(env):
         {"prompt": "new?", "chosen": "yes", "rejected": "no", "id": "n1"}]})
     assert imported.json() == {"added": 1, "already_present": 0}
     bad = client.post("/api/admin/items", headers=admin, json={"items": [{"prompt": "p", "response_a": "x"}]})
-    assert bad.status_code == 422 and "request:1: field 'response_b'" in bad.json()["detail"]
+    assert bad.status_code == 422 and bad.json() == {"detail": "field 'items[0].response_b': expected a non-empty string",
+                                                     "field": "items[0].response_b"}
     ann = bearer(tokens["ann"])
     for _ in range(4):
         task = client.get("/api/next", headers=ann).json()

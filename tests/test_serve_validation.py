@@ -79,6 +79,11 @@ HOSTILE = [
     ("/api/admin/items", '{{"k": 2, "items": [{{"prompt": "p", "response_a": "a", "response_b": "b", '
                          '"score": -Infinity}}]}}', "boss", 422, "items[0].score"),
     ("/api/admin/items", '{{"k": 2, "items": [7]}}', "boss", 422, "items[0]"),
+    ("/api/labels", '{{"assignment_id": "{assignment}", "choice": "A", "confidence": "\uff13"}}', "ann", 422,
+     "confidence"),  # a fullwidth 3: int() takes it, a form never sends it
+    ("/api/feedback", '{{"message_id": {reply}, "thumbs": "\u0661"}}', "ann", 422, "thumbs"),  # Arabic-Indic 1
+    ("/api/admin/items", '{{"k": 2, "items": [{{"prompt": "p", "response_a": "a", "response_b": "b", "id": true}}]}}',
+     "boss", 422, "items[0].id"),
     ("/api/labels", "[" * 100_000, "ann", 400, None),
     ("/api/labels", '{{"a": ' + "[" * 40 + "]" * 40 + "}}", "ann", 400, None),
     ("/api/labels", "{{not json", "ann", 400, None),

@@ -48,10 +48,12 @@ def api_import(body: Any = Depends(json_body), user: User = Depends(api_admin),
     for index, row in enumerate(body["items"]):
         if not isinstance(row, dict):
             raise RequestError(f"items[{index}]", "expected an object (prompt + response_a/response_b)")
-    try:
-        items = [item_from_row(row, "request", index + 1) for index, row in enumerate(body["items"])]
-    except InputError as exc:
-        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=422)
+    items = []
+    for index, row in enumerate(body["items"]):
+        try:
+            items.append(item_from_row(row))
+        except InputError as exc:  # the same rules as `serve import`, located in the request body
+            raise RequestError(f"items[{index}].{exc.field}", exc.message) from None
     added, skipped = insert_items(conn, items, k)
     return {"added": added, "already_present": skipped}
 

@@ -75,7 +75,7 @@ def item_from_row(row: dict[str, Any], path: str | None = None, line: int | None
     else:
         raise InputError(path, line, "response_a", "missing (rows need response_a/response_b or chosen/rejected)")
     raw_id = row.get("item_id", row.get("id"))
-    if raw_id is not None and not isinstance(raw_id, (str, int)):
+    if raw_id is not None and (not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool)):
         raise InputError(path, line, "item_id" if "item_id" in row else "id", "expected a string or an integer")
     item_id = str(raw_id) if raw_id is not None else content_id(prompt, a, b)
     extra.update({k: v for k, v in row.items() if k not in used | {"id", "item_id"}})

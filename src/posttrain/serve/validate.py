@@ -110,11 +110,17 @@ def whole_number(value: Any, field: str, low: int, high: int, optional: bool = F
         number = value
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 20:
+    elif isinstance(value, str) and _is_ascii_integer(value.strip()):
         number = int(value.strip())
     if number is None or not low <= number <= high:
         raise RequestError(field, f"must be a whole number from {low} to {high}")
     return number
+
+
+def _is_ascii_integer(value: str) -> bool:
+    """"12", "-3", "+4": ASCII digits only (`int()` would also take "３" or Arabic-Indic digits)."""
+    digits = value[1:] if value[:1] in "+-" else value
+    return 0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()
 
 
 def text(value: Any, field: str, max_chars: int, optional: bool = True) -> str:
