@@ -192,6 +192,23 @@ def test_gsm8k_rows_are_sft_data_and_still_rl_prompts(tmp_path):
     assert prompt == Prompt([{"role": "user", "content": GSM8K[1]["question"]}], extra={"answer": GSM8K[1]["answer"]})
 
 
+@pytest.mark.parametrize("row,messages,extra", [
+    ({"problem": "What is $1+1$?", "level": "Level 1", "type": "Algebra", "solution": "$1+1=\\boxed{2}$."},
+     [{"role": "user", "content": "What is $1+1$?"}, {"role": "assistant", "content": "$1+1=\\boxed{2}$."}],
+     {"level": "Level 1", "type": "Algebra"}),
+    ({"id": "niv.242684", "system_prompt": "You are an AI assistant.", "question": "Translate 'hi' to French.",
+      "response": "Salut."},
+     [{"role": "system", "content": "You are an AI assistant."}, {"role": "user", "content": "Translate 'hi' to French."},
+      {"role": "assistant", "content": "Salut."}], {"id": "niv.242684"}),
+    ({"prompt": "Name a prime.", "response": "7", "helpfulness": 4, "correctness": 4},
+     [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}],
+     {"helpfulness": 4, "correctness": 4}),
+], ids=["MATH problem/solution", "OpenOrca system_prompt/question/response", "HelpSteer prompt/response"])
+def test_more_public_sft_shapes(row, messages, extra):
+    _, conversation = parse_row(row, "d.jsonl:1", "sft")
+    assert (conversation.messages, conversation.extra) == (messages, extra)
+
+
 def test_text_rows_are_their_own_kind(tmp_path):
     records = load_records(write_jsonl(tmp_path / "text.jsonl", TEXT))
     assert records == [Text(TEXT[0]["text"], extra={"meta": {"source": "wiki"}}), Text(TEXT[1]["text"])]

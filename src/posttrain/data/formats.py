@@ -12,8 +12,9 @@ messages            messages                                     sft           C
 sharegpt            conversations (from/value or role/content)   sft           Conversation
 alpaca              instruction, [input], output                 sft           Conversation
 dolly               instruction, [context], response             sft           Conversation
-prompt_completion   prompt, completion                           sft           Conversation
-question_answer     question, answer (gsm8k)                     sft           Conversation
+prompt_completion   prompt, completion (or response)             sft           Conversation
+question_answer     question | problem, answer | solution |      sft           Conversation
+                    response (gsm8k, MATH, OpenOrca)
 text                text (and no field of another shape)         text          Text
 prompt              prompt (or question / problem) alone         prompt        Prompt
 ==================  ===========================================  ============  =================
@@ -64,8 +65,8 @@ SHAPES: dict[str, tuple[str, str]] = {
     "sharegpt": ("sft", "conversations"),
     "alpaca": ("sft", "instruction, [input], output"),
     "dolly": ("sft", "instruction, [context], response"),
-    "prompt_completion": ("sft", "prompt, completion"),
-    "question_answer": ("sft", "question, answer"),
+    "prompt_completion": ("sft", "prompt, completion or response"),
+    "question_answer": ("sft", "question or problem, answer or solution or response"),
     "text": ("text", "text"),
     "prompt": ("prompt", "prompt, question or problem alone"),
 }
@@ -142,8 +143,8 @@ def _complete_shapes(row: Row) -> list[str]:
         "sharegpt": has("conversations"),
         "alpaca": has("instruction") and "output" in row,
         "dolly": has("instruction") and "response" in row,
-        "prompt_completion": has("prompt") and "completion" in row,
-        "question_answer": has("question") and "answer" in row,
+        "prompt_completion": has("prompt") and ("completion" in row or has("response")),
+        "question_answer": (has("question") or has("problem")) and any(has(name) for name in ANSWER_FIELDS),
     }
     return [shape for shape, complete in tests.items() if complete]
 
@@ -310,11 +311,19 @@ def _from_dolly(row: _Row) -> Conversation:
     return Conversation(prompt + [{"role": "assistant", "content": response}], source=row.source, extra=extra)
 
 
+ANSWER_FIELDS = ("answer", "solution", "response")
+
+
 def _from_question_answer(row: _Row) -> Conversation:
-    """gsm8k-style `question` / `answer` as SFT data (the whole answer, reasoning included, is learned)."""
-    question, answer = row.text("question"), row.text("answer")
-    return Conversation(user_prompt(question) + [{"role": "assistant", "content": answer}], source=row.source,
-                        extra=_extra(row.row, ("question", "answer")))
+    """gsm8k's `question` / `answer`, MATH's `problem` / `solution`, OpenOrca's `question` / `response`
+    as SFT data (the whole answer, reasoning included, is learned)."""
+    question_field = "question" if row.present("question") else "problem"
+    answer_field = next(name for name in ANSWER_FIELDS if row.present(name))
+    question, answer = row.text(question_field), row.text(answer_field)
+    system_field = next((name for name in ("system", "system_prompt") if row.present(name)), None)  # OpenOrca
+    system = row.text(system_field, allow_empty=True) if system_field else None
+    return Conversation(user_prompt(question, system or None) + [{"role": "assistant", "content": answer}],
+                        source=row.source, extra=_extra(row.row, (question_field, answer_field, system_field or "")))
 
 
 def _from_text(row: _Row) -> Text:
@@ -323,9 +332,10 @@ def _from_text(row: _Row) -> Text:
 
 def _from_prompt_completion(row: _Row) -> Conversation:
     prompt = _prompt(row)
-    completion = _response(row, "completion")
+    name = "completion" if "completion" in row.row else "response"  # HelpSteer-style prompt/response
+    completion = _response(row, name)
     return Conversation(prompt + [{"role": "assistant", "content": completion}], source=row.source,
-                        extra=_extra(row.row, ("prompt", "completion", "system")))
+                        extra=_extra(row.row, ("prompt", name, "system")))
 
 
 def _shared_prefix(chosen: list[Message], rejected: list[Message]) -> int:
