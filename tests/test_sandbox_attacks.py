@@ -431,6 +431,14 @@ def test_enumerating_answers_is_reported_as_a_forgery(box):
     assert result.blocked == result.reason == result.violations[0]
 
 
+def test_flooding_the_report_pipe_does_not_hide_a_blocked_action():
+    code = ("import os, socket\ndef f(x):\n    return 0\n"
+            "junk = b'x' * 65536\nfor _ in range(80):\n    os.write(3, junk)\nsocket.socket()")
+    result = Sandbox(LIMITS).run(code, ["assert f(1) == 0"])
+    assert result.blocked == "blocked: an action the guard refused (its record was lost)"
+    assert result.fraction_passed == 0.0
+
+
 def test_guard_names_the_blocked_action():
     result = Sandbox(LIMITS).run(ATTACKS["frames_f_locals"].replace("import sys", "import sys, socket\nsocket.socket()"), TESTS)
     assert result.blocked == "blocked: network (socket.__new__)" and result.fraction_passed == 0.0

@@ -499,6 +499,9 @@ class Sandbox:
                 values.setdefault(record["i"], []).append(record)
         if any(len(found) > 1 for found in values.values()):
             violations.append("blocked: forged report (more than one result for a test)")
+        exits = [report.get("status", {}).get("exitcode")] + [run.get("status", {}).get("exitcode") for run in io_runs]
+        if self.guard and not violations and VIOLATION_EXIT in exits:  # the guard's record was lost (flooded pipe)
+            violations.append("blocked: an action the guard refused (its record was lost)")
         started = {r["i"] for r in program_records if r.get("event") == "start" and type(r.get("i")) is int}
         judge = {r["i"]: r for r in report.get("judge", []) if isinstance(r, dict) and type(r.get("i")) is int}
         judge_setup = next((r for r in report.get("judge", []) if isinstance(r, dict) and r.get("event") == "setup"), None)
