@@ -35,7 +35,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
@@ -138,12 +138,15 @@ FIELD_RANGES: dict[str, Range] = {
 
 
 def help_field(default: Any, help: str, choices: Sequence[str] | None = None,
-               aliases: Sequence[str] = (), range: Range | None = None, **kwargs: Any) -> Any:
+               aliases: Sequence[str] = (), range: Range | None = None,
+               check: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
     """A dataclass field with help text (and optional choices), for compact configs.
 
     `aliases` are other names of the same option (an older spelling, or what another tool
     calls it), accepted as `--flag` and as a YAML key; they are listed in the help.
     `range`: the values a numeric field accepts (else `FIELD_RANGES` decides).
+    `check(value)`: raises ConfigError when the value cannot work here (e.g. a tracker that is
+    not installed); run by `parse_config`, before any data or model is loaded.
     """
     metadata: dict[str, Any] = {"help": help}
     if choices is not None:
@@ -152,6 +155,8 @@ def help_field(default: Any, help: str, choices: Sequence[str] | None = None,
         metadata["range"] = range
     if aliases:
         metadata["aliases"] = list(aliases)
+    if check is not None:
+        metadata["check"] = check
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -532,6 +537,9 @@ def parse_config(cls: type[T], argv: Sequence[str], prog: str = "posttrain", des
     cfg = dataclasses.replace(cfg, **flag_values)
     validate_choices(cfg)
     validate_ranges(cfg, source, from_flags=list(flag_values))
+    for f in dataclasses.fields(cfg):
+        if "check" in f.metadata:
+            f.metadata["check"](getattr(cfg, f.name))
     return cfg
 
 

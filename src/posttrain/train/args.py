@@ -5,10 +5,28 @@ option is a flag (`--learning-rate`) and a YAML key (`learning_rate:`).
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from ..config import AT_LEAST_0, AT_LEAST_1, FRACTION, FRACTION_BELOW_1, POSITIVE, help_field
 from ..data.options import DataArgs
+from ..errors import ConfigError
+
+
+# Each tracker -> the modules that provide it (any one will do) and what to install.
+TRACKERS = {"tensorboard": (("tensorboard", "tensorboardX"), "pip install 'posttrain[tracking]'"),
+            "wandb": (("wandb",), "pip install wandb"), "mlflow": (("mlflow",), "pip install mlflow")}
+
+
+def check_trackers(names: list[str]) -> None:
+    """A ConfigError for an unknown or not installed tracker: checked when the command line is
+    read, so the run stops before any data or model is loaded and nothing is written."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError("report_to", f"unknown tracker {name!r} (known: {', '.join(TRACKERS)})")
+        modules, install = TRACKERS[name]
+        if not any(importlib.util.find_spec(module) for module in modules):
+            raise ConfigError("report_to", f"{name} is not installed ({install})")
 
 
 @dataclass
@@ -36,7 +54,8 @@ class RunArgs(DataArgs):
     overwrite_config: bool = help_field(False, "with --resume: continue even though settings differ from the "
                                         "run's config.yaml")
     log_every: int = help_field(1, "log metrics every N steps", range=AT_LEAST_1)
-    report_to: list[str] = help_field([], "also log to: tensorboard, wandb, mlflow (when installed)")
+    report_to: list[str] = help_field([], "also log to: tensorboard (pip install 'posttrain[tracking]'), wandb, mlflow",
+                                      check=check_trackers)
     progress: bool = help_field(True, "show a progress bar")
     distributed: str = help_field("auto", "how processes share the work: auto (what the launcher set up: DDP under "
                                   "torchrun, or an accelerate launch config), ddp, fsdp (FSDP2 full shard), zero2, "

@@ -38,7 +38,7 @@ import torch
 from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
-from .args import TrainArgs
+from .args import TrainArgs, check_trackers  # (checked when the command line is read, and again here)
 from .checkpoint import (checkpoint_model_files, checkpoint_root, last_good_checkpoint, latest_checkpoint,
                          load_checkpoint, removed_on_error, save_checkpoint)
 from .health import (PER_STEP_WEIGHT_CHECK_MAX_VALUES, StepHealth, check_step_health, trainable_values,
@@ -110,17 +110,6 @@ def make_accelerator(args: TrainArgs, project_name: str = "posttrain"):
     return accelerator
 
 
-def check_trackers(names: list[str]) -> None:
-    import importlib.util
-
-    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
-    for name in names:
-        if name not in modules:
-            raise ConfigError("report_to", f"unknown tracker {name!r} (known: {', '.join(modules)})")
-        if not any(importlib.util.find_spec(m) for m in modules[name]):
-            raise ConfigError("report_to", f"{name} is not installed (pip install {modules[name][0]})")
-
-
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     """The shuffled example order of one epoch: depends only on (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -155,9 +144,9 @@ def plan_steps(num_examples: int, args: TrainArgs, world: int) -> tuple[int, int
 
 
 def describe_examples(examples: Sequence[Any]) -> str:
-    """"12 examples", or for packed training "3 packs (12 rows)"."""
+    """"12 examples", or for packed training "3 packs holding 12 rows"."""
     if examples and all(hasattr(e, "lengths") for e in examples):  # data/packing.py Pack
-        return f"{len(examples)} packs ({sum(len(e.lengths) for e in examples)} rows)"
+        return f"{len(examples)} packs holding {sum(len(e.lengths) for e in examples)} rows"
     return f"{len(examples)} examples"
 
 
