@@ -191,3 +191,17 @@ def test_an_old_value_head_reward_model_still_scores(tmp_path):
     load_tokenizer("tiny-random").save_pretrained(tmp_path / "old")
     scores = posttrain_scores(tmp_path / "old")
     assert len(scores) == 4 and max(scores) - min(scores) > 1e-4
+
+
+def test_a_classifier_reward_model_starts_ppos_value_model_with_its_head(tmp_path):
+    from posttrain.models.heads import ScalarHeadModel, last_token_values
+
+    run = tmp_path / "rm"
+    assert main(["rm", "--model", "tiny-random", "--data", pairs_file(tmp_path), "--output-dir", str(run),
+                 "--peft", "lora", "--max-steps", "2", "--batch-size", "4", "--learning-rate", "1e-2",
+                 "--no-progress", "--no-eval-at-start"]) == 0
+    critic = ScalarHeadModel.from_classifier(run).eval()
+    sequences = posttrain_ids(load_tokenizer(str(run)))
+    with torch.no_grad():
+        values = [float(last_token_values(critic(torch.tensor([s])), torch.ones(1, len(s)))[0]) for s in sequences]
+    assert values == pytest.approx(posttrain_scores(run), abs=1e-5)

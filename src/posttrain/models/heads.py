@@ -131,6 +131,29 @@ class ScalarHeadModel(nn.Module):
         return cls(model, head)
 
 
+    @classmethod
+    def from_classifier(cls, path: str | Path, **load_kwargs: Any) -> "ScalarHeadModel":
+        """A reward model in the classifier format (`load_reward_model`, adapters merged) as a
+        causal LM + head, e.g. to start PPO's value model from it: the backbone's weights and
+        the `score` layer as the head (bias 0). The causal LM's output layer is never used."""
+        import copy
+
+        from transformers import AutoModelForCausalLM
+
+        classifier = load_reward_model(str(path), merge_adapter=True, **load_kwargs)
+        config = copy.deepcopy(classifier.config)
+        config.architectures = None
+        param = next(classifier.parameters())
+        lm = AutoModelForCausalLM.from_config(config, dtype=param.dtype)
+        prefix = lm.base_model_prefix
+        getattr(lm, prefix).load_state_dict(getattr(classifier, prefix).state_dict())
+        lm.name_or_path = lm.config._name_or_path = str(path)
+        head = nn.Linear(_hidden_size(lm), 1, device=param.device, dtype=param.dtype)
+        with torch.no_grad():
+            head.weight.copy_(classifier.score.weight)
+            head.bias.zero_()
+        return cls(lm.to(param.device).eval(), head)
+
     def save_as_classifier(self, directory: str | Path, tokenizer, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Save in the format the ecosystem reads reward models in: `AutoModelForSequenceClassification`
         with `num_labels=1` and this head as its `score` layer (a full model), or a PEFT adapter of

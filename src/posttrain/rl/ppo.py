@@ -126,7 +126,7 @@ class ActorCritic(nn.Module):
 def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, nn.Linear | None]:
     """(critic, None) for a separate value model, (None, head) for a shared one."""
     from ..models import load_model
-    from ..models.heads import ScalarHeadModel, _hidden_size, is_scalar_head_dir
+    from ..models.heads import ScalarHeadModel, _hidden_size, is_classifier_dir, is_scalar_head_dir
     from ..models.peft import apply_peft, merge_adapter
 
     if cfg.value_model == "shared":
@@ -140,6 +140,8 @@ def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, n
         # A LoRA reward model loads as a PeftModel: fold its adapter in, so the new adapter below
         # is the only one (a second PEFT wrapper hides the backbone from the head's forward).
         critic.model = merge_adapter(critic.model)
+    elif cfg.value_model_path and is_classifier_dir(path):  # a reward model (posttrain's, TRL's): its head is kept
+        critic = ScalarHeadModel.from_classifier(path, dtype=cfg.dtype)
     else:
         # A LoRA run as the critic's start is merged first, so a new adapter can go on top.
         critic = ScalarHeadModel.from_causal_lm(merge_adapter(load_model(path, dtype=cfg.dtype, seed=cfg.seed)), seed=cfg.seed + 1)
