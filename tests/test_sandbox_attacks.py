@@ -546,3 +546,18 @@ def test_blocked_actions_become_the_sandbox_violations_metric():
     assert scores.reasons["code"][0] == "blocked: forged report (more than one result for a test)"
     assert scores.metrics()["reward/sandbox_violations"] == 0.5
     assert "reward/sandbox_violations" not in score_batch({"exact": "exact"}, [{"response": "a", "answer": "a"}]).metrics()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter is installed on x86_64 only")
+def test_new_namespaces_and_kernel_surface_are_refused(box):
+    code = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nfound = []\n"
+            "for name, number, args in (('unshare', 272, (0x10000000,)), ('io_uring_setup', 425, (1, 0)),\n"
+            "                           ('bpf', 321, (0, 0, 0)), ('keyctl', 250, (0, 0)), ('mount', 165, (0, 0, 0, 0, 0)),\n"
+            "                           ('clone_newuser', 56, (0x10000000 | 17, 0, 0, 0, 0))):\n"
+            "    result = libc.syscall(number, *args)\n"
+            "    found.append((name, result, ctypes.get_errno()))\n"
+            "print(found)\nimport os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('fork works')")
+    result = box.run(code)
+    assert result.passed, result.reason
+    assert result.stdout == ("[('unshare', -1, 1), ('io_uring_setup', -1, 1), ('bpf', -1, 1), ('keyctl', -1, 1), "
+                             "('mount', -1, 1), ('clone_newuser', -1, 1)]\nfork works\n")
