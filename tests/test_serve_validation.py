@@ -102,6 +102,17 @@ def test_hostile_bodies_get_a_4xx_naming_the_field(env, path, raw, who, status, 
         assert body["detail"].startswith(f"field '{field}': ")
 
 
+def test_bad_query_parameters_name_the_parameter(env):
+    client, values = env
+    response = client.get("/api/admin/export/preferences?min_labels=1e400",
+                          headers={"Authorization": f"Bearer {values['boss']}"})
+    assert response.status_code == 422 and response.json()["field"] == "min_labels"
+    assert response.json()["detail"].startswith("field 'min_labels': input should be a valid integer")
+    response = client.get("/api/admin/export/preferences?min_labels=0",
+                          headers={"Authorization": f"Bearer {values['boss']}"})
+    assert response.status_code == 422 and response.json()["field"] == "min_labels"
+
+
 def test_body_bytes_that_are_not_utf8_or_too_large(env):
     client, values = env
     response = post(client, "/api/labels", b'{"reasoning": "\xff"}', values["ann"])

@@ -16,6 +16,7 @@ import sqlite3
 from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.datastructures import MutableHeaders
 
@@ -86,6 +87,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def bad_request(request: Request, exc: RequestError) -> Response:
         """Any bad body or field, from any route: 4xx with `{"detail", "field"}` (validate.py)."""
         return JSONResponse(exc.to_json(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        """A query or path parameter of the wrong type (`?min_labels=abc`): the same answer shape."""
+        first = exc.errors()[0] if exc.errors() else {}
+        field = str(first.get("loc", ["", "request"])[-1])
+        return JSONResponse(RequestError(field, str(first.get("msg", "invalid value")).lower()).to_json(),
+                            status_code=422)
 
     @app.exception_handler(sqlite3.OperationalError)
     async def database_busy(request: Request, exc: sqlite3.OperationalError) -> Response:
