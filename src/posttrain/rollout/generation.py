@@ -7,6 +7,7 @@ possible; results come back in the original order.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -154,7 +155,11 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
             if seeded and kwargs["num_return_sequences"] > 1:  # greedy mode takes one sequence per row
                 ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
                 kwargs.update(num_return_sequences=1)
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            with warnings.catch_warnings():
+                # transformers 5 renames generate's `past_key_values` (our shared prompt cache) to
+                # `cache` and warns on every call; the old name still works through version 5.
+                warnings.filterwarnings("ignore", message=".*`past_key_values` is deprecated.*", category=FutureWarning)
+                out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new_tokens = out.sequences[:, ids.shape[1]:].tolist()
             token_logprobs = None
             if return_logprobs:

@@ -34,6 +34,19 @@ from typing import Any, Callable, Sequence
 from ..errors import PosttrainError
 
 
+REASON_MAX_CHARS = 160
+
+
+def short_reason(reason: str | None) -> str | None:
+    """A reason as one short line (rollout logs keep one per sample): whitespace runs become one
+    space (a traceback or a program's output would otherwise fill the log), cut at
+    REASON_MAX_CHARS with an ellipsis."""
+    if reason is None:
+        return None
+    line = " ".join(str(reason).split())
+    return line if len(line) <= REASON_MAX_CHARS else line[:REASON_MAX_CHARS - 1] + "…"
+
+
 class Score(float):
     """A reward value that remembers why it is what it is: `Score(0.0, "no answer found")`.
 
@@ -42,7 +55,7 @@ class Score(float):
 
     def __new__(cls, value: float, reason: str | None = None):
         score = super().__new__(cls, value)
-        score.reason = reason
+        score.reason = short_reason(reason)
         return score
 
     def __repr__(self) -> str:
