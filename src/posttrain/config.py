@@ -112,6 +112,7 @@ FIELD_RANGES: dict[str, Range] = {
                      "train_epochs", "desirable_weight", "undesirable_weight"], POSITIVE),
     **dict.fromkeys(["policy_coef", "dpo_coef", "bc_coef"], AT_LEAST_0),  # weights of a combined objective
     "bc_batch_size": AT_LEAST_1,
+    "value_warmup_steps": AT_LEAST_0,
     **dict.fromkeys(["value_learning_rate", "orpo_lambda", "rpo_alpha", "simpo_gamma", "kl_coef", "entropy_coef",
                      "vf_coef", "cliprange_value", "missing_eos_penalty", "loss_weights", "data_weights",
                      "mixing_temperature"], AT_LEAST_0),

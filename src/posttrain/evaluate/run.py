@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import AT_LEAST_0, help_field, parse_config, save_config
+from ..config import AT_LEAST_0, help_field, parse_config, save_config, validate_ranges
 from ..data.options import DataArgs
 from ..errors import ConfigError
 from ..jsonl import write_jsonl
@@ -126,15 +126,7 @@ def validate(cfg: EvalConfig) -> list[str]:
         raise ConfigError("suite", f"name one or more suites: --suite {' '.join(SUITES)}")
     if not (cfg.model or cfg.outputs):
         raise ConfigError("model", "give --model (or --outputs FILE to score existing generations)")
-    for name in ("max_new_tokens", "batch_size", "num_samples", "max_length", "judge_max_new_tokens", "judge_concurrency"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(name, "must be at least 1")
-    if cfg.limit < 0:
-        raise ConfigError("limit", "must be 0 (all) or more")
-    if not 0 < cfg.confidence < 1:
-        raise ConfigError("confidence", "must be between 0 and 1")
-    if cfg.temperature is not None and cfg.temperature < 0:
-        raise ConfigError("temperature", "must be 0 or more")
+    validate_ranges(cfg)  # the declared ranges (config.py), also for an EvalConfig built in code
     if cfg.num_samples > 1 and cfg.temperature == 0:
         raise ConfigError("temperature", "--num-samples > 1 needs sampling (temperature > 0): greedy samples are identical")
     if cfg.judge_url and not cfg.judge_model:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..config import validate_ranges
 from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
@@ -284,6 +285,7 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
     """Train `task.model` on `task.train_examples` as `args` says; see the module docstring."""
     from accelerate.utils import set_seed
 
+    validate_ranges(args)  # also for options built in code (best-of-n's rounds, library callers)
     accelerator = accelerator or make_accelerator(args)
     set_seed(args.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
