@@ -45,7 +45,7 @@ except ImportError:  # not on every platform; only Linux-specific steps need it
 
 RESULT_FD = 3
 VIOLATION_EXIT = 86
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+PR_GET_DUMPABLE, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 3, 4, 36, 38
 RECORDS_LIMIT = 4 * 2**20  # bytes of records kept per process; flooding a pipe cannot exhaust us
 CLONE_NEWUSER = 0x10000000
 _LIBC = None
@@ -62,13 +62,14 @@ def _libc():
 
 
 def _prctl(option, value):
-    """prctl(2) through libc; quietly does nothing where unavailable (not Linux)."""
+    """prctl(2) through libc: its result, or None where unavailable (not Linux)."""
     libc = _libc()
     if libc is not None:
         try:
-            libc.prctl(option, value, 0, 0, 0)
+            return libc.prctl(option, value, 0, 0, 0)
         except AttributeError:
             pass
+    return None
 
 
 # ---------------------------------------------------------------------------- plain values
@@ -769,6 +770,8 @@ def judge_process(spec, judge, fds):
     confine(spec, fds, spec["judge_uid"], os.path.join(spec["workroot"], "p1"), 0, 0)
     sys.path[:] = [p for p in sys.path if os.path.isabs(p)]  # never import from the program's directory
     _prctl(PR_SET_DUMPABLE, 0)  # after setuid: no ptrace and no /proc/PID/mem or fd by the program
+    if spec["judge_uid"] is None and _prctl(PR_GET_DUMPABLE, 0) != 0:
+        os._exit(125)  # sharing the program's kernel uid, the judge must not be dumpable: fail closed
     resource.setrlimit(resource.RLIMIT_AS, (spec["memory_bytes"], spec["memory_bytes"]))
 
     def send(record):
@@ -951,6 +954,8 @@ class Supervisor:
         if os.getpid() != 1:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, not to init, so we can kill them
         _prctl(PR_SET_DUMPABLE, 0)  # same-uid programs cannot open our /proc/PID/fd or ptrace us
+        if spec["base_uid"] is None and _prctl(PR_GET_DUMPABLE, 0) != 0:
+            raise OSError("cannot make the supervisor non-dumpable")  # fail closed: the program shares our uid
         workroot = enter_private_root(spec) if spec["private_root"] else spec["workroot"]
         spec["workroot"] = workroot
         if spec["base_uid"] is not None:
