@@ -251,6 +251,15 @@ def test_pandas_to_csv_with_python_repr_lists_and_an_index_column(tmp_path):
     assert pairs[0].prompt == [{"role": "user", "content": "Write a haiku about rain."}]
 
 
+def test_pandas_csv_with_mapped_list_columns_decodes_them_as_the_field_they_become(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "renamed.csv"
+    pd.DataFrame([{"better": row["chosen"], "worse": row["rejected"]} for row in UF]).to_csv(path)
+    pairs = load_records(path, kind="preference", columns={"chosen": "better", "rejected": "worse"})
+    assert [(p.prompt[0]["content"], p.chosen, p.rejected) for p in pairs][1] == ("What is 7 * 6?", "42", "36")
+
+
 def test_csv_cells_are_never_evaluated_as_code(tmp_path):
     path = tmp_path / "evil.csv"
     marker = tmp_path / "pwned"

@@ -113,29 +113,31 @@ def read_rows(source: str | os.PathLike, split: str | None = None, columns: dict
     """
     path, split = resolve_split(str(source), split)
     limit = line_limit(max_line_bytes)  # the parameter hides jsonl.max_line_bytes here
-    rows = _rows(path, split, limit)
+    # CSV cells are decoded by the field they are read as (a mapped `better` column holding a list is `chosen`).
+    decode_as = {column: field for field, column in (columns or {}).items()}
+    rows = _rows(path, split, limit, decode_as)
     for where, row in _non_empty(path, rows):
         yield where, rename_columns(row, columns, where) if columns else row
 
 
-def _rows(path: str, split: str | None, limit: int) -> Iterator[tuple[str, Row]]:
+def _rows(path: str, split: str | None, limit: int, decode_as: dict[str, str]) -> Iterator[tuple[str, Row]]:
     if os.path.isdir(path):
         if _is_saved_dataset(path):
             return _checked(_read_saved_dataset(path, split), limit)
-        return _read_split_files(path, split, limit)
+        return _read_split_files(path, split, limit, decode_as)
     if not os.path.lexists(path) and _looks_like_hub_id(path):
         return _checked(_read_hub_dataset(path, split), limit)
     check_data_file(path)
     if split is not None:
         raise InputError(path, None, None, f"is a single file; split {split!r} applies only to a dataset "
                          "directory, a directory of split files or a hub dataset")
-    return _read_file(path, limit)
+    return _read_file(path, limit, decode_as)
 
 
-def _read_file(path: str, limit: int) -> Iterator[tuple[str, Row]]:
+def _read_file(path: str, limit: int, decode_as: dict[str, str] | None = None) -> Iterator[tuple[str, Row]]:
     suffix = Path(path).suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return _read_csv(path, limit)
+        return _read_csv(path, limit, decode_as or {})
     if suffix == ".json":
         return _checked(_read_json(path, limit), limit)
     if suffix == ".parquet":
@@ -264,7 +266,7 @@ def _read_json(path: str, limit: int) -> Iterator[tuple[str, Row]]:
 _INDEX_COLUMNS = ("", "Unnamed: 0")
 
 
-def _read_csv(path: str, limit: int) -> Iterator[tuple[str, Row]]:
+def _read_csv(path: str, limit: int, decode_as: dict[str, str] | None = None) -> Iterator[tuple[str, Row]]:
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
     # csv's own field limit (128 KiB by default) is process-wide; lines are already bounded by
     # `limit`, so one field cannot be longer than that.
@@ -285,7 +287,7 @@ def _read_csv(path: str, limit: int) -> Iterator[tuple[str, Row]]:
             if len(cells) != len(header):
                 raise InputError(path, start, None,
                                  f"expected {len(header)} columns (as in the header), got {len(cells)}")
-            row = {name: _csv_cell(name, cell) for name, cell in zip(header, cells)}
+            row = {name: _csv_cell((decode_as or {}).get(name, name), cell) for name, cell in zip(header, cells)}
             if skip_index:
                 row.pop(header[0])
             where = location(path, start)
@@ -393,14 +395,15 @@ def split_files(directory: str) -> dict[str, list[str]]:
     return found
 
 
-def _read_split_files(path: str, split: str | None, limit: int) -> Iterator[tuple[str, Row]]:
+def _read_split_files(path: str, split: str | None, limit: int, decode_as: dict[str, str]
+                      ) -> Iterator[tuple[str, Row]]:
     found = split_files(path)
     if not found:
         raise InputError(path, None, None, "is a directory but neither a dataset saved with save_to_disk (no "
                          "dataset_info.json, state.json or dataset_dict.json) nor a folder of split files "
                          "such as train-00000-of-00001.parquet or test.jsonl")
     for file in found[_choose_split(path, list(found), split)]:
-        yield from _read_file(file, limit)
+        yield from _read_file(file, limit, decode_as)
 
 
 def _choose_split(name: str, splits: list[str], split: str | None) -> str:
