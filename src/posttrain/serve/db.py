@@ -279,6 +279,7 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._run, name="posttrain-serve-checkpoint", daemon=True)
 
     def __enter__(self) -> "Checkpointer":
+        self._conn = connect(self.path)  # here, so that a failure stops the server's start-up
         self._thread.start()
         return self
 
@@ -287,13 +288,12 @@ class Checkpointer:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        conn = connect(self.path)
         try:
             while not self._stop.wait(self.interval_s):
-                self.checkpoint(conn)
-            self.checkpoint(conn)
+                self.checkpoint(self._conn)
+            self.checkpoint(self._conn)
         finally:
-            conn.close()
+            self._conn.close()
 
     @staticmethod
     def checkpoint(conn: sqlite3.Connection) -> None:
