@@ -328,3 +328,17 @@ def test_background_checkpointer_copies_the_wal_into_the_database(tmp_path):
     assert path.stat().st_size > size_before + 300 * 2000
     pool.release(writer)
     pool.close()
+
+
+def test_item_pick_reads_indexes_not_every_item(tmp_path):
+    """The picks must not scan the items table (that made GET /api/next grow with the item count)."""
+    from posttrain.serve.assign import _PICK_FRESH, _PICK_STARTED
+
+    _, conn, ids = make_db(tmp_path)
+    plans = {name: " | ".join(row["detail"] for row in conn.execute(
+        "EXPLAIN QUERY PLAN " + sql, {"now": 0.0, "user": ids["ann"]})) for name, sql in
+        (("started", _PICK_STARTED), ("fresh", _PICK_FRESH))}
+    assert "SCAN items USING INDEX items_partly_labelled" in plans["started"], plans
+    assert "assignments_open" in plans["started"], plans
+    assert "SCAN i USING INDEX items_unlabelled" in plans["fresh"], plans
+    assert not any(part.strip() in ("SCAN i", "SCAN items") for plan in plans.values() for part in plan.split("|"))
