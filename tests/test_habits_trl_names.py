@@ -110,3 +110,11 @@ def test_a_trl_command_line_trains(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert Path(out / "final" / "config.json").is_file()
+
+
+def test_docs_coming_from_trl_lists_every_name():
+    from posttrain import trl_names
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "coming-from-trl.md").read_text(encoding="utf-8")
+    names = [*trl_names.RENAMES, *trl_names.TRANSLATIONS, *trl_names.NO_EQUIVALENT, *trl_names.IGNORED]
+    assert [name for name in names if f"`--{name}" not in text] == []
