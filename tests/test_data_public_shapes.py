@@ -113,8 +113,20 @@ def test_ultrafeedback_binarized_rows_use_the_shared_prefix_and_keep_the_scores(
 
 def test_ultrafeedback_prompt_that_contradicts_the_conversation_is_an_error():
     row = {**UF[1], "prompt": "What is 6 * 7?"}
-    with pytest.raises(InputError, match="field 'prompt': differs from the last user turn that chosen and rejected"):
+    with pytest.raises(InputError, match="field 'prompt': differs from every user turn of the conversation that "):
         parse_row(row, "uf.jsonl:2", "preference")
+
+
+def test_multi_turn_pairs_whose_prompt_is_the_first_turn_and_duplicate_prompt_fields():
+    # argilla/distilabel-capybara-dpo-7k-binarized: `prompt` is the first user turn of a longer shared prefix;
+    # mlabonne/orpo-dpo-mix-40k: `prompt` and `question` hold the same text.
+    turns = [{"role": "user", "content": "Plan a trip."}, {"role": "assistant", "content": "Where to?"},
+             {"role": "user", "content": "Rome."}]
+    row = {"prompt": "Plan a trip.", "question": "Plan a trip.",
+           "chosen": turns + [{"role": "assistant", "content": "Day 1: the Colosseum."}],
+           "rejected": turns + [{"role": "assistant", "content": "No."}]}
+    _, pair = parse_row(row, "capybara.jsonl:1", "preference")
+    assert pair.prompt == turns and (pair.chosen, pair.rejected) == ("Day 1: the Colosseum.", "No.")
 
 
 def test_ultrafeedback_train_sft_rows_give_sft_their_messages():

@@ -28,7 +28,7 @@ Prompts may be text or message lists; responses may be text or a list holding
 one assistant message (TRL's "conversational" shapes). A preference row whose
 chosen/rejected are full conversations takes the shared leading messages as
 the prompt: TRL's "implicit prompt" shape, ultrafeedback_binarized (whose
-`prompt` text must then be the last user turn of that prefix), and hh-rlhf's
+`prompt` text must then be one of that prefix's user turns), and hh-rlhf's
 transcripts (`\n\nHuman: ...\n\nAssistant: ...` text, parsed into turns).
 
 The rules every row must pass are here, once: `data check` and training call
@@ -171,7 +171,8 @@ COLUMNS_HINT = "or map your columns onto one with --columns FIELD=COLUMN (e.g. -
 def check_single_prompt(row: _Row) -> None:
     """A row that gives its prompt twice (`prompt` and `question`) is ambiguous: refuse to guess."""
     given = [name for name in PROMPT_ONLY_FIELDS if row.present(name)]
-    if len(given) > 1:
+    values = {str(row.row[name]).strip() for name in given}
+    if len(given) > 1 and len(values) > 1:  # the same text twice (mlabonne/orpo-dpo-mix-40k) is no ambiguity
         raise row.error(given[1], f"the row has both '{given[0]}' and '{given[1]}'; which is the prompt is ambiguous "
                         f"(drop one, or choose with --columns prompt={given[1]})")
 
@@ -392,17 +393,18 @@ def _implicit_prompt(row: _Row, chosen_messages: list[Message], rejected_message
 
 
 def _check_prompt_matches(row: _Row, prompt: list[Message]) -> None:
-    """ultrafeedback_binarized gives `prompt` as text beside full conversations: it must be the
-    conversation's last user turn (or, as messages, the whole shared prefix)."""
+    """ultrafeedback_binarized gives `prompt` as text beside full conversations: it must be one of
+    the prefix's user turns (the last one in ultrafeedback, the first in multi-turn sets such as
+    Capybara), or, as messages, the whole shared prefix."""
     value = row.row.get("prompt")
     if isinstance(value, list):
         if check_messages(row, "prompt", value) != prompt:
             raise row.error("prompt", "differs from the messages that chosen and rejected start with")
         return
     text = check_text(row, "prompt", value)
-    last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
-    if last_user is None or last_user.strip() != text.strip():
-        raise row.error("prompt", "differs from the last user turn that chosen and rejected start with")
+    if not any(m["role"] == "user" and m["content"].strip() == text.strip() for m in prompt):
+        raise row.error("prompt", "differs from every user turn of the conversation that chosen and rejected "
+                                  "start with")
 
 
 def _from_preference(row: _Row) -> PreferencePair:
