@@ -88,7 +88,7 @@ def sft_file(tmp_path):
 BAD_SFT_SETTINGS = [
     (["--batch-size", "0"], "batch_size", "must be at least 1, got 0"),
     (["--grad-accum", "0"], "grad_accum", "must be at least 1, got 0"),
-    (["--learning-rate=-1e-4"], "learning_rate", "must be more than 0, got -0.0001"),
+    (["--learning-rate", "-1e-4"], "learning_rate", "must be more than 0, got -0.0001"),
     (["--learning-rate", "nan"], "learning_rate", "must be a finite number, got nan"),
     (["--max-steps", "-1"], "max_steps", "must be 0 or more, got -1"),
     (["--epochs", "0"], "epochs", "must be more than 0, got 0"),
@@ -140,3 +140,12 @@ def test_pipeline_stages_and_list_items_are_checked_too():
     with pytest.raises(ConfigError, match="config field 'beta': must be more than 0, got 0"):
         from_mapping(DPOConfig, {"beta": 0})
     assert from_mapping(DPOConfig, {"beta": None}).beta is None  # optional: unset is fine
+
+
+def test_negative_numbers_in_scientific_notation_are_values_not_flags():
+    cfg = parse_config(DPOConfig, ["--loss", "sigmoid", "ipo", "--loss-weights", "1", "2.5e-1"])
+    assert cfg.loss_weights == [1.0, 0.25]
+    with pytest.raises(ConfigError, match="config field 'warmup_ratio': must be between 0 and 1, got -1e-06"):
+        parse_config(SFTConfig, ["--warmup-ratio", "-1E-6"])
+    with pytest.raises(ConfigError, match="config field 'learning_rate': must be a finite number, got -inf"):
+        parse_config(SFTConfig, ["--learning-rate", "-inf"])

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -356,6 +357,9 @@ def to_mapping(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises ConfigError instead of printing usage and exiting.
 
@@ -366,6 +370,9 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # Read `--learning-rate -1e-4` as a (negative) value, as argparse already does for `-1` and
+        # `-0.5`, so that it meets the field's range check instead of "expected one argument".
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str) -> typing.NoReturn:  # pragma: no cover - exercised via CLI
         # Not a ConfigError: an unknown flag or a missing value is about the command line, not a field.
