@@ -221,8 +221,9 @@ def test_invalid_utf8_names_the_line(tmp_path):
 def test_split_given_for_a_single_file_is_an_error_not_ignored(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"messages": CHAT}])
     assert error_of(lambda: list(read_rows(path, split="test"))) == (
-        f"{path}: is a single file; split 'test' applies only to a dataset directory, a directory of split files or "
-        "a hub dataset")
+        f"{path}: is a single file (one split, 'train'); split 'test' applies only to a dataset directory, a "
+        "directory of split files or a hub dataset")
+    assert len(list(read_rows(path, split="train"))) == 1  # TRL's default --dataset_train_split
 
 
 def test_real_process_one_line_exit_2(tmp_path):

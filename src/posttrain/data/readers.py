@@ -128,9 +128,11 @@ def _rows(path: str, split: str | None, limit: int, decode_as: dict[str, str]) -
     if not os.path.lexists(path) and _looks_like_hub_id(path):
         return _checked(_read_hub_dataset(path, split), limit)
     check_data_file(path)
-    if split is not None:
-        raise InputError(path, None, None, f"is a single file; split {split!r} applies only to a dataset "
-                         "directory, a directory of split files or a hub dataset")
+    # A single file is one split, "train" (what TRL's --dataset_train_split defaults to); asking
+    # for another split of it is a mistake worth naming rather than ignoring.
+    if split not in (None, "train"):
+        raise InputError(path, None, None, f"is a single file (one split, 'train'); split {split!r} applies only to "
+                         "a dataset directory, a directory of split files or a hub dataset")
     return _read_file(path, limit, decode_as)
 
 
