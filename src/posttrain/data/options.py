@@ -27,8 +27,7 @@ class DataArgs:
 
     split: str | None = help_field(None, "split of the data when it is a dataset directory, a folder of split files "
                                    "(train_prefs-00000-of-00001.parquet) or a hub dataset (default: train, or the only "
-                                   "split); for one file among several, or for eval data, write PATH:SPLIT",
-                                   aliases=["dataset_train_split"])
+                                   "split); for one file among several, or for eval data, write PATH:SPLIT")
     columns: dict[str, str] = help_field({}, "read the file's columns as these fields, FIELD=COLUMN ... "
                                          "(e.g. prompt=question chosen=better rejected=worse)")
     max_line_bytes: int = help_field(0, "refuse data lines and fields longer than this many bytes "
