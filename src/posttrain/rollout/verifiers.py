@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 from ..errors import PosttrainError
+from .sandbox import Sandbox
 
 
 REASON_MAX_CHARS = 160
@@ -476,8 +477,6 @@ def code_reward(all_or_nothing: bool = False, sandbox: Any = None) -> RewardFn:
     def box():
         with lock:
             if holder[0] is None:
-                from .sandbox import Sandbox
-
                 holder[0] = Sandbox()
             return holder[0]
 
