@@ -108,6 +108,8 @@ def test_harness_metrics_land_in_results_json_with_intervals(base_results):
     assert doc["meta"]["suites"]["harness"]["tasks"] == ["posttrain_test_mc", "posttrain_test_gen"]
     rows = [json.loads(line) for line in (base_results / "generations_harness.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["task"] for r in rows} == {"posttrain_test_mc", "posttrain_test_gen"}
+    mc = [r for r in rows if r["task"] == "posttrain_test_mc"]
+    assert [r["choices"] for r in mc] == [[" " + SHORT, " " + LONG]] * 4 and [r["target"] for r in mc] == [0, 0, 0, 1]
     gen = [r for r in rows if r["task"] == "posttrain_test_gen"]
     assert all(r["prompt"].startswith("Question ") and r["target"] in (SHORT, LONG) for r in gen)
 

@@ -169,8 +169,11 @@ def sample_row(task: str, sample: dict[str, Any]) -> dict[str, Any]:
     first = arguments[0] if isinstance(arguments, (list, tuple)) and arguments else [""]
     prompt = first[0] if isinstance(first, (list, tuple)) and first else first
     metrics = {key: sample[key] for key in sample.get("metrics", []) if key in sample}
-    return _plain({"id": f"{task}/{sample.get('doc_id')}", "task": task, "prompt": str(prompt),
-                   "target": sample.get("target"), "response": sample.get("filtered_resps"),
+    row = {"id": f"{task}/{sample.get('doc_id')}", "task": task, "prompt": str(prompt)}
+    # Log-likelihood tasks (multiple choice) ask one (context, continuation) per choice.
+    if all(isinstance(a, (list, tuple)) and len(a) == 2 and all(isinstance(x, str) for x in a) for a in arguments):
+        row["choices"] = [continuation for _, continuation in arguments]
+    return _plain({**row, "target": sample.get("target"), "response": sample.get("filtered_resps"),
                    "filter": sample.get("filter"), **metrics})
 
 
