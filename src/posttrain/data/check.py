@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
+from ..models import load_tokenizer
 from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Text, Unpaired
 from .formats import KINDS, check_both_labels, iter_records
 from .options import DataArgs, read_kwargs
@@ -159,9 +160,6 @@ def main(argv: list[str]) -> int:
     tokenizer = None
     template_name = None
     if cfg.tokenizer is not None:
-        # The command layer may reach up to models; the data library itself does not.
-        from ..models import load_tokenizer
-
         tokenizer = load_tokenizer(cfg.tokenizer)
         template_name = get_template(cfg.template, tokenizer).name
     result = check_data(cfg.file, cfg.kind, tokenizer=tokenizer, template=cfg.template, max_length=cfg.max_length,

@@ -493,9 +493,56 @@ def _from_unpaired(row: _Row) -> Unpaired:
 
 
 def _from_prompt(row: _Row) -> Prompt:
-    from .prompts import parse_prompt  # prompts.py builds on this module
-
     return parse_prompt(row.row, row.source)
+
+
+# --- prompts (generation, online RL): the prompt of any row -------------------------------------
+
+# Where a prompt may be, in order; the response fields are left out of a Prompt's `extra`.
+PROMPT_FIELDS = ("prompt", "messages", "conversations", "instruction", "question", "problem")
+RESPONSE_FIELDS = ("completion", "chosen", "rejected", "responses", "output", "response", "ranking", "scores", "label")
+
+
+def _without_trailing_answers(row: _Row, field: str, messages: list[Message]) -> list[Message]:
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise row.error(field, "has no user turn to answer")
+    return messages
+
+
+def _speakers(field: str) -> tuple:
+    """ShareGPT's `conversations` use from/value and human/gpt; other message lists role/content."""
+    return (SHAREGPT_ROLES, ("from", "value")) if field == "conversations" else (None, ("role", "content"))
+
+
+def parse_prompt(raw: dict[str, Any], source: str | None = None) -> Prompt:
+    """The prompt of any row that has one (see `posttrain.data.prompts`); trailing assistant turns
+    of a conversation are dropped, so the model answers the last user turn."""
+    row = _Row(raw, source)
+    check_single_prompt(row)
+    field = next((f for f in PROMPT_FIELDS if raw.get(f) is not None), None)
+    if field is None and raw.get("chosen") is not None:
+        # A preference row whose prompt is implicit (hh-rlhf, TRL): the conversation before the reply.
+        conversation = _conversation_value(row, "chosen")
+        if conversation is not None:
+            messages = _without_trailing_answers(row, "chosen", conversation)
+            extra = {k: v for k, v in raw.items() if k not in RESPONSE_FIELDS}
+            return Prompt(prompt=messages, source=source, extra=extra)
+    if field is None:
+        raise row.error(None, f"no prompt found (expected one of: {', '.join(PROMPT_FIELDS)})")
+    value = raw[field]
+    if field in ("messages", "conversations") or isinstance(value, list):
+        messages = check_turn_order(row, field, check_messages(row, field, value, *_speakers(field)))
+        messages = _without_trailing_answers(row, field, messages)
+    elif field == "instruction":
+        input_text = raw.get("input") or ""
+        messages = user_prompt(alpaca_user_text(check_text(row, field, value), str(input_text)))
+    else:
+        messages = user_prompt(check_text(row, field, value))
+    used = {field, "input"} if field == "instruction" else {field}
+    extra = {k: v for k, v in raw.items() if k not in used and k not in RESPONSE_FIELDS}
+    return Prompt(prompt=messages, source=source, extra=extra)
 
 
 NORMALISERS: dict[str, Callable[[_Row], Record]] = {
@@ -523,8 +570,6 @@ def parse_row(row: Row, source: str | None = None, kind: str | tuple[str, ...] |
     check_single_prompt(located)
     shape = detect_shape(row, kinds)
     if kinds == ("prompt",):
-        from .prompts import parse_prompt  # prompts.py builds on this module
-
         return shape or "prompt", parse_prompt(row, source)
     if shape is None:
         fields = ", ".join(sorted(map(str, row))) or "none"

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .. import jsonl
-from ..errors import InputError, PosttrainError
+from ..errors import ConfigError, InputError, PosttrainError
 from ..jsonl import (
     DuplicateKeyError,
     check_data_file,
@@ -170,8 +170,6 @@ def rename_columns(row: Row, columns: dict[str, str], where: str) -> Row:
 
 def parse_columns(items: dict[str, str] | None, source: str | None = None) -> dict[str, str]:
     """Check a `columns` mapping from a config (`{"prompt": "question"}`); ConfigError names a bad entry."""
-    from ..errors import ConfigError
-
     columns = dict(items or {})
     for field, column in columns.items():
         if not str(field).strip() or not isinstance(column, str) or not column.strip():
