@@ -88,26 +88,26 @@ def test_cli_over_long_line_stops_sft_and_data_check_before_any_tokenising(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+class CountingTokenizer:
+    """Wraps a tokenizer and records the length of every text it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, []
+
+    def __call__(self, text, **kwargs):
+        self.calls.append(len(text))
+        return self.tokenizer(text, **kwargs)
+
+
 def test_long_texts_are_tokenised_in_bounded_pieces_with_the_same_ids():
     from posttrain.models import load_tokenizer
 
     tokenizer = load_tokenizer("tiny-random")
     text = ("lorem ipsum dolor sit amet\n" * ((3 * ENCODE_CHUNK_CHARS) // 27))[:-1]
-    calls = []
-    original = tokenizer.__call__
-
-    def counting(piece, **kwargs):
-        calls.append(len(piece))
-        return original(piece, **kwargs)
-
-    whole = original(text, add_special_tokens=False)["input_ids"]
-    tokenizer.__call__ = counting
-    try:
-        ids = encode(type("T", (), {"__call__": lambda self, t, **k: counting(t, **k)})(), text)
-    finally:
-        tokenizer.__call__ = original
-    assert ids == whole
-    assert len(calls) >= 3 and max(calls) <= ENCODE_CHUNK_CHARS
+    counting = CountingTokenizer(tokenizer)
+    ids = encode(counting, text)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(counting.calls) >= 3 and max(counting.calls) <= ENCODE_CHUNK_CHARS
 
 
 # --- data check applies the training rules --------------------------------------------------------------
