@@ -364,3 +364,16 @@ def test_quality_and_eval_commands_take_columns_and_splits(tmp_path, capsys):
     assert code == 0, err
     fields = [line.split()[0] for line in out.split("\n\n")[0].splitlines()[3:]]
     assert fields == ["chosen", "prompt", "rejected"]  # the mapped names, not better/question/worse
+
+
+def test_cli_trains_on_hh_rlhf_dolly_and_gsm8k_unchanged(tmp_path, capsys):
+    hh = write_jsonl(tmp_path / "hh.jsonl", HH)
+    code = main(["dpo", "--model", "tiny-random", "--data", str(hh), "--max-steps", "1", "--batch-size", "2",
+                 "--output-dir", str(tmp_path / "dpo"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    dolly, gsm8k = write_jsonl(tmp_path / "dolly.jsonl", DOLLY), write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K)
+    code = main(["sft", "--model", "tiny-random", "--data", str(dolly), str(gsm8k), "--max-steps", "1",
+                 "--batch-size", "2", "--output-dir", str(tmp_path / "sft"), "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"{dolly}: 2 examples" in out.out + out.err and f"{gsm8k}: 2 examples" in out.out + out.err
