@@ -209,10 +209,9 @@ def _check_field_sizes(row: Row, where: str, limit: int) -> None:
 
 
 def _text_size(value: Any) -> int:
-    """Bytes of text in a value (strings inside lists and objects too), as UTF-8 at most 4 per char;
-    measured as characters, which is exact for ASCII and an underestimate otherwise."""
+    """UTF-8 bytes of the text in a value (strings inside lists and objects too)."""
     if isinstance(value, str):
-        return len(value)
+        return len(value.encode("utf-8", "surrogatepass")) if not value.isascii() else len(value)
     if isinstance(value, dict):
         return sum(_text_size(v) for v in value.values())
     if isinstance(value, (list, tuple)):
