@@ -100,6 +100,22 @@ def test_hh_rlhf_row_with_identical_transcripts_is_a_located_error():
         parse_row(row, "hh.jsonl:3", "preference")
 
 
+def test_hh_rlhf_as_downloaded_gzipped_split_files_in_subset_folders(tmp_path):
+    import gzip
+
+    subset = tmp_path / "hh-rlhf" / "harmless-base"
+    subset.mkdir(parents=True)
+    for split, rows in (("train", HH[:1]), ("test", HH[1:])):
+        with gzip.open(subset / f"{split}.jsonl.gz", "wt", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p.rejected for p in load_records(subset, kind="preference")] == ["Ass."]  # train by default
+    assert [p.rejected for p in load_records(f"{subset}:test", kind="preference")] == ["Buy it."]
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(InputError, match=r"broken.jsonl.gz:1: cannot decompress: Not a gzipped file"):
+        load_records(broken)
+
+
 # --- ultrafeedback_binarized ---------------------------------------------------------------------
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
 import os
 import stat
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -109,10 +111,11 @@ def check_data_file(path: str) -> None:
 
 
 def open_data_file(path: str):
-    """`check_data_file`, then open `path` for reading bytes."""
+    """`check_data_file`, then open `path` for reading bytes (decompressed when it ends with .gz,
+    as hh-rlhf's `train.jsonl.gz` files do)."""
     check_data_file(path)
     try:
-        return open(path, "rb")
+        return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
     except OSError as exc:
         raise InputError(path, None, None, f"cannot read file: {exc.strerror}") from None
 
@@ -128,14 +131,14 @@ def iter_lines(path: str, limit: int | None = None) -> Iterator[tuple[int, str]]
     with open_data_file(path) as handle:
         number = 0
         while True:
-            raw = handle.readline(limit + 1)
+            raw = read_line(handle, limit + 1, path, number + 1)
             if not raw:
                 return
             number += 1
             if len(raw.rstrip(b"\r\n")) > limit:
                 size = len(raw)
                 while not raw.endswith(b"\n"):
-                    raw = handle.readline(_SKIP_CHUNK)
+                    raw = read_line(handle, _SKIP_CHUNK, path, number)
                     if not raw:
                         break
                     size += len(raw)
@@ -148,6 +151,14 @@ def iter_lines(path: str, limit: int | None = None) -> Iterator[tuple[int, str]]
             if number == 1:
                 text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
             yield number, text
+
+
+def read_line(handle: Any, size: int, path: str, number: int) -> bytes:
+    """`handle.readline(size)`; a broken .gz file is an InputError naming the line it broke in."""
+    try:
+        return handle.readline(size)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, number, None, f"cannot decompress: {exc}") from None
 
 
 class DuplicateKeyError(ValueError):

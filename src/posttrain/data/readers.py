@@ -33,6 +33,7 @@ import csv
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -44,6 +45,7 @@ from ..jsonl import (
     duplicate_key_message,
     iter_lines,
     loads_strict,
+    open_data_file,
     read_jsonl,
     too_long_message,
 )
@@ -51,7 +53,7 @@ from ..jsonl import (
 Row = dict[str, Any]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-FILE_SUFFIXES = JSONL_SUFFIXES + (".json", ".csv", ".tsv", ".parquet")
+FILE_SUFFIXES = JSONL_SUFFIXES + (".json", ".csv", ".tsv", ".parquet", ".gz")
 
 # CSV cells are strings. These columns hold structured values in every shape we
 # know, so a cell that is JSON of the right kind is decoded (see `_csv_cell`).
@@ -136,8 +138,14 @@ def _rows(path: str, split: str | None, limit: int, decode_as: dict[str, str]) -
     return _read_file(path, limit, decode_as)
 
 
+def data_suffix(path: str) -> str:
+    """The format suffix of a data file, looking through a .gz: `train.jsonl.gz` -> `.jsonl`."""
+    name = path.lower().removesuffix(".gz")
+    return Path(name).suffix
+
+
 def _read_file(path: str, limit: int, decode_as: dict[str, str] | None = None) -> Iterator[tuple[str, Row]]:
-    suffix = Path(path).suffix.lower()
+    suffix = data_suffix(path)
     if suffix in (".csv", ".tsv"):
         return _read_csv(path, limit, decode_as or {})
     if suffix == ".json":
@@ -225,8 +233,11 @@ def _read_jsonl(path: str, limit: int) -> Iterator[tuple[str, Row]]:
 
 
 def _read_json(path: str, limit: int) -> Iterator[tuple[str, Row]]:
-    with open(path, "rb") as handle:
-        data_bytes = handle.read()
+    with open_data_file(path) as handle:
+        try:
+            data_bytes = handle.read()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(path, None, None, f"cannot decompress: {exc}") from None
     try:
         text = data_bytes.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
@@ -266,7 +277,7 @@ _INDEX_COLUMNS = ("", "Unnamed: 0")
 
 
 def _read_csv(path: str, limit: int, decode_as: dict[str, str] | None = None) -> Iterator[tuple[str, Row]]:
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    delimiter = "\t" if data_suffix(path) == ".tsv" else ","
     # csv's own field limit (128 KiB by default) is process-wide; lines are already bounded by
     # `limit`, so one field cannot be longer than that.
     csv.field_size_limit(max(csv.field_size_limit(), limit))
@@ -376,7 +387,7 @@ def _read_saved_dataset(path: str, split: str | None) -> Iterator[tuple[str, Row
 
 
 # `train_prefs-00000-of-00001.parquet`, `test.jsonl`: the hub's file layout, also under data/.
-_SPLIT_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)(?:-\d{5}-of-\d{5})?(?P<suffix>\.(?:parquet|jsonl|ndjson|json|csv|tsv))$")
+_SPLIT_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)(?:-\d{5}-of-\d{5})?(?P<suffix>\.(?:parquet|jsonl|ndjson|json|csv|tsv)(?:\.gz)?)$")
 
 
 def split_files(directory: str) -> dict[str, list[str]]:
