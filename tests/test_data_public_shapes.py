@@ -110,6 +110,9 @@ def test_hh_rlhf_as_downloaded_gzipped_split_files_in_subset_folders(tmp_path):
             handle.write("".join(json.dumps(r) + "\n" for r in rows))
     assert [p.rejected for p in load_records(subset, kind="preference")] == ["Ass."]  # train by default
     assert [p.rejected for p in load_records(f"{subset}:test", kind="preference")] == ["Buy it."]
+    with pytest.raises(InputError, match=r"hh-rlhf: holds several data folders \(harmless-base\); pass one of them, "
+                                         r"e.g. .*hh-rlhf/harmless-base$"):
+        load_records(tmp_path / "hh-rlhf")
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(b"not gzip at all")
     with pytest.raises(InputError, match=r"broken.jsonl.gz:1: cannot decompress: Not a gzipped file"):

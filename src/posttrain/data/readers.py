@@ -409,6 +409,11 @@ def _read_split_files(path: str, split: str | None, limit: int, decode_as: dict[
                       ) -> Iterator[tuple[str, Row]]:
     found = split_files(path)
     if not found:
+        subsets = sorted(name for name in os.listdir(path)
+                         if os.path.isdir(os.path.join(path, name)) and split_files(os.path.join(path, name)))
+        if subsets:  # hh-rlhf: harmless-base/, helpful-base/, ... each with train/test files
+            raise InputError(path, None, None, f"holds several data folders ({', '.join(subsets)}); pass one of "
+                             f"them, e.g. {os.path.join(path, subsets[0])}")
         raise InputError(path, None, None, "is a directory but neither a dataset saved with save_to_disk (no "
                          "dataset_info.json, state.json or dataset_dict.json) nor a folder of split files "
                          "such as train-00000-of-00001.parquet or test.jsonl")
