@@ -204,3 +204,19 @@ def test_value_warmup_trains_only_the_value_head(tmp_path):
     assert all(torch.equal(start[k], trained[k]) for k in start)  # no policy loss, no value loss: nothing moved
     head = torch.load(Path(cfg.output_dir) / "value_head.pt")
     assert float(head["weight"].abs().sum()) == 0.0
+
+
+def test_micro_batching_does_not_change_the_ppo_update(tmp_path):
+    """PPO runs on the shared update skeleton (`loop.update_passes`): the loss denominator is that
+    of the whole minibatch, so micro-batches of 3 give the update of one forward over all 16."""
+    rows = {}
+    for size in (16, 3):
+        cfg = _config(tmp_path, max_steps=2, micro_batch_size=size, value_model="shared", learning_rate=1e-3,
+                      num_minibatches=2, output_dir=str(tmp_path / f"mb{size}"))
+        train_ppo(cfg, {"lowercase": rl_toy.lowercase})
+        rows[size] = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "loss" in r]
+    assert len(rows[16]) == 2
+    for whole, split in zip(rows[16], rows[3]):
+        assert split["reward"] == pytest.approx(whole["reward"], abs=1e-6)
+        for key in ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "explained_variance"):
+            assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key

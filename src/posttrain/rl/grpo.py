@@ -33,7 +33,6 @@ sequence-sum loss (REINFORCE treats a whole response as one action).
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -43,10 +42,10 @@ from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
 from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
-                   global_sum, merge_repeated_flags, run_online, timer)
+                   global_sum, merge_repeated_flags, run_online, timer, update_passes)
 from .online import (prepare_online_inputs, Reference, RLResult, add_sum, batch_logprobs, run_evaluator,
                      logprob_temperature, sample_and_score, sample_metrics)
-from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
+from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
 from . import combined
 
 
@@ -156,76 +155,85 @@ def global_group_stats(run: OnlineRun, stats: dict[str, float], groups: int) -> 
 
 def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOConfig, step: int,
                   has_old: bool, has_ref: bool, expert: list[Sample] | None = None) -> dict[str, float]:
-    """mu passes x num_minibatches optimizer steps over the batch; returns the step's metrics.
-    With dpo_coef / bc_coef > 0 each step also carries the DPO and BC terms (rl/combined.py)."""
+    """mu passes x num_minibatches optimizer steps over the batch (`loop.update_passes`); returns the
+    step's metrics. With dpo_coef / bc_coef > 0 each step also carries the DPO and BC terms (rl/combined.py)."""
     temperature = logprob_temperature(cfg)
     constant = float(cfg.max_new_tokens)
     clip_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     token_fields = [name for name, on in (("old_logps", has_old), ("ref_logps", has_ref)) if on]
     kl_term = has_ref and not cfg.kl_in_reward and cfg.kl_coef > 0
     sums: dict[str, float] = {}
-    shuffle = random.Random(cfg.seed * 7_919 + step)
-    losses_seen, grad_norm, first = [], 0.0, True
     scalar_fields = ["advantage"]
+    pair_count = 0.0
     if cfg.dpo_coef > 0:
         pairs = combined.rollout_pairs(samples, cfg.num_samples)
         pair_count = global_sum(run.accelerator, float(pairs[0].numel()))
         scalar_fields.append("dpo_coef")
-    run.model.train()
-    for epoch in range(cfg.ppo_epochs):
-        order = list(samples)
-        if cfg.ppo_epochs > 1 or cfg.num_minibatches > 1:
-            shuffle.shuffle(order)
-        for minibatch in split_even(order, cfg.num_minibatches):
-            if cfg.dpo_coef > 0:  # dL/dlogp at the weights of this update (one minibatch: all samples)
-                ref_field = "ref_logps" if has_ref else ("old_logps" if has_old else None)
-                now_field = "old_logps" if has_old and epoch == 0 else None  # pi_old = the weights now
-                part = combined.set_dpo_coefficients(run, samples, *pairs, pad_id, cfg, now_field, ref_field,
-                                                     temperature)
-                add_sum(sums, "dpo_loss_sum", part)
-                add_sum(sums, "dpo_pairs_seen", float(pairs[0].numel()))
-            bc_rows = (combined.expert_batch(expert, cfg.bc_batch_size, cfg.seed, step, len(losses_seen))
-                       if expert and cfg.bc_coef > 0 else [])
-            micro_batches = chunks(minibatch, cfg.micro_batch_size)
-            collated = [collate(m, pad_id, token_fields, scalar_fields) for m in micro_batches]
-            # The denominator of the whole (global) minibatch first: split-invariant reduction.
-            den = global_sum(run.accelerator, sum(float(aggregate_parts(b["response_mask"].float(), b["response_mask"],
-                                                                        cfg.loss_aggregation, constant)[1]) for b in collated))
-            loss_total = 0.0
-            for j, batch in enumerate(collated):
-                batch = {k: v.to(run.device) for k, v in batch.items()}
-                mask = batch["response_mask"]
-                with run.micro_batch(last=j == len(collated) - 1 and not bc_rows):
-                    out = batch_logprobs(run.model, batch, temperature, entropy=True)
-                    logps = out.logprobs
-                    old = batch["old_logps"] if has_old else logps.detach()
-                    losses, clipped = ppo_clip_losses(logps, old, batch["advantage"], mask, clip_low=cfg.epsilon,
-                                                      clip_high=clip_high)
-                    if kl_term:
-                        kl = KL_ESTIMATORS[cfg.kl_estimator](logps, batch["ref_logps"], mask)
-                        losses = losses + cfg.kl_coef * kl
-                        add_sum(sums, "kl_sum", kl.detach().sum())
-                    if cfg.entropy_coef:
-                        losses = losses - cfg.entropy_coef * torch.where(mask, out.entropy, 0.0)
-                    num, _ = aggregate_parts(losses, mask, cfg.loss_aggregation, constant)
-                    objective = num * run.world / max(den, 1e-12)
-                    if cfg.policy_coef != 1.0:
-                        objective = cfg.policy_coef * objective
-                    if cfg.dpo_coef > 0 and pair_count > 0:
-                        surrogate = combined.dpo_surrogate(logps, mask, batch["dpo_coef"])
-                        objective = objective + cfg.dpo_coef * surrogate * run.world / pair_count
-                    run.accelerator.backward(objective)
-                loss_total += float(num.detach()) / max(den, 1e-12)
-                _token_metrics(sums, logps.detach(), old, batch["advantage"], clipped, mask, out.entropy,
-                               cfg.epsilon, clip_high, first)
-            first = False
-            if bc_rows:
-                nll = combined.bc_backward(run, bc_rows, pad_id, cfg, run.world, last=True)
-                add_sum(sums, "bc_nll_sum", nll)
-                add_sum(sums, "bc_updates", 1.0)
-            losses_seen.append(global_sum(run.accelerator, loss_total))
-            grad_norm = run.optimizer_step(step, losses_seen[-1])
+
+    def before_step(plan):
+        """The combined objective's per-step parts: DPO coefficients at the current weights, and
+        the behaviour-cloning backward that ends the step."""
+        if cfg.dpo_coef > 0:  # dL/dlogp at the weights of this update (one minibatch: all samples)
+            ref_field = "ref_logps" if has_ref else ("old_logps" if has_old else None)
+            now_field = "old_logps" if has_old and plan.epoch == 0 else None  # pi_old = the weights now
+            part = combined.set_dpo_coefficients(run, samples, *pairs, pad_id, cfg, now_field, ref_field, temperature)
+            add_sum(sums, "dpo_loss_sum", part)
+            add_sum(sums, "dpo_pairs_seen", float(pairs[0].numel()))
+        bc_rows = (combined.expert_batch(expert, cfg.bc_batch_size, cfg.seed, step, plan.update)
+                   if expert and cfg.bc_coef > 0 else [])
+        if not bc_rows:
+            return None
+
+        def behaviour_cloning() -> None:
+            add_sum(sums, "bc_nll_sum", combined.bc_backward(run, bc_rows, pad_id, cfg, run.world, last=True))
+            add_sum(sums, "bc_updates", 1.0)
+        return behaviour_cloning
+
+    def denominator(batch) -> float:
+        return float(aggregate_parts(batch["response_mask"].float(), batch["response_mask"], cfg.loss_aggregation,
+                                     constant)[1])
+
+    def micro_objective(batch, scale: float, plan):
+        mask = batch["response_mask"]
+        out = batch_logprobs(run.model, batch, temperature, entropy=True)
+        logps = out.logprobs
+        old = batch["old_logps"] if has_old else logps.detach()
+        losses = grpo_token_losses(logps, old, batch, cfg, clip_high, kl_term, sums, out.entropy)
+        num, _ = aggregate_parts(losses[0], mask, cfg.loss_aggregation, constant)
+        objective = cfg.policy_coef * num * scale if cfg.policy_coef != 1.0 else num * scale
+        if cfg.dpo_coef > 0 and pair_count > 0:
+            surrogate = combined.dpo_surrogate(logps, mask, batch["dpo_coef"])
+            objective = objective + cfg.dpo_coef * surrogate * run.world / pair_count
+        _token_metrics(sums, logps.detach(), old, batch["advantage"], losses[1], mask, out.entropy,
+                       cfg.epsilon, clip_high, plan.update == 0)
+        return objective, float(num.detach()) * scale / run.world
+
+    losses_seen, grad_norm = update_passes(
+        run, samples, step, epochs=cfg.ppo_epochs, minibatches=cfg.num_minibatches,
+        micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+        collate_micro=lambda micro: collate(micro, pad_id, token_fields, scalar_fields),
+        denominator=denominator, micro_objective=micro_objective,
+        # One pass over one minibatch keeps the sampling order (no reshuffle needed).
+        shuffle=cfg.ppo_epochs > 1 or cfg.num_minibatches > 1, before_step=before_step)
     return _finish_metrics(run, sums, losses_seen, grad_norm)
+
+
+def grpo_token_losses(logps, old_logps, batch, cfg: GRPOConfig, clip_high: float, kl_term: bool,
+                      sums: dict[str, float], entropy=None):
+    """GRPO's loss per token of one micro-batch -> (losses [B, T], clipped [B, T]):
+    the clipped surrogate with the sequence's advantage, + beta * KL to π_ref (unless the KL is in
+    the reward), - entropy_coef * H. The combined objective's DPO term is added per sequence by
+    the caller (`update_policy`)."""
+    mask = batch["response_mask"]
+    losses, clipped = ppo_clip_losses(logps, old_logps, batch["advantage"], mask, clip_low=cfg.epsilon,
+                                      clip_high=clip_high)
+    if kl_term:
+        kl = KL_ESTIMATORS[cfg.kl_estimator](logps, batch["ref_logps"], mask)
+        losses = losses + cfg.kl_coef * kl
+        add_sum(sums, "kl_sum", kl.detach().sum())
+    if cfg.entropy_coef:
+        losses = losses - cfg.entropy_coef * torch.where(mask, entropy, 0.0)
+    return losses, clipped
 
 
 def _token_metrics(sums, logps, old, advantages, clipped, mask, entropy, eps_low, eps_high, first: bool) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch
 from ..config import help_field
 from ..errors import ConfigError, TrainingError
 from ..train.args import ModelArgs, RunArgs
-from .rollouts import render_prompt_ids
+from .rollouts import chunks, render_prompt_ids, split_even
 
 
 @dataclass
@@ -424,6 +425,66 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
     say(summary + f"; model in {final}")
     return {"steps": step, "final_dir": final, "last_metrics": row, "eval_before": eval_before,
             "eval_after": eval_after, "seconds": seconds}
+
+
+# --------------------------------------------------------------------------- the update skeleton
+
+
+@dataclass
+class MinibatchPlan:
+    """What one optimizer step of `update_passes` trains on (given to the recipe's hooks)."""
+
+    epoch: int  # 0-based pass over the rollout batch
+    update: int  # 0-based optimizer step within this rollout step
+    samples: list[Any]  # this process's samples of the minibatch
+
+
+def update_passes(run: "OnlineRun", samples: Sequence[Any], step: int, *, epochs: int, minibatches: int,
+                  micro_batch_size: int, seed: int, collate_micro, denominator, micro_objective,
+                  shuffle: bool = True, before_step=None) -> tuple[list[float], float]:
+    """`epochs` passes x `minibatches` optimizer steps over a rollout batch: the skeleton PPO and
+    GRPO/RLOO share. Returns (each optimizer step's loss, the last gradient norm).
+
+    The recipe supplies only its own parts:
+      collate_micro(list of samples) -> batch dict (CPU tensors; moved to the device here)
+      denominator(batch) -> this micro-batch's share of the loss denominator (token count,
+          sequence count, ...); summed over micro-batches *and processes* before any backward,
+          so the update does not depend on how the batch is split (split-invariant means)
+      micro_objective(batch, scale, plan) -> (objective tensor to backpropagate, loss for the log);
+          `scale` = processes / global denominator turns a loss numerator into a global mean
+      before_step(plan) -> None, or a callable run after the micro-batches (an extra backward
+          that ends the step, e.g. the behaviour-cloning term)
+      after_micro_batches: unused slot kept None (the callable from before_step plays that role)
+
+    The order is shuffled per pass from (seed, step) only, so a resumed run replays it.
+    """
+    rng = random.Random(seed * 7_919 + step)
+    losses: list[float] = []
+    grad_norm = 0.0
+    run.model.train()
+    for epoch in range(epochs):
+        order = list(samples)
+        if shuffle:
+            rng.shuffle(order)
+        for minibatch in split_even(order, minibatches):
+            plan = MinibatchPlan(epoch, len(losses), minibatch)
+            finish = before_step(plan) if before_step is not None else None
+            collated = [collate_micro(micro) for micro in chunks(minibatch, micro_batch_size)]
+            den = max(global_sum(run.accelerator, sum(float(denominator(b)) for b in collated)), 1e-12)
+            scale = run.world / den
+            total = 0.0
+            for j, batch in enumerate(collated):
+                batch = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                # Gradients are reduced over processes on the step's last backward only.
+                with run.micro_batch(last=j == len(collated) - 1 and finish is None):
+                    objective, logged = micro_objective(batch, scale, plan)
+                    run.accelerator.backward(objective)
+                total += float(logged)
+            if finish is not None:
+                finish()
+            losses.append(global_sum(run.accelerator, total))
+            grad_norm = run.optimizer_step(step, losses[-1])
+    return losses, grad_norm
 
 
 def gather_rollouts(accelerator, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,7 +27,6 @@ linear head on the policy's own last hidden states (one forward pass for both).
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -40,10 +39,10 @@ from ..errors import ConfigError
 from ..losses import (KL_CONTROLLERS, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, approx_kl, clipped_value_losses,
                       explained_variance, gae, kl_penalized_rewards, masked_moments, ppo_clip_losses, whiten)
 from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
-                   global_sum, merge_repeated_flags, run_online, timer)
+                   global_sum, merge_repeated_flags, run_online, timer, update_passes)
 from .online import (prepare_online_inputs, Reference, RLResult, add_sum, run_evaluator, logprob_temperature,
                      sample_and_score, sample_metrics)
-from .rollouts import Sample, chunks, collate, rollout_records, split_even, store_tokens
+from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
 
 
 @dataclass
@@ -287,52 +286,44 @@ def ppo_token_losses(logps, entropy, values, batch, cfg: PPOConfig, policy_weigh
 
 
 def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, step: int) -> dict[str, float]:
-    """ppo_epochs x num_minibatches optimizer steps; returns the loss metrics."""
+    """ppo_epochs x num_minibatches optimizer steps (`loop.update_passes`); returns the loss metrics."""
     from ..train.engine import reduce_sums
 
     temperature = logprob_temperature(cfg)
     policy_weight = 0.0 if step < cfg.value_warmup_steps else 1.0
     fields = ["old_logps", "old_values", "advantages", "returns"]
     constant = float(cfg.max_new_tokens)
-    shuffle = random.Random(cfg.seed * 7_919 + step)
     sums: dict[str, float] = {}
-    losses, grad_norm = [], 0.0
-    run.model.train()
-    for _ in range(cfg.ppo_epochs):
-        order = list(samples)
-        shuffle.shuffle(order)
-        for minibatch in split_even(order, cfg.num_minibatches):
-            collated = [collate(m, pad_id, fields) for m in chunks(minibatch, cfg.micro_batch_size)]
-            den = global_sum(run.accelerator, sum(float(aggregate_parts(b["response_mask"].float(), b["response_mask"],
-                                                                        cfg.loss_aggregation, constant)[1]) for b in collated))
-            den = max(den, 1e-12)
-            total = 0.0
-            for j, batch in enumerate(collated):
-                batch = {k: v.to(run.device) for k, v in batch.items()}
-                mask = batch["response_mask"]
-                with run.micro_batch(last=j == len(collated) - 1):
-                    logps, entropy, values = run.model(batch["input_ids"], batch["attention_mask"], mask, temperature)
-                    loss_t, policy_t, value_t, clipped, value_clipped = ppo_token_losses(
-                        logps, entropy, values, batch, cfg, policy_weight)
-                    num, _ = aggregate_parts(loss_t, mask, cfg.loss_aggregation, constant)
-                    run.accelerator.backward(num * run.world / den)
-                total += float(num.detach()) / den
-                tokens = float(mask.sum())
-                add_sum(sums, "tokens", tokens)
-                add_sum(sums, "policy_loss", aggregate_parts(policy_t.detach(), mask, "token_mean")[0])
-                add_sum(sums, "value_loss", aggregate_parts(value_t.detach(), mask, "token_mean")[0])
-                add_sum(sums, "clipped", clipped.sum())
-                add_sum(sums, "value_clipped", value_clipped.sum())
-                add_sum(sums, "entropy", entropy.detach()[mask].sum())
-                add_sum(sums, "approx_kl", approx_kl(logps.detach(), batch["old_logps"], mask) * tokens)
-                add_sum(sums, "ratio", torch.exp(logps.detach() - batch["old_logps"])[mask].sum())
-            losses.append(global_sum(run.accelerator, total))
-            grad_norm = run.optimizer_step(step, losses[-1])
+
+    def denominator(batch) -> float:
+        return float(aggregate_parts(batch["response_mask"].float(), batch["response_mask"], cfg.loss_aggregation,
+                                     constant)[1])
+
+    def micro_objective(batch, scale: float, plan):
+        mask = batch["response_mask"]
+        logps, entropy, values = run.model(batch["input_ids"], batch["attention_mask"], mask, temperature)
+        loss_t, policy_t, value_t, clipped, value_clipped = ppo_token_losses(logps, entropy, values, batch, cfg,
+                                                                             policy_weight)
+        num, _ = aggregate_parts(loss_t, mask, cfg.loss_aggregation, constant)
+        tokens = float(mask.sum())
+        add_sum(sums, "tokens", tokens)
+        add_sum(sums, "policy_loss", aggregate_parts(policy_t.detach(), mask, "token_mean")[0])
+        add_sum(sums, "value_loss", aggregate_parts(value_t.detach(), mask, "token_mean")[0])
+        add_sum(sums, "clipped", clipped.sum())
+        add_sum(sums, "value_clipped", value_clipped.sum())
+        add_sum(sums, "entropy", entropy.detach()[mask].sum())
+        add_sum(sums, "approx_kl", approx_kl(logps.detach(), batch["old_logps"], mask) * tokens)
+        add_sum(sums, "ratio", torch.exp(logps.detach() - batch["old_logps"])[mask].sum())
+        return num * scale, float(num.detach()) * scale / run.world
+
+    losses, grad_norm = update_passes(run, samples, step, epochs=cfg.ppo_epochs, minibatches=cfg.num_minibatches,
+                                      micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+                                      collate_micro=lambda micro: collate(micro, pad_id, fields),
+                                      denominator=denominator, micro_objective=micro_objective)
     sums = reduce_sums(run.accelerator, sums)
     tokens = max(sums.pop("tokens", 0.0), 1.0)
-    row = {k if k not in ("clipped", "value_clipped", "ratio") else
-           {"clipped": "clip_fraction", "value_clipped": "value_clip_fraction", "ratio": "ratio_mean"}[k]: v / tokens
-           for k, v in sums.items()}
+    names = {"clipped": "clip_fraction", "value_clipped": "value_clip_fraction", "ratio": "ratio_mean"}
+    row = {names.get(k, k): v / tokens for k, v in sums.items()}
     row.update({"loss": sum(losses) / max(len(losses), 1), "grad_norm": grad_norm, "lr": run.scheduler.get_last_lr()[0]})
     return row
 
