@@ -1,10 +1,11 @@
 """`make demo`: the quickstart pipeline on SmolLM2-135M-Instruct, with a measured before/after.
 
 Runs `examples/quickstart.yaml` (baseline eval -> behaviour-cloning warm-up on programmatic
-expert answers -> eval -> GRPO with DPO and BC terms against the strict answer-line verifier
--> final eval), then prints held-out accuracy before and after with 95% intervals, the
-difference with its interval (paired: same problems before and after, with an exact McNemar
-p-value), the same for what RL added on top of the warm-up, and the report's path.
+expert answers from the train split -> final eval on the held-out split, strict answer-line
+verifier), then prints held-out accuracy before and after with 95% intervals, the difference
+with its interval (paired: same problems before and after, with an exact McNemar p-value), and
+the report's path. A pipeline with a `warmup_eval` stage before its RL stage (e.g.
+`--pipeline examples/warmup_grpo_dpo.yaml`) also gets what RL added on top of the warm-up.
 A rerun reuses finished stages (delete the run directory to start over).
 
     python -m posttrain.demo [--pipeline examples/quickstart.yaml] [--output-dir runs/quickstart]
