@@ -143,7 +143,7 @@ def test_behaviour_cloning_alone_lowers_the_expert_nll(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--bc-coef", "0.1"], "config field 'bc_data': bc_coef > 0 needs expert data"),
     (["--dpo-coef", "0.3", "--num-minibatches", "2"], "config field 'dpo_coef': the DPO term pairs samples"),
-    (["--dpo-coef", "-1"], "config field 'dpo_coef': must be >= 0"),
+    (["--dpo-coef", "-1"], "config field 'dpo_coef': must be 0 or more, got -1"),
     (["--policy-coef", "0"], "config field 'policy_coef': every loss weight is 0"),
 ])
 def test_bad_combined_settings_are_one_line_errors(tmp_path, capsys, flags, message):
