@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config import help_field
+from ..data.options import read_kwargs
 from ..errors import ConfigError, TrainingError
 from ..train.args import ModelArgs, RunArgs
 from .rollouts import chunks, render_prompt_ids, split_even
@@ -125,7 +126,6 @@ class PromptSet:
 
 
 def load_prompt_set(path: str, tokenizer, cfg: RLArgs, limit: int = 0) -> PromptSet:
-    from ..data.options import read_kwargs
     from ..data.prompts import load_prompts
 
     # --split picks the training prompts' split; eval prompts name their own as PATH:SPLIT.

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import help_field, parse_config
-from ..data.options import DataArgs
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, InputError, PosttrainError
 from ..records import Message, user_prompt
 
@@ -246,7 +246,6 @@ def _progress_bar(total: int, enabled: bool):
 def score_file(cfg: ScoreConfig) -> dict[str, float]:
     """Score `cfg.input` into `cfg.output`; returns counts and throughput."""
     from ..data import read_rows
-    from ..data.options import read_kwargs
     from ..jsonl import write_jsonl
 
     for name in ("model", "input", "output"):

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..config import help_field, parse_config
+from ..data.options import read_kwargs
 from ..errors import ConfigError, InputError
 from ..losses.reward import RANKING_LOSSES, bradley_terry_loss, ranking_accuracy_parts, ranking_pairs
 from .args import ModelArgs, TrainArgs
@@ -69,7 +70,6 @@ class RMConfig(ModelArgs, TrainArgs):
 def load_groups(path: str, tokenizer, template, cfg: RMConfig) -> list[RewardGroup]:
     """Read pairs/rankings from `path` and tokenise them; bad rows are one-line InputErrors."""
     from ..data import LengthStats, iter_records
-    from ..data.options import read_kwargs
 
     stats, groups, skipped = LengthStats(), [], 0
     # --split picks the training data's split; eval data names its own as PATH:SPLIT.

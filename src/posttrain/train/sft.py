@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..config import help_field, parse_config
+from ..data.options import read_kwargs
 from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
 from .setup import load_trainable_model, prepare_run_dir, say
@@ -50,7 +51,6 @@ def tokenize_dataset(path: str, tokenizer, template, cfg: SFTConfig, eval_data: 
     than max_length becomes several examples) of one dataset, tokenised. Eval data names its own
     split (PATH:SPLIT), so --split applies to the training data only."""
     from ..data import load_records, tokenize_conversations
-    from ..data.options import read_kwargs
 
     records = load_records(path, kind=("sft", "text"), limit=cfg.limit or None, **read_kwargs(cfg, split=not eval_data))
     examples, stats = tokenize_conversations(records, tokenizer, template, cfg.max_length, cfg.length_policy)
