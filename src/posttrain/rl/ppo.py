@@ -188,8 +188,10 @@ def check_ppo(cfg: PPOConfig) -> None:
 
 
 @torch.no_grad()
-def rollout_pass(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, reference: Reference) -> None:
-    """π_old, π_ref log-probs and V_old of every sample, stored as sample tokens."""
+def rollout_pass(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig,
+                 reference: Reference | None) -> None:
+    """π_old, π_ref log-probs and V_old of every sample, stored as sample tokens. Without a
+    reference (kl_coef 0: the penalty is 0 whatever it says) π_ref is taken as π_old (KL 0)."""
     temperature = logprob_temperature(cfg)
     run.model.eval()
     for micro in chunks(samples, cfg.micro_batch_size):
@@ -198,7 +200,8 @@ def rollout_pass(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOCon
             logps, _, values = run.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)
         store_tokens(micro, "old_logps", logps, batch["response_mask"])
         store_tokens(micro, "old_values", values, batch["response_mask"])
-        store_tokens(micro, "ref_logps", reference.logprobs(batch, temperature), batch["response_mask"])
+        ref_logps = reference.logprobs(batch, temperature) if reference is not None else logps
+        store_tokens(micro, "ref_logps", ref_logps, batch["response_mask"])
     run.model.train()
 
 
@@ -342,7 +345,9 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
         f"kl = {cfg.kl_estimator} x {cfg.kl_coef} ({cfg.kl_controller})")
 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
-    reference = Reference.for_policy(policy, lambda: run.unwrapped_policy())
+    # kl_coef 0 multiplies the KL by 0 (the adaptive controller keeps 0 at 0): no reference model,
+    # no reference forward (the `kl` metric is then 0).
+    reference = Reference.for_policy(policy, lambda: run.unwrapped_policy()) if cfg.kl_coef > 0 else None
     critic, head = build_critic(cfg, policy)
     if cfg.disable_dropout:
         disable_dropout(policy)
@@ -353,7 +358,8 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
     group = {"params": critic_params, "lr": cfg.value_learning_rate or cfg.learning_rate}
     run = OnlineRun(cfg, module, cfg.max_steps * cfg.ppo_epochs * cfg.num_minibatches, "ppo",
                     extra_groups=[group], policy_attr="policy")
-    reference.to(run.device)
+    if reference is not None:
+        reference.to(run.device)
     if cfg.kl_controller == "adaptive":
         controller = KL_CONTROLLERS["adaptive"](cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     else:
