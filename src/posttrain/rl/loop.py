@@ -12,6 +12,9 @@ from the engine's pieces (`make_accelerator`, `build_optimizer`, `build_schedule
 - `OnlineRun`: accelerator + optimizer + schedule + resume + NaN-checked optimizer steps +
   checkpoints + metrics.jsonl + progress + the final save.
 - `run_online`: the loop itself (evaluate, steps, checkpoints, SIGINT, final save).
+- `update_passes`: the epochs x minibatches x micro-batches skeleton of one rollout step's
+  updates (global-batch normalisation, optimizer steps); a recipe gives only its collate,
+  its loss denominator and its loss.
 
 Several processes (`--distributed ddp|fsdp`, docs/distributed.md): process r answers its own
 slice of each step's prompts (`step_prompt_indices`; all n samples of a prompt stay on one
