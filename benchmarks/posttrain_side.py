@@ -48,8 +48,11 @@ def run_sft(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     else:
         lengths_of = lambda example: [len(example)]  # noqa: E731
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing, quiet=True)
+    padding_free, _ = sft.resolve_layout(cfg, model, train)  # --sft-padding-free, or the recipe's auto rule
+    dtype = next(model.parameters()).dtype
+    collate = sft.collate_fn(tokenizer, cfg.packing, padding_free, cfg.attn_implementation, dtype)
     task = TrainTask(model=model, train_examples=train,
-                     collate=counting_collator(sft.collate_fn(tokenizer, cfg.packing, cfg.padding_free), lengths_of, log),
+                     collate=counting_collator(collate, lengths_of, log),
                      compute_loss=sft.nll_sum, item_count=sft.trained_tokens, token_count=len, name="sft",
                      **hooks(clock))
     run_training(task, cfg, tokenizer=tokenizer)
@@ -85,7 +88,7 @@ def run_dpo(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     from posttrain.models import load_tokenizer
     from posttrain.train import dpo
     from posttrain.train.engine import TrainTask, make_accelerator, run_training, to_device
-    from posttrain.train.preference_batch import BatchLayout, check_layout
+    from posttrain.train.preference_batch import BatchLayout, check_layout, resolve_layout
     from posttrain.train.preference_data import PairExample
     from posttrain.train.reference import build_reference, model_identity, resolve_strategy
 
@@ -93,8 +96,7 @@ def run_dpo(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     precompute = options.get("dpo_reference", "precompute") == "precompute"
     reference = "cached" if precompute else ("adapter" if spec["mode"] == "lora" else "copy")
     cfg = dpo.DPOConfig(**common_config(spec, workdir), data=spec["data_path"], reference=reference,
-                        padding_free=options.get("dpo_padding_free", False),
-                        prefix_sharing=options.get("dpo_prefix_sharing", False))
+                        layout=options.get("dpo_layout", "auto"))
     components, loss_options = dpo.loss_components(cfg)
     mask_style = check_layout(cfg)
     strategy = resolve_strategy(cfg.reference, needs_reference=dpo.needs_reference(cfg.loss), peft=cfg.peft,
@@ -104,7 +106,8 @@ def run_dpo(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     train = [PairExample(r["prompt"], r["chosen"], r["rejected"], index=i) for i, r in enumerate(rows)]
     model = load_trainable_model_quiet(cfg)
     dtype = next(model.parameters()).dtype
-    layout = BatchLayout(tokenizer.pad_token_id, padding_free=cfg.padding_free, prefix_sharing=cfg.prefix_sharing,
+    padding_free, prefix_sharing, _ = resolve_layout(cfg, model, train)
+    layout = BatchLayout(tokenizer.pad_token_id, padding_free=padding_free, prefix_sharing=prefix_sharing,
                          mask_style=mask_style, mask_dtype=dtype)
 
     def score(live, chunk):  # [B, 2] reference log-probs of (chosen, rejected), as train_dpo does

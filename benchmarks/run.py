@@ -35,6 +35,9 @@ from benchmarks.models import MODELS, materialise  # noqa: E402
 METHODS = ("sft", "rm", "dpo")
 MODES = ("lora", "full")
 FRAMEWORKS = ("posttrain", "trl")
+# --dpo-layout -> the recipe's --layout
+DPO_LAYOUTS = {"auto": "auto", "padded": "padded", "padding_free": "padding_free", "prefix_sharing": "shared_prompt",
+               "both": "shared_prompt_padding_free"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sft-packing", action="store_true", help="pack SFT examples into --max-length rows (both)")
     p.add_argument("--sft-padding-free", action="store_true",
                    help="posttrain's SFT puts each micro-batch in one row without padding (TRL pads)")
-    p.add_argument("--dpo-layout", choices=["padded", "padding_free", "prefix_sharing", "both"], default="both",
-                   help="posttrain's DPO batch layout (TRL always pads)")
+    p.add_argument("--dpo-layout", choices=["auto", "padded", "padding_free", "prefix_sharing", "both"], default="auto",
+                   help="posttrain's DPO batch layout (TRL always pads); auto: the recipe's default rule")
     p.add_argument("--rm-layout", choices=["auto", "shared_prompt", "padded"], default="auto",
                    help="posttrain's reward-model batch layout (TRL always pads)")
     p.add_argument("--dpo-reference", choices=["precompute", "live"], default="precompute",
@@ -98,8 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def options(args: argparse.Namespace) -> dict:
     return {"sft_packing": args.sft_packing, "sft_padding_free": args.sft_padding_free, "rm_layout": args.rm_layout, "dpo_reference": args.dpo_reference,
-            "dpo_padding_free": args.dpo_layout in ("padding_free", "both"),
-            "dpo_prefix_sharing": args.dpo_layout in ("prefix_sharing", "both")}
+            "dpo_layout": DPO_LAYOUTS[args.dpo_layout]}
 
 
 def rows_needed(args: argparse.Namespace, method: str) -> int:

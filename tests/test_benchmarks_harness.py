@@ -102,7 +102,7 @@ def test_summary_takes_medians_and_ratios_and_gpu_columns():
     assert row["posttrain_mfu"] == pytest.approx(0.4) and row["trl_runs"] == 3
     table = markdown([row], args)
     assert "| dpo | full | 160 | 90 | 1.78x | 600 | 1000 | 0.60x | 40.0% | 40.0% |" in table
-    assert "--device cuda" in table and "--model llama-1b" in table and "--dpo-layout both" in table
+    assert "--device cuda" in table and "--model llama-1b" in table and "--dpo-layout auto" in table
 
 
 def test_every_module_imports_without_a_gpu():

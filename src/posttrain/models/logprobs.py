@@ -9,9 +9,10 @@ only. The naive path, `log_softmax(model(ids).logits).gather(...)`, builds two
    and a (N,) logsumexp, and builds the softmax gradient chunk by chunk.
 2. `response_logprobs(model, input_ids, ..., response_mask)`: runs the backbone
    once, gathers the hidden states of the positions that predict response tokens,
-   and projects only those through `lm_head`. With `chunk_size` the projection is
-   fused with the log-softmax and recomputed in backward, so at most
-   `chunk_size x V` logits exist at any time, in forward or backward.
+   and projects only those through `lm_head`, by default fused with the log-softmax
+   (`chunk_size`): at most a chunk of `chunk_size x V` logits exists at any time, in
+   forward or backward; with a frozen head the gradient for the hidden states is made in
+   forward, so nothing is recomputed.
 
 Conventions: `logprobs[b, j] = log π(input_ids[b, j] | input_ids[b, :j])` where
 `response_mask[b, j]` is true, and 0 elsewhere (position 0 has no prediction and is
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_ROW_CHUNK = 1024  # rows of logits handled at once inside the softmax kernels
+HEAD_CHUNK_ELEMENTS = 1 << 23  # logits per chunk of the fused head by default (chunk_size="auto")
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -100,49 +102,87 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = DEFAULT_ROW_CHUN
 
 class _LinearLogProb(torch.autograd.Function):
     """hidden (N, H), weight (V, H), bias (V,)|None, target (N,) ->
-    (logprob (N,), entropy (N,), mean_logit (N,)) of z = (hidden @ weight.T + bias) / temperature.
+    (logprob (N,), entropy (N,)|None, mean_logit (N,)|None) of z = (hidden @ weight.T + bias) / temperature.
 
-    Only `chunk x V` logits exist at a time; backward recomputes them. With
-    p = softmax(z): d logprob/dz = onehot(target) - p, d entropy/dz = -p * (log p + H).
+    Only `chunk x V` logits exist at a time. With p = softmax(z):
+    d logprob/dz = onehot(target) - p and d entropy/dz = -p * (log p + H). Both are a
+    per-row vector times the upstream gradient of that row, so when the weight is frozen
+    (LoRA, a frozen head) the gradient for `hidden` is computed here, in forward, chunk by
+    chunk, and backward only scales it: no logits are kept and none are recomputed, the same
+    FLOPs as the unfused path. When the weight (or bias) trains, backward recomputes each
+    chunk's logits for its gradient (one extra `N x H x V` matmul).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, temperature: float, chunk: int):
+    def forward(ctx, hidden, weight, bias, target, temperature: float, chunk: int, want_entropy: bool, want_mean: bool):
         n, acc = hidden.shape[0], _acc(hidden.dtype)
-        out = hidden.new_empty((3, n), dtype=acc)
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        recompute = need_weight or need_bias
+        logprob = hidden.new_empty(n, dtype=acc)
         lse = hidden.new_empty(n, dtype=acc)
+        entropy = hidden.new_empty(n, dtype=acc) if want_entropy else None
+        mean = hidden.new_empty(n, dtype=acc) if want_mean else None
+        # d logprob / d hidden and d entropy / d hidden, per row, for a frozen weight (see the class doc)
+        early = need_hidden and not recompute
+        d_logprob = torch.empty_like(hidden) if early else None
+        d_entropy = torch.empty_like(hidden) if early and want_entropy else None
+        w = weight.to(hidden.dtype) if early else None
         for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
             z = _chunk_logits(hidden[rows], weight, bias, temperature)
-            lse[rows] = torch.logsumexp(z, dim=-1)
-            out[0, rows] = z.gather(-1, target[rows, None]).squeeze(-1) - lse[rows]
-            out[1, rows] = lse[rows] - (torch.exp(z - lse[rows, None]) * z).sum(-1)
-            out[2, rows] = z.mean(-1) * temperature
-        logprob, entropy, mean = out.unbind(0)
-        ctx.save_for_backward(hidden, weight, bias, target, lse, entropy)
-        ctx.temperature, ctx.chunk = temperature, chunk
-        ctx.mark_non_differentiable(mean)  # a metric
+            if want_mean:
+                mean[rows] = z.mean(-1) * temperature
+            row_lse = torch.logsumexp(z, dim=-1)
+            lse[rows] = row_lse
+            logprob[rows] = z.gather(-1, target[rows, None]).squeeze(-1) - row_lse
+            if not (want_entropy or early):
+                continue
+            log_p = z.sub_(row_lse[:, None])  # z is not needed any more
+            probs = torch.exp(log_p)
+            if want_entropy:
+                entropy[rows] = -(probs * log_p).sum(-1)
+            if early:
+                if want_entropy:  # -p * (log p + H), in place of log_p
+                    d_entropy[rows] = (log_p.add_(entropy[rows, None]).mul_(probs).neg_() / temperature).to(hidden.dtype) @ w
+                grad_z = probs.neg_()  # onehot - p
+                grad_z.scatter_add_(-1, target[rows, None], torch.ones_like(row_lse[:, None]))
+                d_logprob[rows] = (grad_z / temperature).to(hidden.dtype) @ w
+        ctx.save_for_backward(hidden if recompute else None, weight if recompute else None, bias if recompute else None,
+                              target, lse, entropy, d_logprob, d_entropy)
+        ctx.temperature, ctx.chunk, ctx.recompute = temperature, chunk, recompute
+        ctx.set_materialize_grads(False)  # an output nobody uses gets None, not a tensor of zeros
+        if mean is not None:
+            ctx.mark_non_differentiable(mean)  # a metric
         return logprob, entropy, mean
 
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy, _grad_mean):
-        hidden, weight, bias, target, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, target, lse, entropy, d_logprob, d_entropy = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        if not ctx.recompute:  # the gradient for hidden was computed in forward: scale it per row
+            grad_hidden = None
+            if need_hidden and grad_logprob is not None:
+                grad_hidden = d_logprob * grad_logprob[:, None].to(d_logprob.dtype)
+            if need_hidden and grad_entropy is not None:
+                part = d_entropy * grad_entropy[:, None].to(d_entropy.dtype)
+                grad_hidden = part if grad_hidden is None else grad_hidden + part
+            return grad_hidden, None, None, None, None, None, None, None
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None
         acc = lse.dtype
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_bias else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
-            z = _chunk_logits(hidden[rows], weight, bias, ctx.temperature)
-            log_p = z - lse[rows, None]
+            log_p = _chunk_logits(hidden[rows], weight, bias, ctx.temperature).sub_(lse[rows, None])
             probs = torch.exp(log_p)
-            grad_z = torch.zeros_like(z)
-            if grad_logprob is not None:
-                grad_z -= grad_logprob[rows, None] * probs
-                grad_z.scatter_add_(-1, target[rows, None], grad_logprob[rows, None])
-            if grad_entropy is not None:
-                grad_z -= grad_entropy[rows, None] * probs * (log_p + entropy[rows, None])
+            if grad_entropy is not None:  # -g_H * p * (log p + H), in place of log_p
+                grad_z = log_p.add_(entropy[rows, None]).mul_(probs).mul_(-grad_entropy[rows, None])
+            else:
+                grad_z = log_p.zero_()
+            if grad_logprob is not None:  # g * (onehot - p)
+                grad_z.addcmul_(probs, grad_logprob[rows, None], value=-1.0)
+                grad_z.scatter_add_(-1, target[rows, None], grad_logprob[rows, None].to(acc))
+            del probs
             grad_z /= ctx.temperature
             if need_hidden:
                 grad_hidden[rows] = (grad_z.to(hidden.dtype) @ weight.to(hidden.dtype)).to(hidden.dtype)
@@ -153,7 +193,7 @@ class _LinearLogProb(torch.autograd.Function):
         return (grad_hidden,
                 grad_weight.to(weight.dtype) if need_weight else None,
                 grad_bias.to(bias.dtype) if need_bias else None,
-                None, None, None)
+                None, None, None, None, None)
 
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
@@ -164,12 +204,21 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def fused_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
-                          temperature: float = 1.0, chunk_size: int = DEFAULT_ROW_CHUNK):
-    """(logprob, entropy, mean_logit), each (N,) float32, of `linear(hidden) / temperature` at `target`.
+                          temperature: float = 1.0, chunk_size: int = DEFAULT_ROW_CHUNK, *, entropy: bool = True,
+                          mean: bool = True):
+    """(logprob, entropy, mean_logit), each (N,) float32, of `linear(hidden) / temperature` at `target`
+    (entropy / mean_logit are None when not asked for, and then not computed).
 
-    hidden (N, H), weight (V, H), target (N,). Peak extra memory: `chunk_size x V` floats.
+    hidden (N, H), weight (V, H), target (N,). Peak extra memory: two `chunk_size x V` blocks
+    (and an `N x H` gradient per output when the weight is frozen).
     """
-    return _LinearLogProb.apply(hidden, weight, bias, target.long(), float(temperature), int(chunk_size))
+    return _LinearLogProb.apply(hidden, weight, bias, target.long(), float(temperature), int(chunk_size),
+                                bool(entropy), bool(mean))
+
+
+def head_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk of the fused head: about `HEAD_CHUNK_ELEMENTS` logits (32 MB in float32)."""
+    return max(16, HEAD_CHUNK_ELEMENTS // max(vocab_size, 1))
 
 
 # --------------------------------------------------------------------------- model-level entry point
@@ -198,7 +247,7 @@ def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                       response_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
-                      temperature: float = 1.0, chunk_size: int | None = None,
+                      temperature: float = 1.0, chunk_size: int | str | None = "auto",
                       return_entropy: bool = False, return_mean_logits: bool = False,
                       **model_kwargs: Any) -> TokenLogprobs:
     """Log-probs of the response tokens under `model`: hidden states once, logits only where needed.
@@ -206,8 +255,10 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     input_ids (B, T); attention_mask (B, T) or None (e.g. packed rows with
     `position_ids`); response_mask (B, T) bool, true at the tokens to score.
     `temperature` divides the logits (use the sampling temperature in RL).
-    `chunk_size` rows of logits at a time through a fused, recomputing head
-    (least memory); None projects all response rows at once (fastest).
+    `chunk_size` rows of logits at a time through the fused head (`fused_linear_logprobs`:
+    no `N x V` logits are ever kept; the default "auto" picks about 8M logits per chunk);
+    None projects all response rows at once and keeps their logits for backward (the
+    plain path; tests compare the two).
     Extra keyword arguments go to the backbone.
     Returns `TokenLogprobs` of (B, T) float32 tensors, 0 outside `response_mask`.
     """
@@ -230,10 +281,10 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                           use_cache=False, **model_kwargs).last_hidden_state
         picked_hidden = hidden[:, :-1][targets_mask]  # (N, H)
         if chunk_size is not None and isinstance(head, torch.nn.Linear):
+            rows = head_chunk_rows(head.weight.shape[0]) if chunk_size == "auto" else int(chunk_size)
             logprob, entropy, mean = fused_linear_logprobs(picked_hidden, head.weight, head.bias, targets,
-                                                           temperature, chunk_size)
-            entropy = entropy if return_entropy else None
-            mean = mean if return_mean_logits else None
+                                                           temperature, rows, entropy=return_entropy,
+                                                           mean=return_mean_logits)
         else:
             logits = head(picked_hidden) / temperature  # (N, V), response rows only
             logprob = selective_log_softmax(logits, targets)

@@ -32,7 +32,8 @@ from ..errors import ConfigError
 from ..losses import PREFERENCE_LOSSES, PairLogps, mixed_preference_loss, needs_reference, preference_loss
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
-from .preference_batch import BatchLayout, check_layout, sequence_logps
+from .memory import trim
+from .preference_batch import LAYOUT_CHOICES, BatchLayout, check_layout, resolve_layout, sequence_logps
 from .preference_data import INVALID_POLICIES, data_paths, load_data, load_pairs, write_report
 from .reference import STRATEGIES, build_reference, describe, model_identity, resolve_strategy, summary_line
 from .setup import load_trainable_model, prepare_run_dir, say
@@ -56,8 +57,13 @@ class DPOConfig(ModelArgs, TrainArgs):
     reference: str = help_field("auto", "reference log-probs: auto, copy, adapter, cached (see docs/dpo.md)",
                                 choices=list(STRATEGIES))
     ref_model: str | None = help_field(None, "reference model (default: the starting model)")
-    prefix_sharing: bool = help_field(False, "compute each prompt once for chosen and rejected (4D mask)")
-    padding_free: bool = help_field(False, "all sequences of a micro-batch in one row, no padding")
+    layout: str = help_field("auto", "batch layout: auto (the cheapest the attention kernel allows, estimated from "
+                             "the data and logged), padded (the plain path: one row per sequence), padding_free, "
+                             "shared_prompt (the prompt once for chosen and rejected), shared_prompt_padding_free; "
+                             "all give the same loss (see docs/dpo.md)", choices=LAYOUT_CHOICES)
+    prefix_sharing: bool = help_field(False, "older flag: --layout shared_prompt (with --padding-free: "
+                                             "shared_prompt_padding_free)")
+    padding_free: bool = help_field(False, "older flag: --layout padding_free")
     invalid_rows: str = help_field("error", "rows that cannot be trained on (chosen == rejected, empty "
                                    "response, ...): stop, or drop and count them", choices=list(INVALID_POLICIES))
 
@@ -156,7 +162,9 @@ def train_dpo(cfg: DPOConfig):
 
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     dtype = next(model.parameters()).dtype
-    layout = BatchLayout(tokenizer.pad_token_id, padding_free=cfg.padding_free, prefix_sharing=cfg.prefix_sharing,
+    padding_free, prefix_sharing, choice = resolve_layout(cfg, model, train)
+    say(choice)
+    layout = BatchLayout(tokenizer.pad_token_id, padding_free=padding_free, prefix_sharing=prefix_sharing,
                          mask_style=mask_style, mask_dtype=dtype)
 
     def score(reference, chunk):  # [B, 2] reference log-probs of (chosen, rejected), for the cache
@@ -168,6 +176,7 @@ def train_dpo(cfg: DPOConfig):
                  "max_length": cfg.max_length, "length_policy": cfg.length_policy}
     reference = build_reference(strategy, cfg, model, accelerator, datasets=files, score=score,
                                 token_fields=("prompt_ids", "chosen_ids", "rejected_ids"), key_parts=key_parts)
+    trim()  # what the reference pass freed
     say(f"reference: {summary_line(reference)}")
     write_report(cfg.output_dir, reports, describe(reference))
 

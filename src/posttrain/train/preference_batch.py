@@ -31,12 +31,16 @@ Layouts (`padding_free`):
   ordinary 2D attention mask (the fastest kernel path); shared-prompt groups a
   4D mask per row.
 - padding-free: every group of the micro-batch end to end in ONE row `[1, N]`,
-  no padding at all. It needs a 4D mask of N x N (bool for sdpa, additive
-  float for eager), except with flash-attention, where plain groups need no
-  mask at all: the restarting `position_ids` mark the sequence boundaries
-  (`mask_style="position_ids"`). A dense N x N mask grows with the square of
-  the micro-batch, so without flash-attention padding-free pays off for short
-  sequences only; see docs/dpo.md.
+  no padding at all. It needs a 4D mask of N x N (an additive float mask in
+  the model's dtype, built once and shared by every layer), except with
+  flash-attention, where plain groups need no mask at all: the restarting
+  `position_ids` mark the sequence boundaries (`mask_style="position_ids"`).
+  A dense N x N mask makes attention grow with the square of the micro-batch,
+  so without flash-attention padding-free pays off for short sequences only.
+
+The DPO recipe's `--layout auto` (the default) prices each layout the kernel
+allows over the run's micro-batches and takes the cheapest (`resolve_layout`,
+train/layout_cost.py); `--layout padded` is the plain path.
 """
 from __future__ import annotations
 
@@ -184,7 +188,7 @@ class BatchLayout:
     pad_id: int
     padding_free: bool = False
     prefix_sharing: bool = False
-    mask_style: str = "bool"
+    mask_style: str = "float"
     mask_dtype: torch.dtype = torch.float32
 
     def _batch(self, groups: list[list[Piece]], num_sequences: int) -> dict[str, Any]:
@@ -220,20 +224,93 @@ class BatchLayout:
 
 
 def mask_style_for(attn_implementation: str) -> str:
-    """The 4D-mask form an attention kernel takes: flash-attention uses position ids, eager an additive mask."""
-    return {"eager": "float", "flash_attention_2": "position_ids"}.get(attn_implementation, "bool")
+    """The 4D-mask form an attention kernel takes: flash-attention uses position ids, sdpa and eager an
+    additive float mask.
+
+    Why float for sdpa too: given a bool mask, sdpa converts it to a float mask inside
+    every attention call, and in training each layer keeps its own converted copy for
+    backward (layers x N^2 x 4 bytes: 0.5 GB for one 2,048-token row of a 30-layer model).
+    A float mask built once is shared by every layer.
+    """
+    return {"flash_attention_2": "position_ids"}.get(attn_implementation, "float")
+
+
+# --------------------------------------------------------------------------- choosing the layout
+
+# `--layout` of the DPO recipe: name -> (padding_free, prefix_sharing). "padded" is the plain path.
+LAYOUTS = {"padded": (False, False), "padding_free": (True, False), "shared_prompt": (False, True),
+           "shared_prompt_padding_free": (True, True)}
+LAYOUT_CHOICES = ["auto", *LAYOUTS]
+
+
+def layout_name(padding_free: bool, prefix_sharing: bool) -> str:
+    return next(name for name, flags in LAYOUTS.items() if flags == (padding_free, prefix_sharing))
+
+
+def allowed_layouts(attn_implementation: str, peft: str = "none") -> list[str]:
+    """The layouts an attention kernel (and PEFT method) can run."""
+    if peft == "prefix" or attn_implementation == "flex_attention":
+        return ["padded"]
+    if attn_implementation == "flash_attention_2":  # no 4D mask; padding-free rows by position ids
+        return ["padded", "padding_free"]
+    return list(LAYOUTS)
+
+
+def pair_row_lengths(example: Any, padding_free: bool, prefix_sharing: bool) -> list[int]:
+    """Token counts of the groups one pair becomes in a layout."""
+    if prefix_sharing:
+        return [len(example.prompt_ids) + 1 + len(example.chosen_ids) + len(example.rejected_ids)]
+    return [len(example.prompt_ids) + len(example.chosen_ids), len(example.prompt_ids) + len(example.rejected_ids)]
+
+
+def pair_layout_cost(costs, name: str, examples: Sequence[Any], dense_mask: bool = True) -> float:
+    """Estimated cost of one micro-batch of pairs in layout `name` (see train/layout_cost.py)."""
+    from .layout_cost import padded_cost, padding_free_cost
+
+    padding_free, prefix_sharing = LAYOUTS[name]
+    rows = [n for e in examples for n in pair_row_lengths(e, padding_free, prefix_sharing)]
+    return padding_free_cost(costs, rows, dense_mask) if padding_free else padded_cost(costs, rows)
+
+
+def resolve_layout(cfg, model, examples: Sequence[Any]) -> tuple[bool, bool, str]:
+    """(padding_free, prefix_sharing, one log line) for a DPO config.
+
+    An explicit `--layout`, or the old `--padding-free` / `--prefix-sharing` flags, is
+    taken as given (check_layout has vetted it); `auto` prices every layout the kernel
+    allows over the data and takes the cheapest (train/layout_cost.py).
+    """
+    from .layout_cost import choose_layout, cost_model, describe_choice
+
+    if cfg.padding_free or cfg.prefix_sharing:  # the old flags: --padding-free, --prefix-sharing
+        name = layout_name(cfg.padding_free, cfg.prefix_sharing)
+        return (*LAYOUTS[name], f"layout: {name} (from --padding-free/--prefix-sharing)")
+    if cfg.layout != "auto":
+        return (*LAYOUTS[cfg.layout], f"layout: {cfg.layout} (--layout)")
+    costs = cost_model(model)
+    dense = cfg.attn_implementation != "flash_attention_2"
+    candidates = {name: (lambda chunk, name=name: pair_layout_cost(costs, name, chunk, dense))
+                  for name in allowed_layouts(cfg.attn_implementation, cfg.peft)}
+    name, relative = choose_layout(candidates, examples, cfg.batch_size, baseline="padded")
+    return (*LAYOUTS[name], describe_choice(name, relative, "padded"))
 
 
 def check_layout(cfg) -> str:
-    """The mask style for `cfg.attn_implementation`; a ConfigError for a layout that kernel cannot run."""
+    """The mask style for `cfg.attn_implementation`; a ConfigError for a layout that kernel cannot run.
+
+    `cfg.layout` (DPO) names the layout; `cfg.padding_free` / `cfg.prefix_sharing` are the
+    older flags (KTO has only `padding_free`)."""
     from ..errors import ConfigError
 
     style = mask_style_for(cfg.attn_implementation)
-    sharing = getattr(cfg, "prefix_sharing", False)
-    needs_4d = sharing or (cfg.padding_free and style != "position_ids")
+    layout = getattr(cfg, "layout", "auto")
+    sharing = getattr(cfg, "prefix_sharing", False) or layout in ("shared_prompt", "shared_prompt_padding_free")
+    padding_free = cfg.padding_free or layout in ("padding_free", "shared_prompt_padding_free")
+    if layout != "auto" and (cfg.padding_free or getattr(cfg, "prefix_sharing", False)):
+        raise ConfigError("layout", "give --layout or the older --padding-free/--prefix-sharing flags, not both")
+    needs_4d = sharing or (padding_free and style != "position_ids")
     if needs_4d and cfg.attn_implementation in ("flash_attention_2", "flex_attention"):
         raise ConfigError("attn_implementation", f"{cfg.attn_implementation} cannot take the 4D mask that this "
                           "layout needs (prefix sharing, or padding-free without flash-attention); use sdpa or eager")
-    if cfg.peft == "prefix" and (sharing or cfg.padding_free):
+    if cfg.peft == "prefix" and (sharing or padding_free):
         raise ConfigError("peft", "prefix tuning adds virtual tokens to every row; use padded batches with it")
     return style

@@ -237,11 +237,6 @@ def collate_groups(groups: Sequence[RewardGroup], layout: str, pad_id: int) -> d
 
 # --------------------------------------------------------------------------- the forward
 
-def _attention_kernel(model: Any) -> str | None:
-    config = getattr(getattr(model, "module", model), "config", None)
-    return getattr(config, "_attn_implementation", None)
-
-
 def forward_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Rewards [P, K] float32 of every response in `batch`, from one forward (0 in empty slots).
 
@@ -253,8 +248,10 @@ def forward_rewards(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     mask = batch["attention_mask"]
     inner = getattr(model, "module", model)
     if isinstance(inner, ScalarHeadModel):
-        if mask.dim() == 4 and _attention_kernel(model) == "eager":
-            # eager attention adds the mask to the scores: turn "may attend" into 0 / -big.
+        if mask.dim() == 4 and mask.dtype == torch.bool:
+            # Additive float mask, built once for every layer: eager attention adds the mask to the
+            # scores, and sdpa given a bool mask would convert it in each layer and keep every copy
+            # for backward (layers x rows x T^2 x 4 bytes).
             dtype = next(inner.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
         values = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])

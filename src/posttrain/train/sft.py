@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # torch and the engine are imported where used, so `posttrain
     from .engine import LossOutput
 
 
+LAYOUTS = ("auto", "padding_free", "padded")
+
+
 @dataclass
 class SFTConfig(ModelArgs, TrainArgs):
     output_dir: str = help_field("runs/sft", "run directory: config, metrics.jsonl, checkpoints/, final/")
@@ -41,8 +44,11 @@ class SFTConfig(ModelArgs, TrainArgs):
     curriculum: str = help_field("shuffle", "order of the mixture", choices=["shuffle", "dataset", "length"])
     eval_data: str | None = help_field(None, "validation data (default: eval_fraction of the training data)")
     packing: bool = help_field(False, "pack several examples into each max_length row (attention stays per example)")
-    padding_free: bool = help_field(False, "each micro-batch's examples end to end in one row, no padding, "
-                                    "example boundaries from position_ids (same loss as padded)")
+    layout: str = help_field("auto", "micro-batch layout: auto (the cheaper of the two for this data and attention "
+                             "kernel, estimated and logged), padding_free (the examples end to end in one row), "
+                             "padded (the plain path: one row per example); same loss (see docs/sft.md)",
+                             choices=list(LAYOUTS))
+    padding_free: bool = help_field(False, "older flag: --layout padding_free")
     limit: int = help_field(0, "use only the first N examples of each dataset (0: all)")
 
 
@@ -97,14 +103,46 @@ def nll_sum(model, batch: dict[str, torch.Tensor]) -> LossOutput:
     return LossOutput(loss_sum=-token_logprobs.sum())
 
 
-def collate_fn(tokenizer, packed: bool, padding_free: bool = False):
+def collate_fn(tokenizer, packed: bool, padding_free: bool = False, attn_implementation: str = "sdpa",
+               dtype: torch.dtype | None = None):
+    """The micro-batch collator of a layout; `dtype` is the model's (for the 4D mask; default float32)."""
+    import torch
+
     from ..data import pad_collate, packed_collate, padding_free_collate
 
+    dtype = dtype or torch.float32
+
+    # flash-attention reads example boundaries from the restarting position_ids (varlen);
+    # other kernels get an additive 4D mask in the model's dtype, built once for every layer
+    # (a mask that transformers builds from position_ids is bool, and sdpa would convert
+    # it to float in every layer and keep each copy for backward).
+    attention = "position_ids" if attn_implementation == "flash_attention_2" else "4d"
     if packed:
-        return lambda packs: packed_collate(packs, tokenizer.pad_token_id)
-    if padding_free:  # boundaries from restarting position_ids: any dtype; flash-attention reads them as varlen
-        return lambda examples: padding_free_collate(examples, attention="position_ids")
+        return lambda packs: packed_collate(packs, tokenizer.pad_token_id, attention=attention, dtype=dtype)
+    if padding_free:
+        return lambda examples: padding_free_collate(examples, attention=attention, dtype=dtype)
     return lambda examples: pad_collate(examples, tokenizer.pad_token_id)
+
+
+def resolve_layout(cfg: SFTConfig, model, examples: list) -> tuple[bool, str]:
+    """(padding_free, one log line): `--layout`, the older `--padding-free`, or for `auto` the
+    cheaper layout over the data's micro-batches (train/layout_cost.py)."""
+    from .layout_cost import choose_layout, cost_model, describe_choice, padded_cost, padding_free_cost
+
+    if cfg.packing:
+        return False, f"layout: packed rows of {cfg.max_length} tokens (--packing)"
+    if cfg.padding_free:
+        return True, "layout: padding_free (--padding-free)"
+    if cfg.layout != "auto":
+        return cfg.layout == "padding_free", f"layout: {cfg.layout} (--layout)"
+    if cfg.peft == "prefix" or cfg.attn_implementation == "flex_attention":
+        return False, "layout: padded (auto: the only layout for prefix tuning / flex attention)"
+    costs = cost_model(model)
+    dense = cfg.attn_implementation != "flash_attention_2"
+    candidates = {"padded": lambda chunk: padded_cost(costs, [len(e) for e in chunk]),
+                  "padding_free": lambda chunk: padding_free_cost(costs, [len(e) for e in chunk], dense)}
+    name, relative = choose_layout(candidates, examples, cfg.batch_size, baseline="padded")
+    return name == "padding_free", describe_choice(name, relative, "padded")
 
 
 def trained_tokens(example) -> int:
@@ -135,8 +173,13 @@ def train_sft(cfg: SFTConfig):
 
     if not cfg.data:
         raise ConfigError("data", "give at least one training file (--data FILE)")
-    if cfg.packing and cfg.padding_free:
-        raise ConfigError("padding_free", "choose --packing or --padding-free, not both")
+    if cfg.packing and (cfg.padding_free or cfg.layout != "auto"):
+        raise ConfigError("padding_free" if cfg.padding_free else "layout",
+                          "--packing is a layout of its own: leave out --layout and --padding-free")
+    if cfg.padding_free and cfg.layout != "auto":
+        raise ConfigError("layout", "give --layout or the older --padding-free flag, not both")
+    if (cfg.padding_free or cfg.layout == "padding_free") and (cfg.peft == "prefix" or cfg.attn_implementation == "flex_attention"):
+        raise ConfigError("layout", "padding_free needs sdpa, eager or flash_attention_2 and no prefix tuning; use --layout padded")
     check_sources([*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])])  # before loading anything
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     template = get_template(cfg.template, tokenizer)
@@ -150,8 +193,10 @@ def train_sft(cfg: SFTConfig):
         say(f"packed {len(train)} examples into {len(packs)} rows of at most {cfg.max_length} tokens")
         train = packs
     prepare_run_dir(cfg)  # after the data checks: bad input leaves no half-made run directory
-    collate = collate_fn(tokenizer, cfg.packing, cfg.padding_free)
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
+    padding_free, choice = resolve_layout(cfg, model, train)
+    say(choice)
+    collate = collate_fn(tokenizer, cfg.packing, padding_free, cfg.attn_implementation, next(model.parameters()).dtype)
     task = TrainTask(
         model=model, train_examples=train, collate=collate, compute_loss=nll_sum,
         item_count=trained_tokens, token_count=len,
