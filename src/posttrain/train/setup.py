@@ -30,7 +30,7 @@ def say(message: str) -> None:
 LOCK_FILE = ".posttrain.lock"
 # Settings that change how a run reports or checkpoints, not what it computes: a --resume
 # may change them freely.
-RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "overwrite_config", "progress", "log_every", "save_every",
+RESUMABLE_CHANGES = frozenset({"output_dir", "resume", "overwrite", "overwrite_config", "progress", "log_every", "save_every",
                                "keep_last", "report_to"})
 # Run directories this process has locked, kept open (and so locked) until the process exits.
 _locks: dict[Path, Any] = {}
