@@ -22,6 +22,7 @@ On disk, two formats:
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -136,8 +137,6 @@ class ScalarHeadModel(nn.Module):
         """A reward model in the classifier format (`load_reward_model`, adapters merged) as a
         causal LM + head, e.g. to start PPO's value model from it: the backbone's weights and
         the `score` layer as the head (bias 0). The causal LM's output layer is never used."""
-        import copy
-
         from transformers import AutoModelForCausalLM
 
         classifier = load_reward_model(str(path), merge_adapter=True, **load_kwargs)
@@ -205,8 +204,6 @@ class ScalarHeadModel(nn.Module):
 
 def classifier_config(config, pad_token_id: int | None):
     """A causal LM's config -> the config of its `...ForSequenceClassification` with one label."""
-    import copy
-
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
     name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
@@ -222,8 +219,6 @@ def classifier_config(config, pad_token_id: int | None):
 
 def classifier_tokenizer(tokenizer):
     """`tokenizer`, or a copy whose pad token differs from eos (see `save_as_classifier`)."""
-    import copy
-
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id != tokenizer.eos_token_id:
         return tokenizer
     vocab = tokenizer.get_vocab()

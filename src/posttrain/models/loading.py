@@ -26,6 +26,7 @@ target at the end of every response).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -117,8 +118,6 @@ def tiny_checkpoint(seed: int = 0) -> Path:
     """`tiny-random` (of this seed) saved as an ordinary model directory in the cache, so code
     that knows nothing of posttrain (plain transformers/PEFT) can load it as an adapter's base.
     Written once per seed and version of tiny.py: `$POSTTRAIN_CACHE/models/tiny-random-s<seed>-<key>`."""
-    import hashlib
-
     from . import tiny
     from .gguf import _file_lock, cache_root
     from .saving import save_pretrained_atomic
