@@ -4,7 +4,12 @@ runs than a matmul layer per FLOP, forward + backward, SmolLM2-135M's shapes (9 
 
     .venv/bin/python benchmarks/attention_cost.py 1024    # N tokens in one row, blocks of 256
 """
-import time, torch, statistics, sys
+import statistics
+import sys
+import time
+
+import torch
+
 torch.manual_seed(0)
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
 H, D, hidden = 9, 64, 576

@@ -109,15 +109,18 @@ def child_trl(method: str, data: Path, model_dir: str, out_dir: Path, s: dict) -
     common = dict(output_dir=str(out_dir), max_steps=s["steps"], logging_steps=1, report_to="none",
                   save_strategy="no", use_cpu=not cuda, bf16=cuda)
     if method == "sft":
-        from trl import SFTConfig as Config, SFTTrainer as Trainer
+        from trl import SFTConfig as Config
+        from trl import SFTTrainer as Trainer
 
         kwargs = dict(args=Config(**common, per_device_train_batch_size=s["batch_size"]))
     elif method == "dpo":
-        from trl import DPOConfig as Config, DPOTrainer as Trainer
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as Trainer
 
         kwargs = dict(args=Config(**common, per_device_train_batch_size=s["batch_size"]))
     else:
-        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
 
         from benchmarks.gpu_reward import trl_length
 

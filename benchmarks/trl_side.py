@@ -42,6 +42,7 @@ def lora_config(task_type: str):
 def model_dtype(spec: dict[str, Any]):
     """The dtype posttrain's `--dtype auto` picks on this device, so both load the same weights."""
     import torch
+
     from posttrain.models import resolve_dtype
 
     return resolve_dtype("auto", torch.device(spec["device"]))

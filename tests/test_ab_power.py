@@ -5,8 +5,14 @@ import pytest
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
-from posttrain.ab.power import (cohens_h, detectable_effect_size, minimum_detectable_effect, power,
-                                required_nobs, required_sample_size)
+from posttrain.ab.power import (
+    cohens_h,
+    detectable_effect_size,
+    minimum_detectable_effect,
+    power,
+    required_nobs,
+    required_sample_size,
+)
 
 CASES = [(0.10, 0.12, 0.05, 0.8, 1.0), (0.5, 0.55, 0.05, 0.9, 1.0), (0.30, 0.25, 0.01, 0.8, 2.0),
          (0.02, 0.03, 0.05, 0.8, 0.5), (0.6, 0.7, 0.1, 0.95, 1.0)]

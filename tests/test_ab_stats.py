@@ -4,8 +4,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.proportion import proportions_ztest
 
-from posttrain.ab.stats import (chi_square_test, mann_whitney_u, proportions_table, sign_test,
-                                two_proportion_ztest)
+from posttrain.ab.stats import chi_square_test, mann_whitney_u, proportions_table, sign_test, two_proportion_ztest
 
 
 @pytest.mark.parametrize("xa,na,xb,nb", [(40, 100, 55, 100), (120, 400, 100, 410), (3, 17, 9, 21), (0, 30, 2, 30)])

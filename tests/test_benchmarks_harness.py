@@ -37,9 +37,8 @@ def test_matmul_params_equal_the_linear_weights_of_a_real_llama():
 
 
 def test_smollm2_and_gpu_configs_have_the_advertised_size():
-    from transformers import LlamaConfig
-
     from benchmarks.models import RANDOM_CONFIGS
+    from transformers import LlamaConfig
 
     smollm2 = ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64, intermediate=1536, vocab=49152)
     assert smollm2.matmul_params == 134_479_872  # 135M with the tied embedding counted once, as the head

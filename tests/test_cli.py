@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import cli_docs_script
-
 from posttrain.cli import COMMANDS, main
 
 NAMES = sorted(COMMANDS)

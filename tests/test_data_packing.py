@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posttrain.data.collate import block_causal_mask, pad_collate, packed_collate, padding_free_collate, segment_ids
+from posttrain.data.collate import block_causal_mask, packed_collate, pad_collate, padding_free_collate, segment_ids
 from posttrain.data.packing import pack_examples, packing_efficiency
 from posttrain.data.tokenize import IGNORE_INDEX, TokenizedExample
 from posttrain.errors import PosttrainError

@@ -10,8 +10,15 @@ import copy
 import pytest
 
 from posttrain.data.templates import BasicTemplate, get_template
-from posttrain.data.tokenize import (IGNORE_INDEX, LengthStats, apply_length_policy, encode, tokenize_conversation,
-                                     tokenize_conversations, tokenize_prompt_response)
+from posttrain.data.tokenize import (
+    IGNORE_INDEX,
+    LengthStats,
+    apply_length_policy,
+    encode,
+    tokenize_conversation,
+    tokenize_conversations,
+    tokenize_prompt_response,
+)
 from posttrain.errors import ConfigError, InputError
 from posttrain.models import build_tiny_tokenizer
 from posttrain.records import Conversation

@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from posttrain.rollout.server_generation import CompletionsServer, LoraWeightSync, ServerError, server_generate
 from posttrain.errors import ConfigError
 from posttrain.rollout.generation import SamplingParams, generate
+from posttrain.rollout.server_generation import CompletionsServer, LoraWeightSync, ServerError, server_generate
 
 
 class VllmStub:

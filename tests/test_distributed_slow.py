@@ -16,7 +16,15 @@ import sys
 import pytest
 import torch
 
-from distributed_worker import ROOT, accelerate_launch_env, final_weights, launch, recipe_commands, train_losses, write_data
+from distributed_worker import (
+    ROOT,
+    accelerate_launch_env,
+    final_weights,
+    launch,
+    recipe_commands,
+    train_losses,
+    write_data,
+)
 from posttrain.cli import main as cli_main
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 import cli_docs_script
-
 from posttrain.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent

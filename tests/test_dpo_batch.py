@@ -8,8 +8,7 @@ import torch
 from posttrain.losses import dpo_loss
 from posttrain.models import load_model
 from posttrain.models.logprobs import naive_response_logprobs
-from posttrain.train.preference_batch import (BatchLayout, layout_batch, plain_group, sequence_logps,
-                                              shared_prompt_group)
+from posttrain.train.preference_batch import BatchLayout, layout_batch, plain_group, sequence_logps, shared_prompt_group
 from posttrain.train.preference_data import PairExample
 
 

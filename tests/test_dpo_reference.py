@@ -14,8 +14,13 @@ from posttrain.train.dpo import DPOConfig, train_dpo
 from posttrain.train.engine import make_accelerator
 from posttrain.train.preference_batch import BatchLayout
 from posttrain.train.preference_data import load_pairs
-from posttrain.train.reference import (AdapterReference, CopyReference, build_reference, load_reference_model,
-                                       resolve_strategy)
+from posttrain.train.reference import (
+    AdapterReference,
+    CopyReference,
+    build_reference,
+    load_reference_model,
+    resolve_strategy,
+)
 from posttrain.train.setup import load_trainable_model
 
 

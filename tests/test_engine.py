@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from posttrain.errors import TrainingError
 from posttrain.train.args import TrainArgs
-from posttrain.train.engine import LossOutput, TrainTask, epoch_order, run_training, step_micro_batches
 from posttrain.train.checkpoint import list_checkpoints
+from posttrain.train.engine import LossOutput, TrainTask, epoch_order, run_training, step_micro_batches
 
 
 class Toy(torch.nn.Module):

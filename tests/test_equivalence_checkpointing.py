@@ -59,8 +59,8 @@ def check(build, loss_fn):
 
 
 def policy_builder(peft: str):
-    from posttrain.train.sft import SFTConfig
     from posttrain.train.setup import load_trainable_model
+    from posttrain.train.sft import SFTConfig
 
     def build(checkpointing: bool):
         cfg = SFTConfig(model="tiny-random", peft=peft, lora_r=4, lora_dropout=0.0, gradient_checkpointing=checkpointing)

@@ -15,7 +15,6 @@ import sys
 import pytest
 
 from posttrain.cli import main as cli_main
-from posttrain.errors import ConfigError
 from posttrain.evaluate.harness import harness_metrics, metric_result, task_names
 
 # ---------------------------------------------------------------- without lm_eval

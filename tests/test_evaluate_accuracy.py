@@ -7,8 +7,7 @@ import pytest
 import torch
 from statsmodels.stats.proportion import proportion_confint
 
-from posttrain.evaluate.accuracy import (accuracy, exact_match, mean_pass_at_k, pass_at_k, perplexity,
-                                         perplexity_result)
+from posttrain.evaluate.accuracy import accuracy, exact_match, mean_pass_at_k, pass_at_k, perplexity, perplexity_result
 
 
 def exact_pass_at_k(n, c, k):

@@ -4,9 +4,16 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from posttrain.evaluate.intervals import (bootstrap_diff_interval, bootstrap_mean_interval, mcnemar_exact_pvalue,
-                                          mover_diff_interval, newcombe_diff_interval, newcombe_paired_diff_interval,
-                                          wald_diff_interval, wilson_interval)
+from posttrain.evaluate.intervals import (
+    bootstrap_diff_interval,
+    bootstrap_mean_interval,
+    mcnemar_exact_pvalue,
+    mover_diff_interval,
+    newcombe_diff_interval,
+    newcombe_paired_diff_interval,
+    wald_diff_interval,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (47, 120), (1, 1000)])

@@ -4,8 +4,15 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from posttrain.evaluate.reference import (bertscore, bleu, chrf, reference_metrics, rouge, score_from_statistics,
-                                          segment_statistics)
+from posttrain.evaluate.reference import (
+    bertscore,
+    bleu,
+    chrf,
+    reference_metrics,
+    rouge,
+    score_from_statistics,
+    segment_statistics,
+)
 
 PRED = ["the cat sat on the mat", "a quick brown fox jumps over the dog", "hello there world",
         "posttrain evaluates models", "it is raining today in the city"]

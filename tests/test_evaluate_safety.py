@@ -7,8 +7,15 @@ from collections import Counter
 import pytest
 
 from posttrain.errors import InputError
-from posttrain.evaluate.safety import (REFUSAL_PATTERNS, classify_refusal, evaluate_safety, keyword_classifier,
-                                       label_responses, load_probes, read_probe_file)
+from posttrain.evaluate.safety import (
+    REFUSAL_PATTERNS,
+    classify_refusal,
+    evaluate_safety,
+    keyword_classifier,
+    label_responses,
+    load_probes,
+    read_probe_file,
+)
 
 CATEGORIES = {"weapons", "malware", "self_harm", "fraud", "hate", "violence", "drugs", "privacy", "bias"}
 ATTACKS = {"roleplay", "hypothetical", "override", "encoding"}

@@ -5,8 +5,14 @@ import statsmodels.api as sm
 from sklearn.linear_model import LogisticRegression
 from statsmodels.stats.proportion import proportion_confint
 
-from posttrain.evaluate.winrate import (fit_logistic, length_controlled_win_rate, length_features, swap_outcome,
-                                        swapped_win_rate, win_rate)
+from posttrain.evaluate.winrate import (
+    fit_logistic,
+    length_controlled_win_rate,
+    length_features,
+    swap_outcome,
+    swapped_win_rate,
+    win_rate,
+)
 
 
 @pytest.mark.parametrize("first,second,outcome", [

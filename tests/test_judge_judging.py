@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.judge import (LLMJudge, PairItem, PointItem, RewardJudge, combine_orders, format_question, load_template,
-                             pairwise_winner, summarize)
+from posttrain.judge import (
+    LLMJudge,
+    PairItem,
+    PointItem,
+    RewardJudge,
+    combine_orders,
+    format_question,
+    load_template,
+    pairwise_winner,
+    summarize,
+)
 from posttrain.judge.judging import order_result
 from posttrain.records import user_prompt
 from posttrain.rollout.chat import CallableBackend, HttpChatBackend

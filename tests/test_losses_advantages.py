@@ -5,8 +5,15 @@ import statistics
 import pytest
 import torch
 
-from posttrain.losses.advantages import (GROUP_ADVANTAGES, dr_grpo_advantages, gae, grpo_advantages, masked_moments,
-                                         rloo_advantages, whiten)
+from posttrain.losses.advantages import (
+    GROUP_ADVANTAGES,
+    dr_grpo_advantages,
+    gae,
+    grpo_advantages,
+    masked_moments,
+    rloo_advantages,
+    whiten,
+)
 
 
 def t(values):

@@ -4,8 +4,16 @@ import math
 import pytest
 import torch
 
-from posttrain.losses.kl import (KL_CONTROLLERS, KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_k1,
-                                 kl_k2, kl_k3, kl_penalized_rewards)
+from posttrain.losses.kl import (
+    KL_CONTROLLERS,
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_penalized_rewards,
+)
 
 
 def test_estimators_by_hand():

@@ -12,8 +12,17 @@ from posttrain.losses.advantages import gae, grpo_advantages, rloo_advantages
 from posttrain.losses.kl import kl_k1, kl_k2, kl_k3
 from posttrain.losses.kto import kto_loss
 from posttrain.losses.policy import clipped_value_losses, ppo_clip_losses
-from posttrain.losses.preference import (cdpo_loss, dpo_loss, hinge_loss, ipo_loss, ipo_sum_loss, orpo_loss,
-                                         robust_dpo_loss, rpo_loss, simpo_loss)
+from posttrain.losses.preference import (
+    cdpo_loss,
+    dpo_loss,
+    hinge_loss,
+    ipo_loss,
+    ipo_sum_loss,
+    orpo_loss,
+    robust_dpo_loss,
+    rpo_loss,
+    simpo_loss,
+)
 from posttrain.losses.reward import bradley_terry_loss, pairwise_ranking_loss, plackett_luce_loss
 from posttrain.losses.sft import token_nll
 

@@ -4,8 +4,16 @@ import math
 import pytest
 import torch
 
-from posttrain.losses.policy import (approx_kl, clip_fraction, clipped_value_losses, entropy_from_logits,
-                                     explained_variance, ppo_clip_losses, ppo_policy_loss, value_loss)
+from posttrain.losses.policy import (
+    approx_kl,
+    clip_fraction,
+    clipped_value_losses,
+    entropy_from_logits,
+    explained_variance,
+    ppo_clip_losses,
+    ppo_policy_loss,
+    value_loss,
+)
 
 
 def t(values):

@@ -5,10 +5,24 @@ import pytest
 import torch
 
 from posttrain.losses.kto import kto_loss, kto_reference_point
-from posttrain.losses.preference import (PREFERENCE_LOSSES, cdpo_loss, dpo_loss, hinge_loss, ipo_loss, ipo_sum_loss,
-                                         log1mexp, mixed_preference_loss, needs_reference, preference_loss,
-                                         PairLogps, LOSS_INPUTS, orpo_loss, robust_dpo_loss, rpo_loss,
-                                         simpo_loss)
+from posttrain.losses.preference import (
+    LOSS_INPUTS,
+    PREFERENCE_LOSSES,
+    PairLogps,
+    cdpo_loss,
+    dpo_loss,
+    hinge_loss,
+    ipo_loss,
+    ipo_sum_loss,
+    log1mexp,
+    mixed_preference_loss,
+    needs_reference,
+    orpo_loss,
+    preference_loss,
+    robust_dpo_loss,
+    rpo_loss,
+    simpo_loss,
+)
 
 
 def nls(x):

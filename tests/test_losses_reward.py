@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from posttrain.losses.reward import (RANKING_LOSSES, bradley_terry_loss, pairwise_accuracy, pairwise_ranking_loss,
-                                     plackett_luce_loss, ranking_accuracy_parts, reward_margin)
+from posttrain.losses.reward import (
+    RANKING_LOSSES,
+    bradley_terry_loss,
+    pairwise_accuracy,
+    pairwise_ranking_loss,
+    plackett_luce_loss,
+    ranking_accuracy_parts,
+    reward_margin,
+)
 
 
 def neg_log_sigmoid(x):

@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from posttrain.losses.sft import (sft_loss, sft_loss_from_logps, sft_loss_parts, sft_loss_parts_from_logps,
-                                  token_nll)
+from posttrain.losses.sft import sft_loss, sft_loss_from_logps, sft_loss_parts, sft_loss_parts_from_logps, token_nll
 
 # One sequence, 3 positions, vocabulary of 3.
 LOGITS = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, -1.0, 2.0]]], dtype=torch.float64)

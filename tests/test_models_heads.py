@@ -3,8 +3,15 @@ import pytest
 import torch
 
 from posttrain.errors import PosttrainError
-from posttrain.models import (ScalarHeadModel, apply_peft, last_token_index, last_token_values, load_model,
-                              load_reward_model, sequence_scores)
+from posttrain.models import (
+    ScalarHeadModel,
+    apply_peft,
+    last_token_index,
+    last_token_values,
+    load_model,
+    load_reward_model,
+    sequence_scores,
+)
 
 IDS = torch.tensor([[3, 3, 1, 80, 81, 2], [1, 90, 91, 92, 93, 2]])
 MASK = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])

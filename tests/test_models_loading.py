@@ -3,9 +3,17 @@ import pytest
 import torch
 
 from posttrain.errors import PosttrainError
-from posttrain.models import (apply_peft, ensure_pad_token, load_model, load_model_and_tokenizer, load_tokenizer,
-                              resolve_device, resolve_dtype, save_pretrained_atomic)
-from posttrain.models import loading
+from posttrain.models import (
+    apply_peft,
+    ensure_pad_token,
+    load_model,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    loading,
+    resolve_device,
+    resolve_dtype,
+    save_pretrained_atomic,
+)
 
 IDS = torch.tensor([[1, 80, 81, 82, 2, 14], [1, 90, 91, 2, 14, 3]])
 

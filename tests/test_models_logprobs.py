@@ -2,8 +2,14 @@
 import pytest
 import torch
 
-from posttrain.models import (apply_peft, entropy_from_logits, fused_linear_logprobs, load_model, response_logprobs,
-                              selective_log_softmax)
+from posttrain.models import (
+    apply_peft,
+    entropy_from_logits,
+    fused_linear_logprobs,
+    load_model,
+    response_logprobs,
+    selective_log_softmax,
+)
 from posttrain.models.logprobs import naive_response_logprobs
 
 

@@ -17,7 +17,6 @@ from posttrain.cli import main
 from posttrain.models import load_model
 from posttrain.train.checkpoint import list_checkpoints
 from posttrain.train.engine import run_training
-
 from test_engine import args_for, make_task
 
 

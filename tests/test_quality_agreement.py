@@ -107,7 +107,8 @@ def test_fleiss_matches_statsmodels(seed):
 
 
 def test_fleiss_from_units_and_rejects_varying_counts():
-    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa as reference
+    from statsmodels.stats.inter_rater import aggregate_raters
+    from statsmodels.stats.inter_rater import fleiss_kappa as reference
 
     units = [["A", "A", "B"], ["B", "B", "B"], ["A", "tie", "B"], ["tie", "tie", "A"], ["A", "A", "A"]]
     cats = category_order([x for u in units for x in u])

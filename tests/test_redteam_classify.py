@@ -5,8 +5,16 @@ import pytest
 
 from posttrain.errors import ConfigError
 from posttrain.rollout.chat import CallableBackend
-from posttrain.safety.classify import (JudgeItem, KeywordJudge, LLMSafetyJudge, infer_kind, keyword_verdict,
-                                       load_judge_template, parse_safety_label, render_conversation)
+from posttrain.safety.classify import (
+    JudgeItem,
+    KeywordJudge,
+    LLMSafetyJudge,
+    infer_kind,
+    keyword_verdict,
+    load_judge_template,
+    parse_safety_label,
+    render_conversation,
+)
 
 HARMFUL_CASES = [
     # plain refusals

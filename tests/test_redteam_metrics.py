@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from posttrain.safety.metrics import (change, compare_tables, format_table, rate, success_table, suite_id,
-                                      table_metrics)
+from posttrain.safety.metrics import change, compare_tables, format_table, rate, success_table, suite_id, table_metrics
 
 
 def row(i, template, family, category, label, kind="harmful", status="ok"):

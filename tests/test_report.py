@@ -9,7 +9,7 @@ import pytest
 
 from browser import CHROMIUM_ARGS, ensure_chromium
 from posttrain.cli import main as cli_main
-from posttrain.report.html import render_report, write_report
+from posttrain.report.html import render_report
 
 XSS = "<script>window.__xss = 1</script>"
 

@@ -15,8 +15,13 @@ from posttrain.data import get_template
 from posttrain.models import ScalarHeadModel, load_model, load_tokenizer
 from posttrain.records import Ranked, user_prompt
 from posttrain.train.reward import RMConfig, group_losses, make_loss
-from posttrain.train.reward_batch import (RewardGroup, collate_groups, ranks_from_record, rewards_for_groups,
-                                          tokenize_group)
+from posttrain.train.reward_batch import (
+    RewardGroup,
+    collate_groups,
+    ranks_from_record,
+    rewards_for_groups,
+    tokenize_group,
+)
 
 WORDS = ["blue", "small", "river", "paper", "quick", "stone", "green", "cloud", "warm", "glass", "north", "apple"]
 

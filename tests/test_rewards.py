@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from posttrain.errors import PosttrainError
-from posttrain.rollout.rewards import (BUILTIN_REWARDS, TASKS, Score, load_reward_function, resolve_reward,
-                                       score_batch, task_file, weighted_sum)
+from posttrain.rollout.rewards import (
+    BUILTIN_REWARDS,
+    TASKS,
+    Score,
+    load_reward_function,
+    resolve_reward,
+    score_batch,
+    task_file,
+    weighted_sum,
+)
 from posttrain.rollout.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent

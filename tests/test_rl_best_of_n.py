@@ -7,11 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
+import rl_toy
 from posttrain.cli import main as cli
 from posttrain.records import Prompt, user_prompt
 from posttrain.rl.best_of_n import BestOfNConfig, build_round_data, run_best_of_n, select_best, select_threshold
-
-import rl_toy
 from rl_toy import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,14 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rl_toy
 from posttrain.cli import main as cli
 from posttrain.losses import dpo_loss
 from posttrain.losses.combined import dpo_sequence_coefficients, group_best_worst_pairs
 from posttrain.rl.combined import dpo_surrogate
 from posttrain.rl.grpo import GRPOConfig, train_grpo
 from posttrain.train.metrics import read_metrics
-
-import rl_toy
 from rl_toy import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import rl_toy
 from posttrain.cli import main as cli
 from posttrain.rl.grpo import GRPOConfig, RLOOConfig, group_advantages, train_grpo
 from posttrain.rl.rollouts import Sample
 from posttrain.train.metrics import read_metrics
-
-import rl_toy
 from rl_toy import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

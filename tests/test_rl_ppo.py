@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import rl_toy
 from posttrain.rl.ppo import ActorCritic, PPOConfig, compute_advantages, train_ppo
 from posttrain.rl.rollouts import Sample
 from posttrain.train.metrics import read_metrics
-
-import rl_toy
 from rl_toy import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -81,7 +81,14 @@ def test_lora_sft_saves_an_adapter_that_loads_and_generates(sft_data, tmp_path, 
 
 
 def test_packed_loss_equals_padded_loss(sft_data):
-    from posttrain.data import get_template, load_records, pack_examples, pad_collate, packed_collate, tokenize_conversations
+    from posttrain.data import (
+        get_template,
+        load_records,
+        pack_examples,
+        packed_collate,
+        pad_collate,
+        tokenize_conversations,
+    )
     from posttrain.models import load_model, load_tokenizer
     from posttrain.train.sft import nll_sum
 

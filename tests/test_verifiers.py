@@ -6,11 +6,24 @@ from fractions import Fraction
 import pytest
 
 from posttrain.errors import PosttrainError
-from posttrain.rollout.verifiers import (Score, answer_format_reward, answer_line, code_reward, exact_reward, extract_boxed,
-                                         extract_code, extract_final_answer, extract_json, extract_number_list,
-                                         json_schema_reward, math_reward, numbers_equal, parse_number, regex_reward,
-                                         sort_reward)
-
+from posttrain.rollout.verifiers import (
+    Score,
+    answer_format_reward,
+    answer_line,
+    code_reward,
+    exact_reward,
+    extract_boxed,
+    extract_code,
+    extract_final_answer,
+    extract_json,
+    extract_number_list,
+    json_schema_reward,
+    math_reward,
+    numbers_equal,
+    parse_number,
+    regex_reward,
+    sort_reward,
+)
 
 # ------------------------------------------------------------------------------ math
 

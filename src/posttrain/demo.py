@@ -23,7 +23,7 @@ def accuracy_lines(before_dir: Path, after_dir: Path) -> list[str]:
 
     Both evals score the same held-out problems, so `compare_files` pairs them by item id:
     Newcombe's paired interval and an exact McNemar p-value on the problems that changed."""
-    from .evaluate.compare import comparison_legend, compare_files
+    from .evaluate.compare import compare_files, comparison_legend
 
     table, rows = compare_files(str(before_dir), str(after_dir))
     return [table, comparison_legend(rows)]

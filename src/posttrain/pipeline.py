@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
 import re
 import shutil
 import time

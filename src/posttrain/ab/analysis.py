@@ -37,13 +37,22 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError, InputError
 from . import power as pw
 from .bradley_terry import NotEstimable, bradley_terry
-from ..errors import ConfigError, InputError
 from .schema import TIE, FeedbackLog
 from .sequential import nominal_alpha
-from .stats import (bootstrap_diff_interval, bootstrap_mean_interval, chi_square_test, mann_whitney_u,
-                    newcombe_diff_interval, proportions_table, sign_test, two_proportion_ztest, wilson_interval)
+from .stats import (
+    bootstrap_diff_interval,
+    bootstrap_mean_interval,
+    chi_square_test,
+    mann_whitney_u,
+    newcombe_diff_interval,
+    proportions_table,
+    sign_test,
+    two_proportion_ztest,
+    wilson_interval,
+)
 
 METRICS = ("thumbs", "rating", "success", "preference")
 DEFAULT_MDE = {"thumbs": 0.02, "success": 0.02, "rating": 0.1, "preference": 0.05}

@@ -23,8 +23,13 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from ..evaluate.intervals import (bootstrap_diff_interval, bootstrap_mean_interval,  # noqa: F401  (re-export)
-                                  newcombe_diff_interval, wald_diff_interval, wilson_interval)
+from ..evaluate.intervals import (  # noqa: F401  (re-export)
+    bootstrap_diff_interval,
+    bootstrap_mean_interval,
+    newcombe_diff_interval,
+    wald_diff_interval,
+    wilson_interval,
+)
 
 ALTERNATIVES = ("two-sided", "larger", "smaller")
 

@@ -30,8 +30,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .accuracy import perplexity_from_stats
-from .intervals import (bootstrap_diff_interval, bootstrap_indices, mcnemar_exact_pvalue, mover_diff_interval,
-                        newcombe_diff_interval, newcombe_paired_diff_interval, wald_diff_interval)
+from .intervals import (
+    bootstrap_diff_interval,
+    bootstrap_indices,
+    mcnemar_exact_pvalue,
+    mover_diff_interval,
+    newcombe_diff_interval,
+    newcombe_paired_diff_interval,
+    wald_diff_interval,
+)
 from .reference import score_from_statistics
 from .results import MetricResult, format_number, read_results, render_table
 

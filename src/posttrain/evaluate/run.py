@@ -36,8 +36,15 @@ from .harness import prepare_harness, run_harness
 from .judged_suites import prepare_safety, prepare_winrate, run_safety, run_winrate
 from .responders import ModelResponder, OutputsResponder, log_err
 from .results import RESULTS_FILENAME, format_metrics_table, write_results
-from .suites import (SuiteContext, prepare_perplexity, prepare_reference, prepare_task, run_perplexity,
-                     run_reference, run_task)
+from .suites import (
+    SuiteContext,
+    prepare_perplexity,
+    prepare_reference,
+    prepare_task,
+    run_perplexity,
+    run_reference,
+    run_task,
+)
 
 # suite -> (check and read its inputs, run it). Order here is the order suites run in.
 SUITES: dict[str, tuple[Callable, Callable]] = {
@@ -244,7 +251,7 @@ def run_eval(cfg: EvalConfig, *, judge_backend=None, log: Callable[[str], None] 
 def run_compare(cfg: EvalConfig, echo: Callable[[str], None] = print) -> list[Any]:
     """Print the comparison table; with --output-dir also write it as comparison.json."""
     from ..jsonl import write_json
-    from .compare import comparison_legend, compare_files
+    from .compare import compare_files, comparison_legend
     from .results import json_safe
 
     if len(cfg.compare) != 2:

@@ -21,7 +21,6 @@ from ..data.tokenize import IGNORE_INDEX  # labels are built there; one definiti
 from .reduce import Parts, aggregate_parts, safe_divide
 
 
-
 def token_nll(logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
     """Per-token negative log-likelihood and the label mask.
 

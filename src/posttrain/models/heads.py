@@ -301,8 +301,17 @@ def load_reward_model(name_or_path: str, **load_kwargs: Any):
     if is_scalar_head_dir(name_or_path):
         load_kwargs.pop("merge_adapter", None)
         return ScalarHeadModel.from_pretrained(name_or_path, **load_kwargs)
-    from .loading import (_missing, adapter_base_name, check_hub_available, is_adapter_dir, loadable_base,
-                          looks_like_path, resolve_device, resolve_dtype, resolve_run_dir)
+    from .loading import (
+        _missing,
+        adapter_base_name,
+        check_hub_available,
+        is_adapter_dir,
+        loadable_base,
+        looks_like_path,
+        resolve_device,
+        resolve_dtype,
+        resolve_run_dir,
+    )
 
     path = Path(name_or_path).expanduser()
     if not path.exists():

@@ -189,8 +189,8 @@ def sample_round(model_name: str, prompt_set, scorer, cfg: BestOfNConfig, round_
     from ..models import load_model, load_tokenizer
     from ..rollout.generation import SamplingParams, generate
     from ..rollout.progress import progress_logger
-    from .rollouts import reward_rows, samples_from_generations
     from .loop import prompt_seeds, timer
+    from .rollouts import reward_rows, samples_from_generations
 
     processes = processes or Processes()
     mine = processes.my_share(len(prompt_set.ids))

@@ -41,12 +41,31 @@ import torch
 from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
-from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
-                   global_sum, merge_repeated_flags, run_online, timer, update_passes)
-from .online import (prepare_online_inputs, Reference, RLResult, add_sum, batch_logprobs, run_evaluator,
-                     logprob_temperature, sample_and_score, sample_metrics)
-from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
 from . import combined
+from .loop import (
+    OnlineRun,
+    RLArgs,
+    check_common,
+    disable_dropout,
+    gather_rollouts,
+    global_sum,
+    merge_repeated_flags,
+    run_online,
+    timer,
+    update_passes,
+)
+from .online import (
+    Reference,
+    RLResult,
+    add_sum,
+    batch_logprobs,
+    logprob_temperature,
+    prepare_online_inputs,
+    run_evaluator,
+    sample_and_score,
+    sample_metrics,
+)
+from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
 
 
 @dataclass

@@ -36,12 +36,42 @@ from torch import nn
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
-from ..losses import (KL_CONTROLLERS, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, approx_kl, clipped_value_losses,
-                      explained_variance, gae, kl_penalized_rewards, masked_moments, ppo_clip_losses, whiten)
-from .loop import (OnlineRun, RLArgs, check_common, disable_dropout, gather_rollouts,
-                   global_sum, merge_repeated_flags, run_online, timer, update_passes)
-from .online import (prepare_online_inputs, Reference, RLResult, add_sum, run_evaluator, logprob_temperature,
-                     sample_and_score, sample_metrics)
+from ..losses import (
+    KL_CONTROLLERS,
+    KL_ESTIMATORS,
+    REDUCTIONS,
+    aggregate_parts,
+    approx_kl,
+    clipped_value_losses,
+    explained_variance,
+    gae,
+    kl_penalized_rewards,
+    masked_moments,
+    ppo_clip_losses,
+    whiten,
+)
+from .loop import (
+    OnlineRun,
+    RLArgs,
+    check_common,
+    disable_dropout,
+    gather_rollouts,
+    global_sum,
+    merge_repeated_flags,
+    run_online,
+    timer,
+    update_passes,
+)
+from .online import (
+    Reference,
+    RLResult,
+    add_sum,
+    logprob_temperature,
+    prepare_online_inputs,
+    run_evaluator,
+    sample_and_score,
+    sample_metrics,
+)
 from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
 
 

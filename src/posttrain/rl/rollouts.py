@@ -132,9 +132,9 @@ def render_prompt_ids(prompts: Sequence[Any], tokenizer, template_name: str, max
     ("truncate"), or an error ("error"), as `length_policy` says.
     """
     from ..data import get_template
+    from ..data.readers import split_location
     from ..data.tokenize import encode
     from ..errors import InputError
-    from ..data.readers import split_location
 
     template = get_template(template_name, tokenizer)
     ids, kept = [], []

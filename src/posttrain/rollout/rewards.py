@@ -29,8 +29,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import PosttrainError
 from ..records import prompt_text
-from .verifiers import (RewardFn, Score, answer_format_reward, code_reward, exact_reward, json_schema_reward,
-                        math_reward, regex_reward, sort_reward)
+from .verifiers import (
+    RewardFn,
+    Score,
+    answer_format_reward,
+    code_reward,
+    exact_reward,
+    json_schema_reward,
+    math_reward,
+    regex_reward,
+    sort_reward,
+)
 
 __all__ = ["BUILTIN_REWARDS", "BatchScores", "RewardFn", "Score", "TASKS", "load_reward_function", "resolve_reward",
            "score_batch", "task_file", "weighted_sum"]

@@ -38,8 +38,12 @@ class SeededSampler:
     """
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0, top_k: int = 0):
-        from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
-                                                            TopKLogitsWarper, TopPLogitsWarper)
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         self.seeds = [int(s) for s in seeds]
         self.generators: list[torch.Generator] | None = None  # made on the first call, on the logits' device

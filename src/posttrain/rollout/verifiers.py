@@ -34,7 +34,6 @@ from typing import Any, Callable, Sequence
 from ..errors import PosttrainError
 from .sandbox import Sandbox
 
-
 REASON_MAX_CHARS = 160
 
 

@@ -12,7 +12,6 @@ from ..config import AT_LEAST_0, AT_LEAST_1, FRACTION, FRACTION_BELOW_1, POSITIV
 from ..data.options import DataArgs
 from ..errors import ConfigError
 
-
 # Each tracker -> the modules that provide it (any one will do) and what to install.
 TRACKERS = {"tensorboard": (("tensorboard", "tensorboardX"), "pip install 'posttrain[tracking]'"),
             "wandb": (("wandb",), "pip install wandb"), "mlflow": (("mlflow",), "pip install mlflow")}

@@ -40,10 +40,23 @@ from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
 from .args import TrainArgs, check_trackers  # (checked when the command line is read, and again here)
-from .checkpoint import (checkpoint_model_files, checkpoint_root, last_good_checkpoint, latest_checkpoint,
-                         load_checkpoint, removed_on_error, save_checkpoint)
-from .health import (PER_STEP_WEIGHT_CHECK_MAX_VALUES, StepHealth, check_step_health, trainable_values,
-                     weights_problem, where_to_restart)
+from .checkpoint import (
+    checkpoint_model_files,
+    checkpoint_root,
+    last_good_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    removed_on_error,
+    save_checkpoint,
+)
+from .health import (
+    PER_STEP_WEIGHT_CHECK_MAX_VALUES,
+    StepHealth,
+    check_step_health,
+    trainable_values,
+    weights_problem,
+    where_to_restart,
+)
 from .metrics import MetricsLog, Progress, truncate_metrics
 from .optim import build_optimizer, build_scheduler
 from .setup import is_main_process

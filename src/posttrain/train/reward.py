@@ -39,8 +39,15 @@ from ..errors import ConfigError, InputError
 from ..losses.reward import RANKING_LOSSES, bradley_terry_loss, ranking_accuracy_parts, ranking_pairs
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training
-from .reward_batch import (LAYOUTS, RewardGroup, collate_groups, forward_rewards, resolve_layout, rewards_for_groups,
-                           training_group)
+from .reward_batch import (
+    LAYOUTS,
+    RewardGroup,
+    collate_groups,
+    forward_rewards,
+    resolve_layout,
+    rewards_for_groups,
+    training_group,
+)
 from .setup import is_main_process, load_trainable_model, prepare_run_dir, say
 
 SETTINGS_FILE = "reward_model.json"  # how the model tokenises: read back by RewardScorer

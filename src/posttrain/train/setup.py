@@ -145,10 +145,10 @@ def clear_previous_run(run_dir: Path) -> None:
 def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointing: bool = False,
                          modules_to_save: list[str] | None = None, quiet: bool = False):
     """Load `cfg.model` and wrap it in the chosen PEFT method; returns the model in train mode."""
+    from accelerate.utils import set_seed
+
     from ..models import load_model
     from ..models.peft import apply_peft, is_peft_model, merge_adapter, trainable_parameter_summary
-
-    from accelerate.utils import set_seed
 
     # Seed before building anything random (adapter init), so a run is a function of its seed.
     set_seed(seed)

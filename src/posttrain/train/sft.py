@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..config import help_field, parse_config
 from ..data.options import read_kwargs
@@ -95,8 +95,8 @@ def response_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def nll_sum(model, batch: dict[str, torch.Tensor]) -> LossOutput:
     """Sum of -log p(token) over the batch's trained tokens (the engine divides by their count)."""
-    from .engine import LossOutput
     from ..models.logprobs import response_logprobs
+    from .engine import LossOutput
 
     inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
     token_logprobs = response_logprobs(model, batch["input_ids"], response_mask=response_mask(batch), **inputs).logprobs
@@ -108,7 +108,7 @@ def collate_fn(tokenizer, packed: bool, padding_free: bool = False, attn_impleme
     """The micro-batch collator of a layout; `dtype` is the model's (for the 4D mask; default float32)."""
     import torch
 
-    from ..data import pad_collate, packed_collate, padding_free_collate
+    from ..data import packed_collate, pad_collate, padding_free_collate
 
     dtype = dtype or torch.float32
 
