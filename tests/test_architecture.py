@@ -48,7 +48,12 @@ def imports(path: Path):
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
     top_level = {id(node) for node in tree.body}
+    # Imports under `if TYPE_CHECKING:` are for annotations only: never executed, so never a cycle.
+    type_only = {id(inner) for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                 for inner in ast.walk(node)}
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -99,7 +104,7 @@ def _module_graph() -> dict[str, set[str]]:
     for path in SOURCES:
         edges = graph.setdefault(module_name(path), set())
         for target, names, _, _ in imports(path):
-            for candidate in [f"{target}.{name}" for name in names] + [target]:
+            for candidate in [LAZY.get(target, {}).get(name, f"{target}.{name}") for name in names] + [target]:
                 if candidate in known and candidate != module_name(path):
                     edges.add(candidate)
                     break
@@ -160,7 +165,29 @@ def test_losses_import_no_models_or_modules_beyond_tensor_helpers(unit):
 HEAVY = {"torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "matplotlib", "lm_eval",
          "sacrebleu", "rouge_score", "bert_score", "bitsandbytes", "deepspeed", "gguf", "scipy", "numpy",
          "pandas", "pyarrow", "fastapi", "uvicorn", "httpx", "tensorboard", "wandb", "mlflow", "sklearn",
-         "markdown_it", "nh3", "jsonschema", "yaml", "jinja2", "tqdm", "playwright"}
+         "markdown_it", "nh3", "jsonschema", "yaml", "jinja2", "tqdm", "playwright", "tokenizers",
+         "huggingface_hub", "safetensors"}
+
+
+def lazy_exports() -> dict[str, dict[str, str]]:
+    """{package: {name: module}} for packages whose __init__ loads names lazily (an `_EXPORTS` table):
+    `from posttrain.models import load_model` really imports posttrain.models.loading."""
+    tables = {}
+    for path in SOURCES:
+        if path.name != "__init__.py":
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_EXPORTS" for t in node.targets):
+                package = module_name(path)
+                tables[package] = {name: f"{package}.{module}" for name, module in ast.literal_eval(node.value).items()}
+    return tables
+
+
+LAZY = lazy_exports()
+
+
+def test_lazy_export_tables_are_read():
+    assert LAZY["posttrain.models"]["load_model"] == "posttrain.models.loading"
 
 
 def _top_level_imports(path: Path) -> set[str]:
@@ -184,7 +211,7 @@ def _top_level_imports(path: Path) -> set[str]:
             else:
                 target = node.module or ""
             found.add(target)
-            found |= {f"{target}.{alias.name}" for alias in node.names}
+            found |= {LAZY.get(target, {}).get(alias.name, f"{target}.{alias.name}") for alias in node.names}
     return found
 
 
@@ -226,9 +253,13 @@ def test_local_imports_only_for_heavy_or_optional_modules():
             elif node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
-                targets = [f"{target}.{a.name}" if f"{target}.{a.name}" in known else target for a in node.names]
             else:
-                targets = [node.module or ""]
+                target = node.module or ""
+            if isinstance(node, ast.ImportFrom):
+                targets = [LAZY.get(target, {}).get(a.name)
+                           or (f"{target}.{a.name}" if f"{target}.{a.name}" in known else target) for a in node.names]
+            if any(t.split(".")[0] == "posttrain" and t in heavy for t in targets):
+                continue  # one heavy name keeps the statement local
             for target in targets:
                 root = target.split(".")[0]
                 if root != "posttrain" and root in HEAVY | {"resource", "ctypes", "fcntl", "readline"}:

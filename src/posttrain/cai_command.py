@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import help_field, parse_config
 from .data.options import DataArgs, read_kwargs
+from .data.prompts import load_prompts
 from .errors import ConfigError, PosttrainError
 from .jsonl import write_json, write_jsonl
 from .synth.cai import CaiSettings, CritiqueReviser, Trace, assistant_turn, count, revision_pairs, sft_rows
@@ -166,7 +167,6 @@ def summary_path(cfg: CaiConfig) -> str:
 
 def run_cai(cfg: CaiConfig, backend=None, judge_backend=None, log=None) -> dict[str, Any]:
     """Run the whole command; `backend` / `judge_backend` replace the ones built from `cfg` (tests)."""
-    from .data.prompts import load_prompts
 
     log = log or (lambda text: print(text, file=sys.stderr))
     validate(cfg)

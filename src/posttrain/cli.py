@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from . import __version__
 from .errors import STORAGE_ERRNOS, PosttrainError
 
 # command words -> ("module:function", one-line help). Two-word commands are groups.
@@ -71,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from . import __version__
-
         print(__version__)
         return 0
     resolved = _resolve(argv)

@@ -42,6 +42,7 @@ import yaml
 
 from . import trl_names
 from .errors import ConfigError, PosttrainError
+from .jsonl import atomic_write
 
 T = TypeVar("T")
 
@@ -553,7 +554,6 @@ def parse_config(cls: type[T], argv: Sequence[str], prog: str = "posttrain", des
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically), so a run can be reproduced."""
-    from .jsonl import atomic_write
 
     with atomic_write(path) as handle:
         yaml.safe_dump(to_mapping(cfg), handle, sort_keys=False)

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import PosttrainError
+
 
 def accuracy_lines(before_dir: Path, after_dir: Path) -> list[str]:
     """Before/after accuracy, the difference with its interval, and how it was computed.
@@ -30,7 +32,6 @@ def accuracy_lines(before_dir: Path, after_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import PosttrainError
     from .pipeline import load_pipeline, run_pipeline
     from .report.html import write_report
 

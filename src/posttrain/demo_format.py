@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from .data.resources import demo_data_path
+from .errors import PosttrainError
+
 
 def parse_reply(text: str) -> dict | None:
     """The reply as a JSON object with `answer` and `reason`, or None."""
@@ -85,8 +88,6 @@ def print_comparison(before: list[dict], after: list[dict], show: int = 8) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data.resources import demo_data_path
-    from .errors import PosttrainError
     from .train.sft import SFTConfig, train_sft
 
     parser = argparse.ArgumentParser(prog="python -m posttrain.demo_format", description=__doc__.splitlines()[0])

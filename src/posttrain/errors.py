@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty):
+    enough to name what a library refused without printing its traceback."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class PosttrainError(Exception):
     """An error whose message is a complete, one-line explanation for the user."""
 

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import help_field, parse_config
+from .data import get_template
 from .data.options import DataArgs, read_kwargs
+from .data.prompts import load_prompts
+from .data.tokenize import encode
 from .errors import ConfigError
 from .jsonl import write_jsonl
+from .rollout.progress import progress_logger
 
 
 @dataclass
@@ -38,9 +42,6 @@ class GenerateConfig(DataArgs):
 
 
 def render_prompts(prompts, tokenizer, template_name: str) -> list[list[int]]:
-    from .data import get_template
-    from .data.tokenize import encode
-
     template = get_template(template_name, tokenizer)
     return [encode(tokenizer, template.prompt(p.prompt, p.extra)) for p in prompts]
 
@@ -49,7 +50,6 @@ def generate_rows(model_name: str, prompts, cfg: GenerateConfig) -> list[dict[st
     """Load one model and answer every prompt `cfg.num_samples` times (a progress line per batch on stderr)."""
     from .models import load_model, load_tokenizer
     from .rollout.generation import SamplingParams, generate
-    from .rollout.progress import progress_logger
 
     tokenizer = load_tokenizer(model_name, padding_side="left")
     model = load_model(model_name, dtype=cfg.dtype, device="auto")
@@ -68,8 +68,6 @@ def generate_rows(model_name: str, prompts, cfg: GenerateConfig) -> list[dict[st
 
 
 def run_generate(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    from .data.prompts import load_prompts
-
     if not cfg.prompts:
         raise ConfigError("prompts", "give a prompts file (--prompts FILE)")
     if cfg.num_samples < 1:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import __version__
 from .config import canonical_name, from_mapping, help_field, load_yaml_mapping, parse_config
 from .data.readers import resolve_split
 from .errors import ConfigError, PosttrainError
@@ -188,7 +189,6 @@ def stage_hash(stage: Stage, settings: dict[str, Any], upstream_hashes: dict[str
 
     Files inside the run directory are earlier stages' outputs: their stage hash stands for them.
     """
-    from . import __version__
 
     inputs = {}
     run_root = run_dir.resolve()
@@ -329,7 +329,7 @@ def main(argv: list[str]) -> int:
     cfg = parse_config(RunConfig, argv, prog="posttrain run", description=__doc__.splitlines()[0], positional="pipeline")
     if not cfg.pipeline:
         raise ConfigError("pipeline", "give a pipeline file: posttrain run PIPELINE.yaml")
-    record = run_pipeline(cfg.pipeline, cfg.output_dir, cfg.force, cfg.dry_run)
+    run_pipeline(cfg.pipeline, cfg.output_dir, cfg.force, cfg.dry_run)
     out = Path(cfg.output_dir or load_pipeline(cfg.pipeline).output_dir)
     if cfg.report and not cfg.dry_run:
         from .report.html import write_report  # matplotlib: only when a report is written

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .. import jsonl
-from ..errors import ConfigError, InputError, PosttrainError
+from ..errors import ConfigError, InputError, PosttrainError, first_line
 from ..jsonl import (
     DuplicateKeyError,
     check_data_file,
@@ -354,7 +354,7 @@ def _read_parquet(path: str) -> Iterator[tuple[str, Row]]:
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
-        raise InputError(path, None, None, f"cannot read Parquet file: {_first_line(exc)}") from None
+        raise InputError(path, None, None, f"cannot read Parquet file: {first_line(exc)}") from None
     number = 0
     try:
         for batch in parquet.iter_batches(batch_size=256):  # a batch at a time, not the whole table
@@ -364,7 +364,7 @@ def _read_parquet(path: str) -> Iterator[tuple[str, Row]]:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(path, number + 1, None, f"cannot read Parquet file: {_first_line(exc)}") from None
+        raise InputError(path, number + 1, None, f"cannot read Parquet file: {first_line(exc)}") from None
 
 
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -380,7 +380,7 @@ def _read_saved_dataset(path: str, split: str | None) -> Iterator[tuple[str, Row
     try:
         loaded = datasets.load_from_disk(path)
     except Exception as exc:
-        raise InputError(path, None, None, f"cannot load saved dataset: {_first_line(exc)}") from None
+        raise InputError(path, None, None, f"cannot load saved dataset: {first_line(exc)}") from None
     dataset = _pick_split(path, loaded, split)
     for number, row in enumerate(dataset, start=1):
         yield location(path, number), dict(row)
@@ -462,12 +462,7 @@ def _read_hub_dataset(name: str, split: str | None) -> Iterator[tuple[str, Row]]
         loaded = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
     except Exception as exc:  # network errors, missing repos, bad configs
         raise PosttrainError(f"{name}: no such file, and loading it as a hub dataset failed: "
-                             f"{_first_line(exc)}") from None
+                             f"{first_line(exc)}") from None
     dataset = _pick_split(name, loaded, None if split and not hasattr(loaded, "keys") else split)
     for number, row in enumerate(dataset, start=1):
         yield location(name, number), dict(row)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

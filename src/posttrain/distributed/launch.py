@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
+from .configs import config_path
 from .plugins import MODES
 
 
@@ -83,8 +84,6 @@ def torchrun_argv(cfg: LaunchConfig) -> list[str]:
 
 
 def accelerate_argv(cfg: LaunchConfig) -> list[str]:
-    from .configs import config_path
-
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(cfg.accelerate_config)),
             "--num_processes", str(cfg.nproc * cfg.nnodes), "--num_machines", str(cfg.nnodes)]
     if cfg.nnodes > 1:

@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..data import encode, get_template
+from ..data.prompts import parse_prompt
+from ..data.readers import read_rows
 from ..errors import ConfigError, InputError, PosttrainError
 from ..records import Message, prompt_text
 from ..rollout.progress import GenerationStats  # noqa: F401 - also imported from here
@@ -76,7 +79,6 @@ class ModelResponder:
 
     def render(self, items: Sequence[EvalItem]) -> list[list[int]]:
         """Prompt token ids: the generation prompt of the chat (or plain) template."""
-        from ..data import encode, get_template
 
         _, tokenizer = self.model_and_tokenizer()
         template = get_template(self.template_name, tokenizer)
@@ -117,9 +119,6 @@ class OutputsResponder:
     """
 
     def __init__(self, paths: Sequence[str], model: str | None = None, option: str = "outputs"):
-        from ..data.prompts import parse_prompt
-        from ..data.readers import read_rows
-
         self.paths, self.option = list(paths), option
         rows = []
         for path in self.paths:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ..config import AT_LEAST_0, help_field, parse_config, save_config, validate_ranges
 from ..data.options import DataArgs
 from ..errors import ConfigError
-from ..jsonl import write_jsonl
+from ..jsonl import write_json, write_jsonl
 from .harness import prepare_harness, run_harness
 from .judged_suites import prepare_safety, prepare_winrate, run_safety, run_winrate
 from .responders import ModelResponder, OutputsResponder, log_err
@@ -250,7 +250,6 @@ def run_eval(cfg: EvalConfig, *, judge_backend=None, log: Callable[[str], None] 
 
 def run_compare(cfg: EvalConfig, echo: Callable[[str], None] = print) -> list[Any]:
     """Print the comparison table; with --output-dir also write it as comparison.json."""
-    from ..jsonl import write_json
     from .compare import compare_files, comparison_legend
     from .results import json_safe
 

@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..data import get_template
+from ..data.formats import parse_row
 from ..data.options import read_kwargs
+from ..data.prompts import parse_prompt
+from ..data.readers import read_rows
+from ..data.tokenize import IGNORE_INDEX, tokenize_conversation
 from ..errors import ConfigError, InputError
 from ..records import Conversation
+from ..rollout.rewards import BUILTIN_REWARDS, TASKS, resolve_reward, score_batch, task_file
 from .accuracy import accuracy, mean_pass_at_k, perplexity_result
 from .reference import reference_metrics
 from .responders import EvalItem, ModelResponder, OutputsResponder, Response, log_err
@@ -105,8 +111,6 @@ def _where(where: str) -> tuple[str, int | None]:
 def load_items(path: str, limit: int = 0, **read: Any) -> list[tuple[EvalItem, dict[str, Any], str]]:
     """(item, raw row, "FILE:LINE") for each prompt row; ids from an `id` field, else "#N" (row number).
     `read` (split, columns, max_line_bytes) goes to `read_rows`."""
-    from ..data.prompts import parse_prompt
-    from ..data.readers import read_rows
 
     out = []
     for index, (where, raw) in enumerate(read_rows(path, **read), start=1):
@@ -169,7 +173,6 @@ class TaskData:
 
 def resolve_task(task: str, split: str) -> tuple[str, str]:
     """A shipped task name (`arithmetic`) -> its file for `split`; a path -> (file stem, path)."""
-    from ..rollout.rewards import TASKS, task_file
 
     if task in TASKS:
         return task, str(task_file(task, split))
@@ -180,7 +183,6 @@ def resolve_task(task: str, split: str) -> tuple[str, str]:
 
 def check_verifier(name: str, option: str = "verifier") -> str:
     """A built-in verifier name, or a `module:function` that is imported now (so a typo fails before generating)."""
-    from ..rollout.rewards import BUILTIN_REWARDS, resolve_reward
 
     if name not in BUILTIN_REWARDS and ":" not in name:
         raise ConfigError(option, f"unknown verifier '{name}' (built-ins: {', '.join(sorted(BUILTIN_REWARDS))}; "
@@ -191,7 +193,6 @@ def check_verifier(name: str, option: str = "verifier") -> str:
 
 def infer_verifier(raw: dict[str, Any]) -> str | None:
     """A row's verifier: its `verifier` field, else its `task` type, else a field only one verifier reads."""
-    from ..rollout.rewards import TASKS
 
     if isinstance(raw.get("verifier"), str):
         return raw["verifier"]
@@ -223,7 +224,6 @@ def prepare_task(cfg: "EvalConfig") -> TaskData:
 
 def score_responses(data: TaskData, responses: list[list[Response]]) -> list[list[tuple[float, str | None]]]:
     """(score, reason) per response, each verifier run once over all its rows (code runs concurrently)."""
-    from ..rollout.rewards import score_batch
 
     flat = [(i, j) for i, rs in enumerate(responses) for j in range(len(rs))]
     out: list[list[tuple[float, str | None]]] = [[(0.0, None)] * len(rs) for rs in responses]
@@ -279,9 +279,6 @@ class TextItem:
 
 
 def prepare_perplexity(cfg: "EvalConfig") -> list[TextItem]:
-    from ..data.formats import parse_row
-    from ..data.readers import read_rows
-
     if not cfg.heldout:
         raise ConfigError("heldout", "the perplexity suite needs held-out data (--heldout FILE: rows with 'text', "
                                      "or chat/SFT rows, whose assistant tokens are scored)")
@@ -304,7 +301,6 @@ def prepare_perplexity(cfg: "EvalConfig") -> list[TextItem]:
 
 def tokenize_for_perplexity(item: TextItem, tokenizer, template, max_length: int) -> tuple[list[int], list[bool], bool]:
     """(ids, scored mask, truncated). Text: all tokens but the first; chat: assistant tokens."""
-    from ..data.tokenize import IGNORE_INDEX, tokenize_conversation
 
     if item.text is not None:
         ids = list(tokenizer(item.text, add_special_tokens=True)["input_ids"])
@@ -338,8 +334,6 @@ def sequence_logprobs(model, batch: list[tuple[list[int], list[bool]]], pad_id: 
 
 
 def run_perplexity(items: list[TextItem], ctx: SuiteContext) -> SuiteResult:
-    from ..data import get_template
-
     model, tokenizer = ctx.model.model_and_tokenizer()  # type: ignore[union-attr]
     template = get_template(ctx.cfg.template, tokenizer)
     encoded = [tokenize_for_perplexity(item, tokenizer, template, ctx.cfg.max_length) for item in items]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError, PosttrainError
+from .peft import is_peft_model, merge_adapter
+from .saving import save_pretrained_atomic
 
 
 @dataclasses.dataclass
@@ -35,8 +37,6 @@ def export_model(model: str, output: str | Path, *, dtype: str = "auto", overwri
     """
     from .heads import ScalarHeadModel, is_classifier_dir, is_scalar_head_dir, load_reward_model
     from .loading import load_model, load_tokenizer
-    from .peft import is_peft_model, merge_adapter
-    from .saving import save_pretrained_atomic
 
     output = Path(output)
     if output.exists() and not overwrite:

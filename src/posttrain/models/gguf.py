@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import PosttrainError
+from ..errors import PosttrainError, first_line
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 COMPLETE_MARKER = "posttrain-converted.txt"
@@ -68,7 +68,7 @@ def gguf_checkpoint(gguf_path: str | Path, name: str | None = None) -> Path:
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if not is_complete(target):  # another process may have finished while we waited
             convert_gguf(gguf_path, target)
     return target
@@ -88,17 +88,21 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
         quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - unsupported architecture, corrupt file, missing gguf package
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise PosttrainError(f"{gguf_path}: cannot read this GGUF file: {first}") from None
+        raise PosttrainError(f"{gguf_path}: cannot read this GGUF file: {first_line(exc)}") from None
     model = dequantized_copy(quantized)
     del quantized
+    write_cached_checkpoint(target, model, tokenizer, f"converted from {gguf_path}")
 
+
+def write_cached_checkpoint(target: Path, model, tokenizer, origin: str) -> None:
+    """Write a model + tokenizer cache directory atomically (a temporary directory, renamed),
+    marked complete with `origin`; a stale, incomplete directory from a crash is replaced."""
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf_path}\n", encoding="utf-8")
-        if target.exists():  # a stale, incomplete directory from a crash
+        (tmp / COMPLETE_MARKER).write_text(origin + "\n", encoding="utf-8")
+        if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
     except BaseException:
@@ -125,7 +129,7 @@ def dequantized_copy(model):
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (POSIX flock); a no-op where fcntl is missing."""
     try:
         import fcntl

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import PosttrainError
+from ..errors import PosttrainError, first_line
 from .logprobs import default_position_ids, split_causal_lm
+from .peft import is_peft_model, merge_adapter, quiet_peft_warnings
 from .saving import save_model_files
 
 HEAD_WEIGHTS = "value_head.safetensors"
@@ -56,7 +57,7 @@ class ScalarHeadModel(nn.Module):
         `bias=False` for reward models: the head is then exactly the `score` layer of
         `AutoModelForSequenceClassification` (which has no bias; a reward's constant offset
         does not change any preference), so the model saves in that format."""
-        hidden = _hidden_size(model)
+        hidden = hidden_size(model)
         param = next(model.parameters())
         head = nn.Linear(hidden, 1, bias=bias, device=param.device, dtype=param.dtype)
         generator = torch.Generator().manual_seed(seed)
@@ -120,7 +121,7 @@ class ScalarHeadModel(nn.Module):
             raise PosttrainError(f"{path}: no {HEAD_WEIGHTS}; not a posttrain scalar-head model")
         model = load_model(str(path), **load_kwargs)
         state = load_file(str(path / HEAD_WEIGHTS))
-        hidden = _hidden_size(model)
+        hidden = hidden_size(model)
         if tuple(state["weight"].shape) != (1, hidden):
             raise PosttrainError(f"{path}/{HEAD_WEIGHTS}: head shape {tuple(state['weight'].shape)} "
                                  f"does not fit the backbone's hidden size {hidden}")
@@ -130,7 +131,6 @@ class ScalarHeadModel(nn.Module):
             head.weight.copy_(state["weight"])
             head.bias.copy_(state["bias"])
         return cls(model, head)
-
 
     @classmethod
     def from_classifier(cls, path: str | Path, **load_kwargs: Any) -> "ScalarHeadModel":
@@ -147,7 +147,7 @@ class ScalarHeadModel(nn.Module):
         prefix = lm.base_model_prefix
         getattr(lm, prefix).load_state_dict(getattr(classifier, prefix).state_dict())
         lm.name_or_path = lm.config._name_or_path = str(path)
-        head = nn.Linear(_hidden_size(lm), 1, device=param.device, dtype=param.dtype)
+        head = nn.Linear(hidden_size(lm), 1, device=param.device, dtype=param.dtype)
         with torch.no_grad():
             head.weight.copy_(classifier.score.weight)
             head.bias.zero_()
@@ -176,7 +176,6 @@ class ScalarHeadModel(nn.Module):
             backbone_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
             score = state_dict["head.weight"]
         score = score.detach().cpu().contiguous()
-        from .peft import is_peft_model
 
         if is_peft_model(self.model):
             save_model_files(self.model, directory, state_dict=backbone_state)
@@ -231,7 +230,7 @@ def classifier_tokenizer(tokenizer):
     return tokenizer  # nothing else to pad with: the classifier then skips a final eos
 
 
-def _hidden_size(model: nn.Module) -> int:
+def hidden_size(model: nn.Module) -> int:
     config = model.config
     hidden = getattr(config, "hidden_size", None) or getattr(config.get_text_config(), "hidden_size", None)
     if hidden is None:
@@ -302,12 +301,12 @@ def load_reward_model(name_or_path: str, **load_kwargs: Any):
         load_kwargs.pop("merge_adapter", None)
         return ScalarHeadModel.from_pretrained(name_or_path, **load_kwargs)
     from .loading import (
-        _missing,
         adapter_base_name,
         check_hub_available,
         is_adapter_dir,
         loadable_base,
         looks_like_path,
+        missing_model_error,
         resolve_device,
         resolve_dtype,
         resolve_run_dir,
@@ -316,7 +315,7 @@ def load_reward_model(name_or_path: str, **load_kwargs: Any):
     path = Path(name_or_path).expanduser()
     if not path.exists():
         if looks_like_path(str(name_or_path)):
-            raise _missing(str(name_or_path))
+            raise missing_model_error(str(name_or_path))
         check_hub_available(str(name_or_path))
     else:
         path = resolve_run_dir(path)
@@ -341,7 +340,7 @@ def _classifier_from_pretrained(source: str, label: str, kwargs: dict[str, Any],
     import transformers
     from transformers import AutoModelForSequenceClassification
 
-    from .loading import _first_line, load_tokenizer
+    from .loading import load_tokenizer
 
     verbosity = transformers.logging.get_verbosity()
     # Loading a causal LM as a classifier (the base of a LoRA reward model) reports its new,
@@ -350,7 +349,7 @@ def _classifier_from_pretrained(source: str, label: str, kwargs: dict[str, Any],
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
     except Exception as exc:  # noqa: BLE001 - missing dir, offline hub, wrong architecture
-        raise PosttrainError(f"cannot load reward model '{label}': {_first_line(exc)}") from None
+        raise PosttrainError(f"cannot load reward model '{label}': {first_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
@@ -362,14 +361,11 @@ def _classifier_from_pretrained(source: str, label: str, kwargs: dict[str, Any],
 def _with_classifier_adapter(base, path: Path, merge: bool):
     from peft import PeftModel
 
-    from .loading import _first_line
-    from .peft import merge_adapter, quiet_peft_warnings
-
     try:
         with quiet_peft_warnings():
             model = PeftModel.from_pretrained(base, str(path))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise PosttrainError(f"cannot load reward-model adapter {path}: {_first_line(exc)}") from None
+        raise PosttrainError(f"cannot load reward-model adapter {path}: {first_line(exc)}") from None
     return (merge_adapter(model) if merge else model).eval()
 
 

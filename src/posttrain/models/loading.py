@@ -25,16 +25,23 @@ target at the end of every response).
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
 import os
+import socket
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
-from ..errors import PosttrainError
+from ..errors import PosttrainError, first_line
+from .gguf import cache_root, file_lock, gguf_checkpoint, is_complete, smollm2_checkpoint, write_cached_checkpoint
+from .peft import is_peft_model, merge_adapter, quiet_peft_warnings
 
 TINY_RANDOM = "tiny-random"
 SMOLLM2_135M = "smollm2-135m"
@@ -119,19 +126,17 @@ def tiny_checkpoint(seed: int = 0) -> Path:
     that knows nothing of posttrain (plain transformers/PEFT) can load it as an adapter's base.
     Written once per seed and version of tiny.py: `$POSTTRAIN_CACHE/models/tiny-random-s<seed>-<key>`."""
     from . import tiny
-    from .gguf import _file_lock, cache_root
-    from .saving import save_pretrained_atomic
 
     key = hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:12]
     target = cache_root() / "models" / f"{TINY_RANDOM}-s{seed}-{key}"
-    if (target / "config.json").is_file():
+    if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_name(target.name + ".lock")):
-        if not (target / "config.json").is_file():
+    with file_lock(target.with_name(target.name + ".lock")):
+        if not is_complete(target):
             model = tiny.build_tiny_model(seed=seed)
             model.name_or_path = model.config._name_or_path = ""
-            save_pretrained_atomic(model, tiny.build_tiny_tokenizer(), target)
+            write_cached_checkpoint(target, model, tiny.build_tiny_tokenizer(), f"tiny-random seed {seed}")
     return target
 
 
@@ -143,12 +148,8 @@ def loadable_base(name: str, seed: int = 0) -> tuple[str, str | None]:
     if name == TINY_RANDOM:
         return str(tiny_checkpoint(seed)), name
     if name == SMOLLM2_135M:
-        from .gguf import smollm2_checkpoint
-
         return str(smollm2_checkpoint()), name
     if name.endswith(".gguf") and Path(name).is_file():
-        from .gguf import gguf_checkpoint
-
         return str(gguf_checkpoint(name)), name
     return name, None
 
@@ -159,7 +160,7 @@ def looks_like_path(name: str) -> bool:
             or name.count("/") > 1 or Path(name).exists())
 
 
-def _missing(name: str) -> PosttrainError:
+def missing_model_error(name: str) -> PosttrainError:
     aliases = ", ".join(BUILTIN_ALIASES)
     return PosttrainError(f"model '{name}' not found: not a built-in alias ({aliases}), an existing directory or a .gguf file")
 
@@ -184,7 +185,7 @@ def _checkpoint_dir(name_or_path: str) -> tuple[str, Path | None]:
     if path.exists():
         raise PosttrainError(f"{path}: not a model (expected a directory or a .gguf file)")
     if looks_like_path(name_or_path):
-        raise _missing(name_or_path)
+        raise missing_model_error(name_or_path)
     return "hub", None
 
 
@@ -219,12 +220,8 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "auto", device: 
         model.posttrain_seed = seed  # saving an adapter records this seed's checkpoint as its base
         model.eval()
     elif kind == "alias":  # smollm2-135m
-        from .gguf import smollm2_checkpoint
-
         model = _from_pretrained(smollm2_checkpoint(), name_or_path, **common)
     elif kind == "gguf":
-        from .gguf import gguf_checkpoint
-
         model = _from_pretrained(gguf_checkpoint(path), name_or_path, **common)
     elif kind == "adapter":
         model = _load_adapter(path, dtype=torch_dtype, attn_implementation=attn_implementation, seed=seed,
@@ -264,7 +261,6 @@ def quantization_4bit_kwargs(device: torch.device, compute_dtype: torch.dtype) -
 
 def _tiny_in_4bit(seed: int, kwargs: dict[str, Any]):
     """tiny-random through a temporary checkpoint, since quantization happens in from_pretrained."""
-    import tempfile
 
     from .tiny import build_tiny_model
 
@@ -281,7 +277,7 @@ def _from_pretrained(path: Path, label: str, **kwargs: Any):
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise PosttrainError(f"cannot load model '{label}': {_first_line(exc)}") from None
+        raise PosttrainError(f"cannot load model '{label}': {first_line(exc)}") from None
 
 
 def _from_hub(name: str, **kwargs: Any):
@@ -293,7 +289,7 @@ def _from_hub(name: str, **kwargs: Any):
     except Exception as exc:  # noqa: BLE001 - any hub/network failure becomes one line
         raise PosttrainError(
             f"model '{name}' is not a built-in alias ({', '.join(BUILTIN_ALIASES)}) or a local path, "
-            f"and loading it from the Hugging Face hub failed (offline?): {_first_line(exc)}") from None
+            f"and loading it from the Hugging Face hub failed (offline?): {first_line(exc)}") from None
 
 
 def check_hub_available(name: str) -> None:
@@ -301,7 +297,6 @@ def check_hub_available(name: str) -> None:
     would otherwise retry for minutes) unless the files are in the local HF cache."""
     if _in_hf_cache(name):
         return
-    import difflib
 
     close = difflib.get_close_matches(name, list(BUILTIN_ALIASES), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -323,9 +318,6 @@ def _in_hf_cache(name: str) -> bool:
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A TCP connection to the hub within `timeout` seconds (DNS included: a failing
     resolver can block for longer than any socket timeout, so it runs in a thread)."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlparse(endpoint).hostname or "huggingface.co"
@@ -349,8 +341,6 @@ def _load_adapter(path: Path, **kwargs: Any):
     """Base model (recursively resolved: an alias, a dir, a hub id) + the PEFT adapter, trainable."""
     from peft import PeftModel
 
-    from .peft import is_peft_model, merge_adapter, quiet_peft_warnings
-
     base_name = adapter_base_name(path)
     base = load_model(base_name, **kwargs)
     if is_peft_model(base):
@@ -362,12 +352,7 @@ def _load_adapter(path: Path, **kwargs: Any):
             model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
         return model.eval()  # like every other load; adapter weights stay trainable
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise PosttrainError(f"cannot load adapter {path} on base '{base_name}': {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+        raise PosttrainError(f"cannot load adapter {path} on base '{base_name}': {first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -390,12 +375,8 @@ def load_tokenizer(name_or_path: str, *, padding_side: str | None = None, trust_
         return load_tokenizer(adapter_base_name(path), padding_side=padding_side, trust_remote_code=trust_remote_code)
     else:
         if kind == "alias":
-            from .gguf import smollm2_checkpoint
-
             source = str(smollm2_checkpoint())
         elif kind == "gguf":
-            from .gguf import gguf_checkpoint
-
             source = str(gguf_checkpoint(path))
         else:
             source = str(path) if path is not None else name_or_path
@@ -404,7 +385,7 @@ def load_tokenizer(name_or_path: str, *, padding_side: str | None = None, trust_
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001 - missing files, bad json, offline hub
-            raise PosttrainError(f"cannot load the tokenizer of '{name_or_path}': {_first_line(exc)}") from None
+            raise PosttrainError(f"cannot load the tokenizer of '{name_or_path}': {first_line(exc)}") from None
     ensure_pad_token(tokenizer)
     if padding_side is not None:
         if padding_side not in ("left", "right"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import storage_errors
+from .peft import quiet_peft_warnings
 
 
 def save_model_files(model, directory: str | Path, state_dict: dict | None = None) -> None:
@@ -31,7 +32,6 @@ def save_model_files(model, directory: str | Path, state_dict: dict | None = Non
     is_adapter = getattr(model, "peft_config", None) is not None and hasattr(model, "get_base_model")
     if is_adapter:
         kwargs["save_embedding_layers"] = _embeddings_trained(model)
-    from .peft import quiet_peft_warnings
 
     with quiet_peft_warnings(), _loadable_base_recorded(model if is_adapter else None, directory):
         model.save_pretrained(str(directory), **kwargs)

@@ -41,8 +41,10 @@ from typing import Any, Callable, Mapping, Sequence
 from ..config import help_field, parse_config
 from ..data.options import DataArgs
 from ..errors import ConfigError
-from ..jsonl import write_json, write_jsonl
+from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..records import prompt_text
+from ..rollout.progress import progress_logger
+from ..rollout.rewards import call_reward, load_reward_function
 from ..train.args import ModelArgs
 from .rollouts import conversation
 
@@ -108,8 +110,6 @@ def select_threshold(scores: Sequence[float], threshold: float) -> list[int]:
 
 
 def make_condition(spec: str) -> Callable[[str, str, float, Mapping[str, Any]], bool]:
-    from ..rollout.rewards import call_reward, load_reward_function
-
     fn = load_reward_function(spec)
 
     def check(prompt: str, response: str, score: float, extra: Mapping[str, Any]) -> bool:
@@ -188,7 +188,6 @@ def sample_round(model_name: str, prompt_set, scorer, cfg: BestOfNConfig, round_
     from ..distributed.processes import Processes
     from ..models import load_model, load_tokenizer
     from ..rollout.generation import SamplingParams, generate
-    from ..rollout.progress import progress_logger
     from .loop import prompt_seeds, timer
     from .rollouts import reward_rows, samples_from_generations
 
@@ -369,8 +368,6 @@ def _log_err(line: str) -> None:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
-    from ..jsonl import read_jsonl
-
     return [row for _, row in read_jsonl(path)] if path.is_file() else []
 
 

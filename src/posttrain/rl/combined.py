@@ -25,7 +25,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..data.prompts import parse_prompt
+from ..data.readers import read_rows
+from ..errors import ConfigError, InputError
 from ..losses.combined import dpo_sequence_coefficients, group_best_worst_pairs
 from .rollouts import Sample, chunks, collate
 
@@ -51,9 +53,6 @@ def check_combined(cfg: Any) -> None:
 def load_expert_samples(path: str, tokenizer, cfg: Any) -> list[Sample]:
     """prompt/completion rows -> Samples (prompt ids rendered like the RL prompts, then the
     completion's ids and EOS), for the behaviour-cloning term. Bad rows: one error naming file:line."""
-    from ..data.prompts import parse_prompt
-    from ..data.readers import read_rows
-    from ..errors import InputError
     from .rollouts import render_prompt_ids
 
     prompts, completions = [], []

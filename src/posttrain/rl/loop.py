@@ -28,20 +28,27 @@ optimizer steps (GRPO's mu x minibatches, PPO's epochs x minibatches).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
 
 from ..config import help_field
 from ..data.options import read_kwargs
-from ..errors import ConfigError, TrainingError
+from ..data.prompts import load_prompts
+from ..errors import ConfigError, PosttrainError, TrainingError
+from ..jsonl import append_jsonl
+from ..models.saving import save_model_files
+from ..rollout.rewards import TASKS, task_file
 from ..train.args import ModelArgs, RunArgs
+from ..train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .rollouts import chunks, render_prompt_ids, split_even
 
 
@@ -86,8 +93,6 @@ class RLArgs(ModelArgs, RunArgs):
 def apply_task_defaults(cfg: RLArgs) -> RLArgs:
     """`--task NAME`: the shipped train/test files and the task's verifier, unless given.
     `--eval-prompts none` turns evaluation off (with or without a task)."""
-    from ..errors import PosttrainError
-    from ..rollout.rewards import TASKS, task_file
 
     no_eval = cfg.eval_prompts.strip().lower() == "none"
     if cfg.task:
@@ -129,8 +134,6 @@ class PromptSet:
 
 
 def load_prompt_set(path: str, tokenizer, cfg: RLArgs, limit: int = 0) -> PromptSet:
-    from ..data.prompts import load_prompts
-
     # --split picks the training prompts' split; eval prompts name their own as PATH:SPLIT.
     prompts = load_prompts(path, limit=limit or None, **read_kwargs(cfg, split=path == cfg.prompts))
     ids, kept = render_prompt_ids(prompts, tokenizer, cfg.template, cfg.max_length - cfg.max_new_tokens,
@@ -285,7 +288,6 @@ class OnlineRun:
     # ----- resume
     def start(self) -> tuple[int, dict[str, Any]]:
         """(first step, saved recipe state); loads the newest checkpoint with --resume."""
-        from ..train.checkpoint import latest_checkpoint, load_checkpoint
         from ..train.metrics import Progress, truncate_metrics
 
         step, state = 0, {}
@@ -323,7 +325,6 @@ class OnlineRun:
         """Context for one micro-batch's forward *and* backward: autocast, and gradients reduced
         over processes only on the last micro-batch of an optimizer step (`micro_batch_sync`:
         DDP/FSDP `no_sync`, DeepSpeed's accumulation boundary)."""
-        import contextlib
 
         from ..distributed.training import micro_batch_sync
 
@@ -336,8 +337,6 @@ class OnlineRun:
     def end_step(self, step: int, row: dict[str, Any], tokens: int, state: dict[str, Any],
                  rollouts: list[dict[str, Any]] | None = None) -> None:
         """Log the step's row (and rollouts), advance progress, checkpoint when due. `step` is 1-based."""
-        from ..jsonl import append_jsonl
-        from ..train.checkpoint import save_checkpoint
 
         row["tokens_per_s"] = self.progress.update(tokens, reward=row.get("reward", float("nan")))
         if step % max(self.cfg.log_every, 1) == 0 or step == self.cfg.max_steps:
@@ -354,10 +353,8 @@ class OnlineRun:
         Under FSDP/DeepSpeed the whole module's weights are gathered first (every process
         takes part; the main process keeps them in `self.final_state` for recipes that save
         more, e.g. PPO's value model) and the policy's part is written."""
-        from types import SimpleNamespace
 
         from ..distributed.training import full_state_dict
-        from ..models.saving import save_model_files
         from ..train.engine import save_final_atomically
 
         self.progress.close()
@@ -384,7 +381,6 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
     state saved in checkpoints (e.g. PPO's KL coefficient), given back to `restore_fn(state)`
     on resume. Returns a summary dict.
     """
-    from ..train.checkpoint import save_checkpoint
     from ..train.engine import Interrupted, any_process, sigint_flag
     from ..train.setup import say
 

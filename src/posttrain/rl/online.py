@@ -11,10 +11,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..jsonl import write_jsonl
+from ..models.peft import is_peft_model
 from .loop import OnlineRun, PromptSet, RLArgs, prompt_seeds, sampling_params, step_prompt_indices, timer
 from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
 from .rollouts import Sample, reward_rows, samples_from_generations
@@ -101,7 +104,6 @@ def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScore
     "reward/NAME": mean per function, "response_length": mean tokens}. For 0/1 verifiers the
     mean reward is the accuracy. With `output` (a path), every answer is written there
     (prompt, response, reward and the prompt row's fields) for inspection."""
-    from ..jsonl import write_jsonl
     from ..rollout.generation import SamplingParams, generate
     from .loop import gather_rollouts
 
@@ -143,7 +145,6 @@ def run_evaluator(run: OnlineRun, cfg: RLArgs, tokenizer, eval_set: PromptSet | 
     """`evaluate(step)` for `run_online`: greedy answers to the eval prompts with the current policy
     (whole weights, see `OnlineRun.full_parameters`), written to output_dir/eval/step-N.jsonl; None
     without eval prompts."""
-    from pathlib import Path
 
     def evaluate(step: int) -> dict[str, float] | None:
         if eval_set is None:
@@ -180,7 +181,6 @@ class Reference:
 
     @classmethod
     def for_policy(cls, policy: torch.nn.Module, get_policy) -> "Reference":
-        from ..models.peft import is_peft_model
         from ..models.reference import frozen_copy
 
         if is_peft_model(policy):

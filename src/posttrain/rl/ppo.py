@@ -3,7 +3,6 @@
 The RLHF recipe of Ziegler et al. (2019) / Stiennon et al. (2020) / InstructGPT, with the
 implementation details of Huang et al. (2024, "The N+ Implementation Details of RLHF
 with PPO"). Each step:
-
 1. Sample a response to each of `prompts_per_step` prompts (x `n`) with the policy π_old.
 2. Score each response once: s_i (verifiers, user functions, a reward model, a weighted sum).
 3. Without gradients: log π_old(y_t), log π_ref(y_t), and values V(s_t) from the value model,
@@ -50,6 +49,7 @@ from ..losses import (
     ppo_clip_losses,
     whiten,
 )
+from ..models.peft import apply_peft, merge_adapter
 from .loop import (
     OnlineRun,
     RLArgs,
@@ -155,12 +155,11 @@ class ActorCritic(nn.Module):
 def build_critic(cfg: PPOConfig, policy: nn.Module) -> tuple[nn.Module | None, nn.Linear | None]:
     """(critic, None) for a separate value model, (None, head) for a shared one."""
     from ..models import load_model
-    from ..models.heads import ScalarHeadModel, _hidden_size, is_classifier_dir, is_scalar_head_dir
-    from ..models.peft import apply_peft, merge_adapter
+    from ..models.heads import ScalarHeadModel, hidden_size, is_classifier_dir, is_scalar_head_dir
 
     if cfg.value_model == "shared":
         param = next(policy.parameters())
-        head = nn.Linear(_hidden_size(policy), 1, device=param.device, dtype=param.dtype)
+        head = nn.Linear(hidden_size(policy), 1, device=param.device, dtype=param.dtype)
         zero_value_head(head)
         return None, head
     path = cfg.value_model_path or cfg.model

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, PosttrainError
 from ..records import Message
+from ..rollout.rewards import BUILTIN_REWARDS, resolve_reward, score_batch
 
 RM_PREFIX = "rm:"
 
@@ -118,7 +119,6 @@ def load_scorer(path: str) -> Any:
 
 def resolve_spec(spec: RewardSpec, scorer_loader: Callable[[str], Any] = load_scorer) -> Callable[..., float]:
     """One spec -> a reward function (built-in, user function, or reward model adapter)."""
-    from ..rollout.rewards import BUILTIN_REWARDS, resolve_reward
 
     name = spec.name
     if name.startswith(RM_PREFIX):
@@ -151,8 +151,6 @@ class RewardScorerSet:
         return cls(parse_reward_specs(specs, weights))
 
     def score(self, rows: Sequence[Mapping[str, Any]]):
-        from ..rollout.rewards import score_batch
-
         rows = [{**row, "prompt_messages": row.get("prompt")} for row in rows]
         return score_batch(self.functions, rows, self.weights)
 

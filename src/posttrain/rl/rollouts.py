@@ -24,6 +24,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..data import get_template
+from ..data.readers import split_location
+from ..data.tokenize import encode
+from ..errors import InputError
 from ..records import Message
 
 
@@ -131,10 +135,6 @@ def render_prompt_ids(prompts: Sequence[Any], tokenizer, template_name: str, max
     Prompts longer than `max_prompt_tokens` are dropped, cut from the left
     ("truncate"), or an error ("error"), as `length_policy` says.
     """
-    from ..data import get_template
-    from ..data.readers import split_location
-    from ..data.tokenize import encode
-    from ..errors import InputError
 
     template = get_template(template_name, tokenizer)
     ids, kept = [], []

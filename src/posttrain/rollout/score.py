@@ -33,8 +33,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import help_field, parse_config
+from ..data import get_template, read_rows
 from ..data.options import DataArgs, read_kwargs
+from ..data.prompts import parse_prompt
+from ..data.readers import split_location
 from ..errors import ConfigError, InputError, PosttrainError
+from ..jsonl import write_jsonl
+from ..models.peft import merge_adapter
 from ..records import Message, user_prompt
 
 SETTINGS_FILE = "reward_model.json"  # written by `posttrain rm` (train/reward.py)
@@ -70,7 +75,6 @@ class RewardScorer:
     def __init__(self, model_dir: str, *, device: str | None = "auto", dtype: str = "auto", batch_size: int = 32,
                  max_length: int | None = None, template: str | None = None, length_policy: str = "truncate",
                  layout: str = "auto", attn_implementation: str = "sdpa", merge_adapter: bool = True):
-        from ..data import get_template
         from ..models import load_tokenizer
 
         if length_policy not in ("truncate", "error"):
@@ -96,7 +100,6 @@ class RewardScorer:
         """The reward model, loaded on first use (so bad input is reported before a slow load)."""
         if self._model is None:
             from ..models.heads import ScalarHeadModel, load_reward_model
-            from ..models.peft import merge_adapter
 
             model = load_reward_model(self.model_dir, **self._load, merge_adapter=self._merge)
             if self._merge and isinstance(model, ScalarHeadModel):
@@ -213,8 +216,6 @@ def _text(value: Any, path: str, line: int | None, field: str) -> str:
 
 def parse_score_row(row: dict[str, Any], where: str, overwrite: bool) -> tuple[str, list[Message], list[str]]:
     """(kind, prompt messages, responses) of one input row; bad rows are located InputErrors."""
-    from ..data.prompts import parse_prompt
-    from ..data.readers import split_location
 
     path, line = split_location(where)
     if row.get("chosen") is not None or row.get("rejected") is not None:
@@ -245,8 +246,6 @@ def _progress_bar(total: int, enabled: bool):
 
 def score_file(cfg: ScoreConfig) -> dict[str, float]:
     """Score `cfg.input` into `cfg.output`; returns counts and throughput."""
-    from ..data import read_rows
-    from ..jsonl import write_jsonl
 
     for name in ("model", "input", "output"):
         if not getattr(cfg, name):

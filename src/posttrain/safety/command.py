@@ -14,6 +14,7 @@ read and checked, and the attack list built, before any model is loaded.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +32,6 @@ TRANSCRIPT = "transcript.jsonl"
 
 
 def log_err(text: str) -> None:
-    import sys
-
     print(text, file=sys.stderr, flush=True)
 
 

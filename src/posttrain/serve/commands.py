@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..jsonl import write_jsonl
 from .db import connect, create_user, init_db, open_existing
 from .export import EXPORT_KINDS, export_rows
-from .feedback import parse_variants
+from .feedback import ModelBackend, make_backend, parse_variants
 from .items import insert_items, read_items
 
 DEFAULT_DB = "serve.db"
@@ -42,7 +42,6 @@ def serve_main(argv: list[str]) -> int:
     import uvicorn
 
     from .app import create_app
-    from .feedback import ModelBackend, make_backend
     from .web import Settings
 
     backends = {name: make_backend(model, cfg.max_new_tokens, cfg.temperature) for name, model in variants.items()}

@@ -67,7 +67,7 @@ class ModelBackend:
     def _load(self) -> None:
         if self._model is not None:
             return
-        from ..models import load_model, load_tokenizer  # heavy; only when a real model is used
+        from ..models.loading import load_model, load_tokenizer  # torch: only when a real model is used
 
         self._tokenizer = load_tokenizer(self.model_name)
         self._model = load_model(self.model_name)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import help_field, parse_config
+from ..data import get_template
+from ..data.readers import check_sources
 from ..errors import ConfigError
 from ..losses import PREFERENCE_LOSSES, PairLogps, mixed_preference_loss, needs_reference, preference_loss
 from .args import ModelArgs, TrainArgs
@@ -144,8 +146,6 @@ def train_dpo(cfg: DPOConfig):
     """Run DPO-family training as configured; returns the engine's `TrainResult`."""
     if not cfg.data:  # before loading (or converting) any model
         raise ConfigError("data", "give the training data (--data FILE)")
-    from ..data import get_template
-    from ..data.readers import check_sources
 
     check_sources(data_paths(cfg) + ([cfg.eval_data] if cfg.eval_data else []))  # a typo costs no model load
     from ..models import load_tokenizer

@@ -39,6 +39,7 @@ from ..config import validate_ranges
 from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
+from ..models.saving import save_model_files
 from .args import TrainArgs, check_trackers  # (checked when the command line is read, and again here)
 from .checkpoint import (
     checkpoint_model_files,
@@ -191,8 +192,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def default_save_final(accelerator, tokenizer=None) -> Callable[[torch.nn.Module, Path], None]:
     from accelerate.utils import DistributedType
-
-    from ..models.saving import save_model_files
 
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 

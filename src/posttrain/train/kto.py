@@ -34,7 +34,9 @@ from typing import Any
 import torch
 
 from ..config import help_field, parse_config
+from ..data import get_template
 from ..data.formats import check_both_labels
+from ..data.readers import check_sources
 from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
@@ -163,8 +165,6 @@ def train_kto(cfg: KTOConfig):
     """Run KTO as configured; returns the engine's `TrainResult`."""
     if not cfg.data:  # before loading (or converting) any model
         raise ConfigError("data", "give the training data (--data FILE)")
-    from ..data import get_template
-    from ..data.readers import check_sources
 
     check_sources(data_paths(cfg) + ([cfg.eval_data] if cfg.eval_data else []))  # a typo costs no model load
     from ..models import load_tokenizer

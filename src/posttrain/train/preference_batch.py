@@ -49,6 +49,9 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
+from ..errors import ConfigError
+from .layout_cost import choose_layout, cost_model, describe_choice, padded_cost, padding_free_cost
+
 MASK_STYLES = ("bool", "float", "position_ids")
 
 
@@ -265,7 +268,6 @@ def pair_row_lengths(example: Any, padding_free: bool, prefix_sharing: bool) -> 
 
 def pair_layout_cost(costs, name: str, examples: Sequence[Any], dense_mask: bool = True) -> float:
     """Estimated cost of one micro-batch of pairs in layout `name` (see train/layout_cost.py)."""
-    from .layout_cost import padded_cost, padding_free_cost
 
     padding_free, prefix_sharing = LAYOUTS[name]
     rows = [n for e in examples for n in pair_row_lengths(e, padding_free, prefix_sharing)]
@@ -279,7 +281,6 @@ def resolve_layout(cfg, model, examples: Sequence[Any]) -> tuple[bool, bool, str
     taken as given (check_layout has vetted it); `auto` prices every layout the kernel
     allows over the data and takes the cheapest (train/layout_cost.py).
     """
-    from .layout_cost import choose_layout, cost_model, describe_choice
 
     if cfg.padding_free or cfg.prefix_sharing:  # the old flags: --padding-free, --prefix-sharing
         name = layout_name(cfg.padding_free, cfg.prefix_sharing)
@@ -299,7 +300,6 @@ def check_layout(cfg) -> str:
 
     `cfg.layout` (DPO) names the layout; `cfg.padding_free` / `cfg.prefix_sharing` are the
     older flags (KTO has only `padding_free`)."""
-    from ..errors import ConfigError
 
     style = mask_style_for(cfg.attn_implementation)
     layout = getattr(cfg, "layout", "auto")

@@ -30,6 +30,7 @@ dataset, lets the cache hold their reference log-probs too.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ from ..data.options import read_kwargs
 from ..data.readers import read_rows, split_location
 from ..data.tokenize import LengthStats, apply_length_policy, tokenize_prompt_response
 from ..errors import ConfigError, InputError
+from ..jsonl import write_json
 from ..records import PreferencePair, Unpaired
 from .setup import say
 
@@ -293,9 +295,6 @@ def load_data(cfg, tokenizer, template, loader) -> tuple[list, list, list, dict[
 
 def write_report(output_dir: str, reports: dict[str, DataReport], reference: dict[str, Any]) -> None:
     """`data_report.json` in the run directory: what the data policies did, and the reference used."""
-    import os
-
-    from ..jsonl import write_json
 
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(f"{output_dir}/data_report.json",

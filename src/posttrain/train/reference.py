@@ -45,6 +45,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..errors import ConfigError
+from ..jsonl import atomic_write
+from ..models.gguf import cache_root
 from .preference_batch import sequence_logps
 
 STRATEGIES = ("auto", "copy", "adapter", "cached")
@@ -227,7 +229,6 @@ def cache_file(data_path: str, key: str, fallback_dir: str | Path) -> Path:
     content, so two files of one name never share an entry); when the cache root is not
     writable, `fallback_dir/reference-cache/`. Never beside the data: a user's data directory,
     or the source tree for shipped data, is not posttrain's to write into."""
-    from ..models.gguf import cache_root
 
     directory = cache_root() / "reference"
     existing = next((p for p in (directory, *directory.parents) if p.exists()), directory)
@@ -255,8 +256,6 @@ def read_cache(path: Path, key: str, rows: int) -> torch.Tensor | None:
 
 def write_cache(path: Path, key: str, table: torch.Tensor, description: dict[str, str]) -> None:
     from safetensors.torch import save
-
-    from ..jsonl import atomic_write
 
     data = save({"logps": table.contiguous().cpu()}, metadata={"key": key, "format": CACHE_FORMAT, **description})
     with atomic_write(path, "wb") as handle:

@@ -34,8 +34,11 @@ from typing import Any
 import torch
 
 from ..config import help_field, parse_config
+from ..data import LengthStats, get_template, iter_records
 from ..data.options import read_kwargs
+from ..data.readers import check_sources
 from ..errors import ConfigError, InputError
+from ..jsonl import write_json
 from ..losses.reward import RANKING_LOSSES, bradley_terry_loss, ranking_accuracy_parts, ranking_pairs
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training
@@ -76,7 +79,6 @@ class RMConfig(ModelArgs, TrainArgs):
 
 def load_groups(path: str, tokenizer, template, cfg: RMConfig) -> list[RewardGroup]:
     """Read pairs/rankings from `path` and tokenise them; bad rows are one-line InputErrors."""
-    from ..data import LengthStats, iter_records
 
     stats, groups, skipped = LengthStats(), [], 0
     # --split picks the training data's split; eval data names its own as PATH:SPLIT.
@@ -219,9 +221,6 @@ def make_saver(accelerator, tokenizer, settings: dict[str, Any]):
 
 def train_reward_model(cfg: RMConfig):
     """Train as configured; returns the engine's `TrainResult` (summary also in rm_summary.json)."""
-    from ..data import get_template
-    from ..data.readers import check_sources
-    from ..jsonl import write_json
     from ..models import load_tokenizer
 
     if not cfg.data:

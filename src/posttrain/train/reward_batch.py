@@ -43,6 +43,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..data import apply_length_policy, tokenize_prompt_response
+from ..data.readers import split_location
 from ..errors import ConfigError, InputError
 from ..records import PreferencePair, Ranked
 
@@ -100,8 +102,6 @@ def ranks_from_record(record: Ranked) -> list[int]:
 
 
 def _located(source: str | None, field: str, message: str) -> InputError:
-    from ..data.readers import split_location
-
     path, line = split_location(source)
     return InputError(path, line, field, message)
 
@@ -135,7 +135,6 @@ def tokenize_group(prompt: list[dict], responses: Sequence[str], tokenizer: Any,
                    fields: Sequence[str] | None = None, extra: dict | None = None) -> RewardGroup | None:
     """Tokenise one prompt and its responses, fitted to `max_length` under `policy`
     (the prompt is cut once for all responses); None when the policy drops the group."""
-    from ..data import apply_length_policy, tokenize_prompt_response
 
     prompt_ids: list[int] = []
     response_ids: list[list[int]] = []

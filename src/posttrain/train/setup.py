@@ -11,6 +11,7 @@ import yaml
 
 from ..config import save_config, to_mapping
 from ..errors import ConfigError
+from ..models.peft import apply_peft, is_peft_model, merge_adapter, trainable_parameter_summary
 from .args import ModelArgs
 
 
@@ -148,7 +149,6 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
     from accelerate.utils import set_seed
 
     from ..models import load_model
-    from ..models.peft import apply_peft, is_peft_model, merge_adapter, trainable_parameter_summary
 
     # Seed before building anything random (adapter init), so a run is a function of its seed.
     set_seed(seed)

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import help_field, parse_config
+from ..data import get_template, load_records, pack_examples, tokenize_conversations
 from ..data.options import read_kwargs
+from ..data.readers import check_sources
 from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
+from .layout_cost import choose_layout, cost_model, describe_choice, padded_cost, padding_free_cost
 from .setup import load_trainable_model, prepare_run_dir, say
 
 if TYPE_CHECKING:  # torch and the engine are imported where used, so `posttrain sft --help` stays fast
@@ -56,7 +59,6 @@ def tokenize_dataset(path: str, tokenizer, template, cfg: SFTConfig, eval_data: 
     """Conversations (loss on the answers) and raw `text` rows (loss on every token; a text longer
     than max_length becomes several examples) of one dataset, tokenised. Eval data names its own
     split (PATH:SPLIT), so --split applies to the training data only."""
-    from ..data import load_records, tokenize_conversations
 
     records = load_records(path, kind=("sft", "text"), limit=cfg.limit or None, **read_kwargs(cfg, split=not eval_data))
     examples, stats = tokenize_conversations(records, tokenizer, template, cfg.max_length, cfg.length_policy)
@@ -127,7 +129,6 @@ def collate_fn(tokenizer, packed: bool, padding_free: bool = False, attn_impleme
 def resolve_layout(cfg: SFTConfig, model, examples: list) -> tuple[bool, str]:
     """(padding_free, one log line): `--layout`, the older `--padding-free`, or for `auto` the
     cheaper layout over the data's micro-batches (train/layout_cost.py)."""
-    from .layout_cost import choose_layout, cost_model, describe_choice, padded_cost, padding_free_cost
 
     if cfg.packing:
         return False, f"layout: packed rows of {cfg.max_length} tokens (--packing)"
@@ -166,8 +167,6 @@ def make_evaluator(eval_examples: list, collate, batch_size: int):
 
 def train_sft(cfg: SFTConfig):
     """Run SFT as configured; returns the engine's `TrainResult`."""
-    from ..data import get_template, pack_examples
-    from ..data.readers import check_sources
     from ..models import load_tokenizer
     from .engine import TrainTask, run_training
 
