@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, InputError, PosttrainError
 from ..jsonl import append_jsonl, write_json, write_jsonl
 from ..rollout.chat import ChatBackend
@@ -31,8 +32,8 @@ DEFAULT_LOCAL_JUDGE = "smollm2-135m"
 
 
 @dataclass
-class JudgeConfig:
-    input: str = help_field("", "JSONL of pairs (pairwise) or responses (pointwise) to judge")
+class JudgeConfig(DataArgs):
+    input: str = help_field("", "data file (JSONL, CSV, Parquet, dataset directory) of pairs (pairwise) or responses (pointwise) to judge")
     output: str | None = help_field(None, "output JSONL of Judgement records (default: INPUT stem + .judged.jsonl)")
     mode: str = help_field("pairwise", "what to judge", choices=["pairwise", "pointwise"])
     swap: bool = help_field(False, "pairwise: judge both orders; disagreement becomes a tie")
@@ -151,7 +152,7 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | RewardJudge | None = None
     """
     validate(cfg)
     template = load_template(cfg.template, cfg.mode)
-    rows = read_items(cfg.input, cfg.mode, cfg.limit)  # every row is checked before any judging
+    rows = read_items(cfg.input, cfg.mode, cfg.limit, **read_kwargs(cfg))  # every row is checked before any judging
     output, partial, summary_path = output_paths(cfg)
     if not cfg.resume and os.path.exists(partial):
         os.unlink(partial)
@@ -160,6 +161,7 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | RewardJudge | None = None
         backend = build_reward_judge(cfg) if cfg.reward_model else build_backend(cfg)
     settings = {"input": os.path.abspath(cfg.input), "mode": cfg.mode, "template": template.name,
                 "swap": cfg.swap, "judge": backend.name, "rubric": cfg.rubric}
+    settings.update({k: v for k, v in (("split", cfg.split), ("columns", cfg.columns)) if v})  # only when set
     done = {line: recs for line, recs in load_partial(partial, settings).items() if _finished(recs)}
     if not os.path.exists(partial):
         append_jsonl(partial, {"partial_of": settings})

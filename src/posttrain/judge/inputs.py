@@ -11,14 +11,16 @@ Pointwise rows (one or more responses each):
   {"prompt": ..., "responses": ["...", "..."]}             # one record per response, with response_index
 
 `prompt` is a string or a list of {"role", "content"} messages. Every other field
-of the row is carried into the output records unchanged.
+of the row is carried into the output records unchanged. The input is any data file
+`read_rows` reads (JSONL, CSV, Parquet, a dataset directory), with `split` and
+`columns` (`--split`, `--columns response_a=answer_1`) as for every other command.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from ..data.readers import read_rows, split_location
 from ..errors import InputError
-from ..jsonl import read_jsonl
 from ..records import Message, user_prompt
 from .judging import PairItem, PointItem
 
@@ -84,13 +86,19 @@ def point_items(row: dict, path: str, line: int) -> list[PointItem]:
     raise InputError(path, line, None, "a pointwise row needs response, completion or responses")
 
 
-def read_items(path: str, mode: str, limit: int | None = None) -> list[tuple[int, list[PairItem | PointItem]]]:
-    """(line number, items of that row) for each row (the first `limit` rows); all are checked up front."""
+def read_items(path: str, mode: str, limit: int | None = None, split: str | None = None,
+               columns: dict[str, str] | None = None,
+               max_line_bytes: int | None = None) -> list[tuple[int, list[PairItem | PointItem]]]:
+    """(line number, items of that row) for each row (the first `limit` rows); all are checked up front.
+    `split`, `columns` and `max_line_bytes` are `read_rows`' (see data/options.py)."""
     rows = []
-    for line, row in read_jsonl(path):
+    for where, row in read_rows(path, split=split, columns=columns, max_line_bytes=max_line_bytes):
         if limit is not None and len(rows) >= limit:
             break
-        rows.append((line, [pair_item(row, path, line)] if mode == "pairwise" else point_items(row, path, line)))
+        file, line = split_location(where)
+        file = file or path
+        line = line if line is not None else len(rows) + 1
+        rows.append((line, [pair_item(row, file, line)] if mode == "pairwise" else point_items(row, file, line)))
     if not rows:
         raise InputError(path, None, None, "no rows to judge")
     return rows

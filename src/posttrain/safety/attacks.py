@@ -37,8 +37,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from ..data.readers import read_rows, split_location
 from ..errors import ConfigError, InputError
-from ..jsonl import read_jsonl
 from ..records import Message
 
 FAMILIES = ("roleplay", "hypothetical", "override", "encoding", "many_shot", "multi_turn")
@@ -139,11 +139,21 @@ def _text(value: Any, path: str, line: int | None, name: str) -> str:
     return value.strip()
 
 
-def read_topics(path: str | Path | None = None) -> list[Topic]:
-    """Seed topics from a JSONL file (default: the shipped ones); errors name file:line:field."""
+def located_rows(path: str | Path, read: dict[str, Any] | None = None):
+    """`(file, line, row)` for each row of a data file, read by `read_rows` with `read`
+    (its `split`, `columns` and `max_line_bytes`: `--split`, `--columns`, `--max-line-bytes`)."""
+    for where, row in read_rows(path, **(read or {})):
+        file, line = split_location(where)
+        yield file or str(path), line, row
+
+
+def read_topics(path: str | Path | None = None, read: dict[str, Any] | None = None) -> list[Topic]:
+    """Seed topics from a data file (default: the shipped ones); errors name file:line:field.
+    `read` (split, columns, max_line_bytes) applies to a given file, not to the shipped one."""
+    read = read if path else None
     path = str(path or resource_path("topics.jsonl"))
     topics, seen = [], set()
-    for line, row in read_jsonl(path):
+    for path, line, row in located_rows(path, read):
         values = {key: _text(row.get(key), path, line, key) for key in ("id", "category", "request")}
         for key in ("opener", "alternative"):
             if row.get(key) is not None:
@@ -306,18 +316,20 @@ def benign_attack(item_id: str, category: str, prompt: str, answer: str | None, 
                   kind="benign", request=prompt, turns=[prompt], extra=extra)
 
 
-def read_benign(paths: Sequence[str | Path] = ()) -> list[Attack]:
+def read_benign(paths: Sequence[str | Path] = (), read: dict[str, Any] | None = None) -> list[Attack]:
     """Benign look-alikes: by default the shipped probe suite's benign rows plus `benign.jsonl`.
 
     A file may be a probes file (`type` harmful/benign: only benign rows are used) or rows with
-    id, category, prompt and an optional reference `answer`.
+    id, category, prompt and an optional reference `answer`. `read` (split, columns,
+    max_line_bytes) applies to given files, not to the shipped ones.
     """
     if not paths:
+        read = None
         paths = [Path(str(resources.files("posttrain").joinpath("resources", "safety", "probes.jsonl"))),
                  resource_path("benign.jsonl")]
     out, seen = [], set()
-    for path in paths:
-        for line, row in read_jsonl(path):
+    for given in paths:
+        for path, line, row in located_rows(given, read):
             if row.get("type", "benign") != "benign":
                 continue
             values = {key: _text(row.get(key), str(path), line, key) for key in ("id", "category", "prompt")}

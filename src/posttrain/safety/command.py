@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import help_field, parse_config, save_config
+from ..data.options import DataArgs, read_kwargs
+from ..data.readers import resolve_split
 from ..errors import ConfigError
 from ..jsonl import write_json, write_jsonl
 from .attacks import FAMILIES, build_attacks, in_split, read_attacks, read_benign, read_topics, select
@@ -36,7 +38,7 @@ def log_err(text: str) -> None:
 
 
 @dataclass
-class RedteamConfig:
+class RedteamConfig(DataArgs):
     target: str = help_field("smollm2-135m", "model to attack: alias, directory, run directory, .gguf, hub id "
                                              "(or the model name served at --target-url)")
     target_url: str | None = help_field(None, "OpenAI-compatible endpoint serving --target (instead of a local model)")
@@ -52,8 +54,9 @@ class RedteamConfig:
     benign: list[str] = help_field([], "benign look-alike files (default: the shipped probe suite's benign rows "
                                        "and resources/redteam/benign.jsonl)")
     include_benign: bool = help_field(True, "also run benign look-alikes (over-refusal rate, help-over-refusal pairs)")
-    split: str = help_field("all", "topics to use: all, or the train / eval part of a stable hash split "
-                                   "(pairs from train, measure on eval)", choices=["all", "train", "eval"])
+    topic_split: str = help_field("all", "topics to use: all, or the train / eval part of a stable hash split "
+                                         "(pairs from train, measure on eval); --split picks a split of the data "
+                                         "files (--topics, --benign, --rejudge)", choices=["all", "train", "eval"])
     eval_fraction: float = help_field(0.5, "share of topics (and benign prompts) in the eval split")
     limit: int = help_field(0, "at most N attacks, spread evenly over templates (0: all)")
     benign_limit: int = help_field(0, "at most N benign prompts, spread evenly over categories (0: all)")
@@ -94,20 +97,25 @@ def validate(cfg: RedteamConfig) -> None:
         raise ConfigError("attacker", "required with --attacker-url: the model name the server serves")
     if cfg.judge_url and cfg.judge_model == "keyword":
         raise ConfigError("judge_model", "with --judge-url, --judge-model names the served judge model")
+    given = [p for p in (cfg.topics, *cfg.benign, cfg.rejudge) if p]
+    if cfg.split in ("all", "train", "eval") and not any(os.path.isdir(resolve_split(p, None)[0]) for p in given):
+        # `--split train|eval` used to pick the topic hash split; on single files it would now silently pick nothing.
+        raise ConfigError("split", f"'{cfg.split}' names a split of a dataset directory (--topics, --benign, --rejudge); "
+                          f"for the train/eval part of the topic hash split use --topic-split {cfg.split}")
 
 
 def build_attack_list(cfg: RedteamConfig, log: Callable[[str], None] = log_err):
     """(library, attacks): harmful attacks then benign look-alikes, split and subsampled."""
     library = read_attacks(cfg.attacks)
-    topics = read_topics(cfg.topics)
-    harmful = in_split(build_attacks(topics, library, cfg.families), cfg.split, cfg.eval_fraction)
+    topics = read_topics(cfg.topics, read_kwargs(cfg))
+    harmful = in_split(build_attacks(topics, library, cfg.families), cfg.topic_split, cfg.eval_fraction)
     harmful = select(harmful, cfg.limit, cfg.seed, key=lambda a: a.template)
     benign = []
     if cfg.include_benign:
-        benign = in_split(read_benign(cfg.benign), cfg.split, cfg.eval_fraction)
+        benign = in_split(read_benign(cfg.benign, read_kwargs(cfg)), cfg.topic_split, cfg.eval_fraction)
         benign = select(benign, cfg.benign_limit, cfg.seed, key=lambda a: a.category)
     if not harmful:
-        raise ConfigError("split", f"no attacks left in split '{cfg.split}' (topics: {len(topics)})")
+        raise ConfigError("topic_split", f"no attacks left in split '{cfg.topic_split}' (topics: {len(topics)})")
     log(f"{len(harmful)} attacks ({len({a.template for a in harmful})} templates, {len({a.topic for a in harmful})} "
         f"topics), {len(benign)} benign prompts")
     return library, harmful + benign
@@ -151,7 +159,7 @@ def run_redteam_command(cfg: RedteamConfig, *, target=None, attacker=None, judge
     """
     validate(cfg)
     # every input is read and checked before any model loads
-    old_rows = read_transcript(cfg.rejudge) if cfg.rejudge else None
+    old_rows = read_transcript(cfg.rejudge, read_kwargs(cfg)) if cfg.rejudge else None
     library, attacks = build_attack_list(cfg, log) if old_rows is None else (None, [])
     judge_template = load_judge_template(cfg.judge_template) if cfg.judge_model != "keyword" or judge_backend else None
     backends = Backends(cfg)
@@ -174,8 +182,8 @@ def run_redteam_command(cfg: RedteamConfig, *, target=None, attacker=None, judge
                                attacker_temperature=cfg.attacker_temperature, log=log)
             target_name = getattr(target, "name", cfg.target)
         meta = {"target": target_name, "judge": judge.name,
-                "attacker": getattr(attacker, "name", None), "split": cfg.split,
-                "eval_fraction": cfg.eval_fraction if cfg.split != "all" else None}
+                "attacker": getattr(attacker, "name", None), "split": cfg.topic_split,
+                "eval_fraction": cfg.eval_fraction if cfg.topic_split != "all" else None}
         if old_rows is not None:
             meta.update(rejudged=cfg.rejudge, split=None)
         table = success_table(rows, cfg.confidence, meta)
@@ -215,7 +223,7 @@ def main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------- safety pairs
 
 @dataclass
-class SafetyPairsConfig:
+class SafetyPairsConfig(DataArgs):
     transcript: str = help_field("", "red-team transcript JSONL (or the redteam output directory)")
     output: str | None = help_field(None, "pairs JSONL (default: pairs.jsonl beside the transcript)")
     safe_response: str = help_field("template", "who writes the safe reply to an unsafe attack",
@@ -241,7 +249,7 @@ def run_safety_pairs(cfg: SafetyPairsConfig, backend=None, log: Callable[[str], 
         raise ConfigError("model", f"--safe-response {cfg.safe_response} needs --model (the model writing safe replies)")
     if cfg.max_new_tokens < 1:
         raise ConfigError("max_new_tokens", "must be at least 1")
-    rows = read_transcript(cfg.transcript)  # checked before any model loads
+    rows = read_transcript(cfg.transcript, read_kwargs(cfg))  # checked before any model loads
     folder = Path(cfg.transcript) if Path(cfg.transcript).is_dir() else Path(cfg.transcript).parent
     output = cfg.output or str(folder / "pairs.jsonl")
     backends = None

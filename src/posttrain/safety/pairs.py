@@ -38,8 +38,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from ..data.readers import read_rows, split_location
 from ..errors import ConfigError, InputError
-from ..jsonl import read_jsonl
 from ..records import Message
 from .attacks import resource_path
 from .classify import LABELS, REFUSED, SAFE, UNSAFE, infer_kind, keyword_verdict
@@ -84,7 +84,7 @@ def load_response_templates(path: str | Path | None = None) -> ResponseTemplates
 
 # ---------------------------------------------------------------------------------- transcripts
 
-def read_transcript(path: str | Path) -> list[dict[str, Any]]:
+def read_transcript(path: str | Path, read: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Labelled rows from `posttrain redteam` (or the directory it wrote), or any generations file
     with a prompt and a response, such as `posttrain eval --suite safety`'s `generations_safety.jsonl`:
 
@@ -94,13 +94,15 @@ def read_transcript(path: str | Path) -> list[dict[str, Any]]:
       labelled by the keyword judge, and `label_source` says so;
     - a text prompt becomes one user message; `id` defaults to "row-LINE", `category` to "unknown".
 
-    A row that cannot be read names file:line:field.
+    A row that cannot be read names file:line:field. `read` holds `read_rows`' split, columns and
+    max_line_bytes (`--split`, `--columns`, `--max-line-bytes`).
     """
     path = str(path)
-    if Path(path).is_dir():
+    if Path(path).is_dir() and (Path(path) / "transcript.jsonl").exists():
         path = str(Path(path) / "transcript.jsonl")
     rows = []
-    for line, raw in read_jsonl(path):
+    for where, raw in read_rows(path, **(read or {})):
+        path, line = split_location(where)
         row = dict(raw)
         prompt = row.get("prompt")
         if isinstance(prompt, str) and prompt.strip():

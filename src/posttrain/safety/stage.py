@@ -69,7 +69,7 @@ class SafetyStageConfig:
 def _redteam_config(cfg: SafetyStageConfig, split: str, output_dir: Path, target: str,
                     pairs_output: str | None = None) -> RedteamConfig:
     return RedteamConfig(target=target, judge_model=cfg.judge_model, judge_url=cfg.judge_url, judge_template=cfg.judge_template,
-                         families=cfg.families, split=split, eval_fraction=cfg.eval_fraction, limit=cfg.limit,
+                         families=cfg.families, topic_split=split, eval_fraction=cfg.eval_fraction, limit=cfg.limit,
                          benign_limit=cfg.benign_limit, output_dir=str(output_dir), pairs_output=pairs_output,
                          safe_response=cfg.safe_response, benign_chosen=cfg.benign_chosen,
                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size, device=cfg.device,

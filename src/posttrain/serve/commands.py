@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError
 from ..jsonl import write_jsonl
 from .db import connect, create_user, init_db, open_existing
@@ -85,8 +86,8 @@ def token_main(argv: list[str]) -> int:
 
 
 @dataclass
-class ImportConfig:
-    input: str | None = help_field(None, "JSONL of prompt + response_a/response_b or prompt + chosen/rejected")
+class ImportConfig(DataArgs):
+    input: str | None = help_field(None, "data file (JSONL, CSV, Parquet, dataset directory) of prompt + response_a/response_b or prompt + chosen/rejected")
     db: str = help_field(DEFAULT_DB, "SQLite database file (created if missing)")
     k: int = help_field(3, "labels wanted per item (how many different annotators see it)")
 
@@ -98,7 +99,7 @@ def import_main(argv: list[str]) -> int:
         raise ConfigError("input", "give a JSONL file: posttrain serve import --db DB FILE.jsonl")
     if cfg.k < 1:
         raise ConfigError("k", f"must be at least 1, got {cfg.k}")
-    items = read_items(cfg.input)  # all rows validated before anything is stored
+    items = read_items(cfg.input, **read_kwargs(cfg))  # all rows validated before anything is stored
     init_db(cfg.db)
     conn = connect(cfg.db)
     try:

@@ -21,8 +21,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..data.readers import read_rows, split_location
 from ..errors import InputError
-from ..jsonl import read_jsonl
 from ..records import Message, user_prompt
 from .db import now_iso, write_transaction
 
@@ -82,15 +82,19 @@ def item_from_row(row: dict[str, Any], path: str | None = None, line: int | None
     return Item(item_id=item_id, prompt=prompt, response_a=a, response_b=b, extra=extra)
 
 
-def read_items(path: str) -> list[Item]:
-    """All items of a JSONL file (validated before anything is stored)."""
-    items = [item_from_row(row, path, line) for line, row in read_jsonl(path)]
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
+def read_items(path: str, split: str | None = None, columns: dict[str, str] | None = None,
+               max_line_bytes: int | None = None) -> list[Item]:
+    """All items of a data file (validated before anything is stored). `split`, `columns` and
+    `max_line_bytes` are `read_rows`' (`--split`, `--columns`, `--max-line-bytes`)."""
+    items, seen = [], {}
+    for where, row in read_rows(path, split=split, columns=columns, max_line_bytes=max_line_bytes):
+        file, line = split_location(where)
+        item = item_from_row(row, file or path, line)
         if item.item_id in seen:
-            raise InputError(path, None, "item_id", f"duplicate item id {item.item_id!r} "
-                                                    f"(rows {seen[item.item_id] + 1} and {index + 1} of the file)")
-        seen[item.item_id] = index
+            raise InputError(file or path, line, "item_id", f"duplicate item id {item.item_id!r} "
+                                                            f"(first at {seen[item.item_id]})")
+        seen[item.item_id] = where
+        items.append(item)
     return items
 
 
