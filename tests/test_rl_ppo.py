@@ -1,6 +1,7 @@
 """PPO on tiny-random with a toy verifiable reward (tests/rl_toy.py)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,78 @@ def test_kl_coef_zero_loads_no_reference_model(tmp_path, monkeypatch):
     train_ppo(cfg, {"lowercase": rl_toy.lowercase})
     row = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "kl" in r][0]
     assert row["kl"] == 0.0
+
+
+def _ptx_file(tmp_path) -> Path:
+    path = tmp_path / "ptx.jsonl"
+    rows = [{"prompt": "say hi", "completion": "hello there"}, {"prompt": "count", "completion": "one two three"},
+            {"prompt": "spell", "completion": "a b c d"}, {"text": "plain pre-training text, every token counts"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_ptx_adds_its_coefficient_times_the_nll_gradient(tmp_path, monkeypatch):
+    """PPO-ptx: the step's gradient is grad L_ppo + ptx_coef * grad NLL(ptx rows). Two runs from the
+    same weights and seed sample the same rollouts, so their policy gradients (taken just before the
+    optimizer step) differ by exactly ptx_coef times the token-mean NLL gradient of the ptx rows,
+    computed here with a plain forward and cross-entropy; the value head gets nothing from it."""
+    import posttrain.rl.combined as combined
+    from posttrain.models import load_model
+    from posttrain.rl.loop import OnlineRun
+
+    grads: dict[str, dict[str, torch.Tensor]] = {}
+    seen_rows: list = []
+    original_step, original_nll = OnlineRun.optimizer_step, combined.nll_backward
+
+    def capture_step(self, step, loss):
+        module = self.accelerator.unwrap_model(self.model)
+        grads[self.cfg.output_dir] = {k: p.grad.detach().clone() for k, p in module.named_parameters()
+                                      if p.grad is not None}
+        return original_step(self, step, loss)
+
+    def capture_nll(run, rows, *args, **kwargs):
+        seen_rows.append(list(rows))
+        return original_nll(run, rows, *args, **kwargs)
+
+    monkeypatch.setattr(OnlineRun, "optimizer_step", capture_step)
+    monkeypatch.setattr(combined, "nll_backward", capture_nll)
+    coef, ptx = 0.5, str(_ptx_file(tmp_path))
+    common = dict(value_model="shared", max_steps=1, ppo_epochs=1, prompts_per_step=6, micro_batch_size=3,
+                  ptx_data=ptx, ptx_batch_size=8)
+    off, on = (_config(tmp_path, ptx_coef=c, output_dir=str(tmp_path / f"ptx{c}"), **common) for c in (0.0, coef))
+    train_ppo(off, {"lowercase": rl_toy.lowercase})
+    assert seen_rows == []  # ptx_coef 0: no ptx pass at all
+    train_ppo(on, {"lowercase": rl_toy.lowercase})
+    assert len(seen_rows) == 1 and len(seen_rows[0]) == 4  # every row (batch size 8 > 4 rows), incl. the text row
+
+    model = load_model("tiny-random", seed=on.seed)
+    model.eval()
+    nll, tokens = 0.0, 0
+    for row in seen_rows[0]:
+        ids = torch.tensor([row.prompt_ids + row.response_ids])
+        logits = model(input_ids=ids).logits[0].float()
+        start = len(row.prompt_ids)
+        nll = nll + torch.nn.functional.cross_entropy(logits[start - 1:-1], ids[0, start:], reduction="sum")
+        tokens += len(row.response_ids)
+    (nll / tokens).backward()
+    expected = {f"policy.{k}": p.grad for k, p in model.named_parameters() if p.grad is not None}
+
+    g_off, g_on = grads[off.output_dir], grads[on.output_dir]
+    assert set(expected) <= set(g_on)
+    moved = 0.0
+    for name, grad in expected.items():
+        torch.testing.assert_close(g_on[name] - g_off[name], coef * grad, rtol=1e-3, atol=1e-6)
+        moved += float(grad.abs().sum())
+    assert moved > 0
+    torch.testing.assert_close(g_on["value_head.weight"], g_off["value_head.weight"], rtol=0, atol=0)
+    row = [r for r in read_metrics(Path(on.output_dir) / "metrics.jsonl") if "ptx_nll" in r][0]
+    assert row["ptx_nll"] == pytest.approx(float(nll.detach()) / tokens, rel=1e-4)
+
+
+def test_ptx_without_data_is_a_one_line_error(tmp_path, capsys):
+    from posttrain.cli import main as cli
+
+    code = cli(["ppo", "--model", "tiny-random", "--prompts", str(rl_toy.write_prompts(tmp_path)),
+                "--output-dir", str(tmp_path / "x"), "--reward", "answer_format", "--no-progress", "--ptx-coef", "0.1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "ptx_coef > 0 needs data" in err and len(err.splitlines()) == 1, err

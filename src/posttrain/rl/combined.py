@@ -27,6 +27,7 @@ import torch
 
 from ..data.prompts import parse_prompt
 from ..data.readers import read_rows
+from ..data.tokenize import encode
 from ..errors import ConfigError, InputError
 from ..losses.combined import dpo_sequence_coefficients, group_best_worst_pairs
 from .rollouts import Sample, chunks, collate
@@ -50,21 +51,33 @@ def check_combined(cfg: Any) -> None:
         raise ConfigError("bc_batch_size", "must be at least 1")
 
 
-def load_expert_samples(path: str, tokenizer, cfg: Any) -> list[Sample]:
+def load_expert_samples(path: str, tokenizer, cfg: Any, text_rows: bool = False) -> list[Sample]:
     """prompt/completion rows -> Samples (prompt ids rendered like the RL prompts, then the
-    completion's ids and EOS), for the behaviour-cloning term. Bad rows: one error naming file:line."""
+    completion's ids and EOS), for the behaviour-cloning (or PPO-ptx) term. With `text_rows`,
+    rows with a "text" field and no prompt are plain documents (pre-training data): the NLL is
+    on every token after the first, no template. Bad rows: one error naming file:line."""
     from .rollouts import render_prompt_ids
 
-    prompts, completions = [], []
+    prompts, completions, documents = [], [], []
     for where, raw in read_rows(path):
+        if text_rows and "prompt" not in raw and "text" in raw:
+            text = raw["text"]
+            ids = encode(tokenizer, text) if isinstance(text, str) else []
+            if len(ids) < 2:
+                file, _, line = where.rpartition(":")
+                raise InputError(file, int(line) if line.isdigit() else None, "text",
+                                 "a text row needs a string of at least 2 tokens")
+            documents.append((len(prompts) + len(documents), ids[:cfg.max_length], text))
+            continue
         completion = raw.get("completion", raw.get("response"))
         if not isinstance(completion, str) or not completion.strip():
             file, _, line = where.rpartition(":")
+            what = " or a 'text'" if text_rows else ""
             raise InputError(file, int(line) if line.isdigit() else None, "completion",
-                             "expert data needs a non-empty 'completion' (or 'response') text")
+                             f"expert data needs a non-empty 'completion' (or 'response'){what} text")
         prompts.append(parse_prompt(dict(raw), where))
         completions.append(completion)
-    if not prompts:
+    if not prompts and not documents:
         raise InputError(path, None, None, "no expert rows in file")
     ids, kept = render_prompt_ids(prompts, tokenizer, cfg.template, cfg.max_length - cfg.max_new_tokens,
                                   cfg.length_policy)
@@ -74,6 +87,9 @@ def load_expert_samples(path: str, tokenizer, cfg: Any) -> list[Sample]:
         response = tokenizer(completions[index], add_special_tokens=False)["input_ids"] + [eos]
         samples.append(Sample(prompt_index=index, sample_index=0, prompt_ids=list(prompt_ids),
                               response_ids=response, text=completions[index], finish_reason="eos"))
+    for index, tokens, text in documents:
+        samples.append(Sample(prompt_index=index, sample_index=0, prompt_ids=tokens[:1], response_ids=tokens[1:],
+                              text=text, finish_reason="eos"))
     return samples
 
 
@@ -143,18 +159,32 @@ def bc_backward(run, expert: list[Sample], pad_id: int, cfg: Any, scale_world: i
     """Backpropagate bc_coef * (token-mean NLL of the expert batch); returns the NLL (this process).
 
     The mean is over this process's expert tokens: every process draws the same number of rows."""
-    from ..losses.sft import sft_loss_parts_from_logps
     from .online import batch_logprobs
 
-    micro_batches = chunks(expert, cfg.micro_batch_size)
-    collated = [collate(m, pad_id) for m in micro_batches]
+    return nll_backward(run, expert, pad_id, cfg.micro_batch_size, cfg.bc_coef * scale_world, last,
+                        lambda batch: batch_logprobs(run.model, batch, 1.0).logprobs)
+
+
+def nll_backward(run, rows: list[Sample], pad_id: int, micro_batch_size: int, coef: float, last: bool,
+                 forward) -> float:
+    """Backpropagate coef * (token-mean NLL of `rows`' response tokens), micro-batch by micro-batch
+    with the denominator of all of them; returns the NLL. `forward(batch)` -> the [B, T] log-probs
+    at temperature 1, or a (log-probs, extra) pair whose extra tensor is kept in the graph at weight
+    0 (PPO's values: every parameter takes part in each backward, as DDP wants)."""
+    from ..losses.sft import sft_loss_parts_from_logps
+
+    collated = [collate(m, pad_id) for m in chunks(rows, micro_batch_size)]
     tokens = sum(int(b["response_mask"].sum()) for b in collated)
     total = 0.0
     for j, batch in enumerate(collated):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         with run.micro_batch(last=last and j == len(collated) - 1):
-            logps = batch_logprobs(run.model, batch, 1.0).logprobs
+            out = forward(batch)
+            logps, extra = out if isinstance(out, tuple) else (out, None)
             nll_sum, _ = sft_loss_parts_from_logps(logps, batch["response_mask"], mode="token_mean")
-            run.accelerator.backward(cfg.bc_coef * nll_sum * scale_world / max(tokens, 1))
+            objective = coef * nll_sum / max(tokens, 1)
+            if extra is not None:
+                objective = objective + 0.0 * extra.sum()
+            run.accelerator.backward(objective)
         total += float(nll_sum.detach())
     return total / max(tokens, 1)

@@ -18,7 +18,9 @@ with PPO"). Each step:
        policy:  max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps_high)),  rho_t = π/π_old
        value:   1/2 max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)
        loss_t = policy_t + vf_coef * value_t - entropy_coef * H_t
-   reduced with `loss_aggregation` (token_mean by default).
+   reduced with `loss_aggregation` (token_mean by default). PPO-ptx (InstructGPT): with
+   `ptx_coef` > 0 each optimizer step adds ptx_coef * (token-mean NLL of `ptx_batch_size` rows
+   of `ptx_data`, SFT or pre-training text), rl/combined.py's `nll_backward`.
 
 The value model is a `ScalarHeadModel` (a separate copy of the policy, or a reward-model
 directory, with a scalar head; its own learning rate) or, with `value_model: shared`, a
@@ -33,7 +35,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..config import help_field, parse_config
+from ..config import AT_LEAST_0, AT_LEAST_1, help_field, parse_config
 from ..errors import ConfigError
 from ..losses import (
     KL_CONTROLLERS,
@@ -50,6 +52,7 @@ from ..losses import (
     whiten,
 )
 from ..models.peft import apply_peft, merge_adapter
+from . import combined
 from .loop import (
     OnlineRun,
     RLArgs,
@@ -106,6 +109,12 @@ class PPOConfig(RLArgs):
     missing_eos_penalty: float = help_field(0.0, "subtract this from the score of responses cut at max_new_tokens")
     value_warmup_steps: int = help_field(0, "rollout steps at the start that train only the value model "
                                             "(the policy loss is off while the critic learns a baseline)")
+    # InstructGPT's PPO-ptx: + ptx_coef * (token-mean NLL of ptx_batch_size rows of ptx_data) in every optimizer step.
+    ptx_coef: float = help_field(0.0, "PPO-ptx: weight of an NLL term on ptx_data in every PPO optimizer step (0: off)",
+                                range=AT_LEAST_0)
+    ptx_data: str | None = help_field(None, "PPO-ptx data: prompt/completion rows (SFT data: NLL on the completion) "
+                                            "or text rows (pre-training data: NLL on every token)")
+    ptx_batch_size: int = help_field(8, "PPO-ptx rows per optimizer step", range=AT_LEAST_1)
 
 
 # --------------------------------------------------------------------------- actor + critic
@@ -211,6 +220,8 @@ def check_ppo(cfg: PPOConfig) -> None:
         raise ConfigError("kl_target", "the adaptive controller needs kl_target > 0 and kl_horizon > 0")
     if cfg.kl_coef < 0:
         raise ConfigError("kl_coef", "must be >= 0")
+    if cfg.ptx_coef > 0 and not cfg.ptx_data:
+        raise ConfigError("ptx_data", "ptx_coef > 0 needs data: --ptx-data FILE (prompt/completion or text rows)")
 
 
 # --------------------------------------------------------------------------- one step
@@ -317,8 +328,13 @@ def ppo_token_losses(logps, entropy, values, batch, cfg: PPOConfig, policy_weigh
     return loss_t, policy_t, value_t, clipped, value_clipped
 
 
-def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, step: int) -> dict[str, float]:
-    """ppo_epochs x num_minibatches optimizer steps (`loop.update_passes`); returns the loss metrics."""
+def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, step: int,
+               ptx: list[Sample] | None = None) -> dict[str, float]:
+    """ppo_epochs x num_minibatches optimizer steps (`loop.update_passes`); returns the loss metrics.
+
+    With `ptx` rows and ptx_coef > 0 (InstructGPT's PPO-ptx), every optimizer step also
+    backpropagates ptx_coef * (token-mean NLL of ptx_batch_size rows drawn for that step), so the
+    step's gradient is  grad L_ppo + ptx_coef * grad NLL_ptx  (off during the value warm-up)."""
     from ..train.engine import reduce_sums
 
     temperature = logprob_temperature(cfg)
@@ -348,15 +364,34 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
         add_sum(sums, "ratio", torch.exp(logps.detach() - batch["old_logps"])[mask].sum())
         return num * scale, float(num.detach()) * scale / run.world
 
+    def before_step(plan):
+        if not ptx or cfg.ptx_coef <= 0 or policy_weight == 0:
+            return None
+        rows = combined.expert_batch(ptx, cfg.ptx_batch_size, cfg.seed, step, plan.update)
+
+        def forward(batch):  # the policy's log-probs at temperature 1; the values ride along at weight 0
+            logps, _, values = run.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], 1.0)
+            return logps, values
+
+        def ptx_backward() -> None:
+            add_sum(sums, "ptx_nll_sum", combined.nll_backward(run, rows, pad_id, cfg.micro_batch_size,
+                                                               cfg.ptx_coef * run.world, True, forward))
+            add_sum(sums, "ptx_updates", 1.0)
+        return ptx_backward
+
     losses, grad_norm = update_passes(run, samples, step, epochs=cfg.ppo_epochs, minibatches=cfg.num_minibatches,
                                       micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
                                       collate_micro=lambda micro: collate(micro, pad_id, fields),
-                                      denominator=denominator, micro_objective=micro_objective)
+                                      denominator=denominator, micro_objective=micro_objective,
+                                      before_step=before_step)
     sums = reduce_sums(run.accelerator, sums)
+    ptx_nll, ptx_updates = sums.pop("ptx_nll_sum", None), sums.pop("ptx_updates", 0.0)
     tokens = max(sums.pop("tokens", 0.0), 1.0)
     names = {"clipped": "clip_fraction", "value_clipped": "value_clip_fraction", "ratio": "ratio_mean"}
     row = {names.get(k, k): v / tokens for k, v in sums.items()}
     row.update({"loss": sum(losses) / max(len(losses), 1), "grad_norm": grad_norm, "lr": run.scheduler.get_last_lr()[0]})
+    if ptx_nll is not None:  # mean over processes and optimizer steps
+        row["ptx_nll"] = ptx_nll / max(ptx_updates, 1.0)
     return row
 
 
@@ -370,8 +405,10 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
     inputs = prepare_online_inputs(cfg, check_ppo, reward_functions)
     cfg, scorer, tokenizer, pad_id = inputs.cfg, inputs.scorer, inputs.tokenizer, inputs.pad_id
     train_set, eval_set = inputs.train_set, inputs.eval_set
+    ptx = combined.load_expert_samples(cfg.ptx_data, tokenizer, cfg, text_rows=True) if cfg.ptx_data else None
     say(f"ppo: {len(train_set.ids)} prompts, reward = {scorer.describe()}, value model = {cfg.value_model}, "
-        f"kl = {cfg.kl_estimator} x {cfg.kl_coef} ({cfg.kl_controller})")
+        f"kl = {cfg.kl_estimator} x {cfg.kl_coef} ({cfg.kl_controller})"
+        + (f", ptx = {cfg.ptx_coef} x NLL on {len(ptx)} rows" if ptx and cfg.ptx_coef > 0 else ""))
 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     # kl_coef 0 multiplies the KL by 0 (the adaptive controller keeps 0 at 0): no reference model,
@@ -402,7 +439,7 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
         row.update(compute_advantages(run, samples, pad_id, cfg, controller.value))
         row["rlhf_reward"] = row["reward"] + row["non_score_reward"]
         trained = timer()
-        row.update(ppo_update(run, samples, pad_id, cfg, step))
+        row.update(ppo_update(run, samples, pad_id, cfg, step, ptx))
         row.update(timing)
         row["time/train"] = timer() - trained
         controller.update(row["kl"], int(global_sum(run.accelerator, len(samples))))
