@@ -4,8 +4,9 @@
 
 `--model` is anything `load_model` accepts: a run directory (its `final/`), an
 adapter directory (base + adapter are loaded and merged), a full model directory,
-an alias or a .gguf file (then export just writes a plain copy). A posttrain
-scalar-head model (reward/value) is exported with its head. The output directory
+an alias or a .gguf file (then export just writes a plain copy). A reward model
+(posttrain's, TRL's, or posttrain's older value-head format) is exported as
+`AutoModelForSequenceClassification` with num_labels=1 and its trained `score` head. The output directory
 holds config, safetensors weights, generation config and the tokenizer; it appears
 atomically (written to a temporary directory beside it, then renamed), so a crash
 never leaves a half-written model behind.
@@ -13,6 +14,7 @@ never leaves a half-written model behind.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from ..config import help_field, parse_config
@@ -43,10 +45,12 @@ def export_model(model: str, output: str | Path, *, dtype: str = "auto", overwri
         raise PosttrainError(f"{output}: already exists (choose another --output or pass --overwrite)")
     tokenizer = load_tokenizer(model)
     scalar_head = is_scalar_head_dir(model) or is_classifier_dir(model)
-    if is_scalar_head_dir(model):
+    if is_scalar_head_dir(model):  # posttrain's older value-head format: exported as a classifier
         loaded = ScalarHeadModel.from_pretrained(model, dtype=dtype)
         merged = is_peft_model(loaded.model)
         loaded.model = merge_adapter(loaded.model)
+        loaded = _ClassifierExport(_without_bias(loaded, model), tokenizer)
+        tokenizer = None  # saved by save_as_classifier (with a pad token other than eos)
     elif scalar_head:  # a reward model: sequence classifier (adapter), saved as a plain classifier
         loaded = load_reward_model(model, dtype=dtype)
         merged = is_peft_model(loaded)
@@ -58,6 +62,36 @@ def export_model(model: str, output: str | Path, *, dtype: str = "auto", overwri
 
     save_pretrained_atomic(loaded, tokenizer, output)
     return {"output": str(output), "merged_adapter": merged, "scalar_head": scalar_head}
+
+
+class _ClassifierExport:
+    """Saves a scalar-head model as `AutoModelForSequenceClassification` (num_labels=1, its head as
+    `score`) through `save_pretrained_atomic`, so plain transformers loads the trained head."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def save_pretrained(self, directory: str, **_: object) -> None:
+        self.model.save_as_classifier(directory, self.tokenizer)
+
+
+def _without_bias(model, source: str):
+    """A transformers classifier's `score` layer has no bias: a head's nonzero bias is a constant
+    added to every score, dropped here with a warning (score differences and rankings are unchanged)."""
+    import torch
+
+    head = model.head
+    if head.bias is None:
+        return model
+    bias = float(head.bias.detach().float().reshape(-1)[0])
+    if bias != 0.0:
+        print(f"posttrain export: warning: {source}: the value head's bias {bias:+.4g} is dropped (a sequence "
+              f"classifier's score layer has none); every exported score is {-bias:+.4g} off the original, "
+              "differences between scores are unchanged", file=sys.stderr)
+    plain = torch.nn.Linear(head.in_features, 1, bias=False, device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(head.weight)
+    return type(model)(model.model, plain)
 
 
 def main(argv: list[str]) -> int:

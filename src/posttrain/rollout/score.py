@@ -117,6 +117,20 @@ class RewardScorer:
             self._layout = resolve_layout(self._layout_choice, kernel, self.model)
         return self._layout
 
+    @property
+    def pad_id(self) -> int:
+        """The padding token. A sequence-classification model scores each row's rightmost token that is
+        not its config's pad token, so rows are padded with that one: padding with the tokenizer's
+        (another id in a TRL model saved with `pad_token_id = eos`) scored a short row at its padding."""
+        from ..models.heads import ScalarHeadModel
+
+        if not isinstance(self.model, ScalarHeadModel):
+            config = self.model.config
+            pad = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "pad_token_id", None)
+            if pad is not None:
+                return int(pad)
+        return self.tokenizer.pad_token_id
+
     # ------------------------------------------------------------------ the core
     def score_groups(self, prompts: Sequence[str | list[Message]], responses: Sequence[Sequence[str]],
                      sources: Sequence[str | None] | None = None,
@@ -143,7 +157,7 @@ class RewardScorer:
                                              max_length=self.max_length, policy=self.length_policy,
                                              fields=names[start:start + len(chunk)]))
                 owners.append(index)
-        rewards = rewards_for_groups(self.model, groups, self.layout, self.tokenizer.pad_token_id,
+        rewards = rewards_for_groups(self.model, groups, self.layout, self.pad_id,
                                      max_responses=self.batch_size, on_batch=on_batch)
         out: list[list[float]] = [[] for _ in prompts]
         for owner, values in zip(owners, rewards):
