@@ -59,11 +59,12 @@ def test_fsdp_two_processes_match_one_process_for_every_recipe(single_process_ru
         assert moved > 1e-3, f"{recipe}: the weights did not train"
         assert train_losses(runs / recipe) == pytest.approx(train_losses(single_process_runs / recipe), rel=1e-5), recipe
 
-    # During training the checkpoint is sharded: one file per process, nothing gathered.
-    checkpoint = runs / "sft" / "checkpoints" / "step-00000001"
+    # During training the checkpoint's training state is sharded: one file per process, nothing
+    # gathered (beside it, the step folder holds the loadable model, as final/ does).
+    state = runs / "sft" / "checkpoints" / "step-00000001" / "state"
     for part in ("pytorch_model_fsdp_0", "optimizer_0"):
-        assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    assert not list(checkpoint.glob("*.safetensors"))
+        assert sorted(p.name for p in (state / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not list(state.glob("*.safetensors"))
     # ... resuming from it ends exactly where the uninterrupted run ended ...
     assert "resumed from" in result.stdout
     resumed, straight = final_weights(runs / "sft-resumed"), final_weights(runs / "sft")

@@ -35,6 +35,14 @@ def test_a_zero_gradient_is_suspicious_only_after_nonzero_ones():
     assert collapsed.stop is None and collapsed.check_weights
     assert collapsed.warning.startswith("the gradient norm is exactly 0 after nonzero steps")
 
+def test_a_zero_gradient_in_online_rl_checks_the_weights_without_a_warning():
+    memory = StepHealth()
+    assert check_step_health(2.0, 3.0, memory, zero_grad_expected=True).warning is None
+    quiet = check_step_health(0.0, 0.0, memory, zero_grad_expected=True)  # every advantage 0
+    assert (quiet.stop, quiet.warning, quiet.check_weights) == (None, None, True)
+    assert check_step_health(math.nan, 0.0, memory, zero_grad_expected=True).stop == "loss is nan"
+
+
 
 def test_a_gradient_spike_is_a_warning():
     memory = StepHealth()

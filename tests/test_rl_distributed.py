@@ -113,7 +113,7 @@ def test_fsdp_two_processes_match_one_for_grpo_and_ppo(single, tmp_path):
     # Checkpoints under FSDP are sharded (one file per process), and resuming from step 1
     # ends exactly where the uninterrupted run ended.
     checkpoint = runs / "grpo" / "checkpoints" / "step-00000001"
-    assert sorted(p.name for p in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (checkpoint / "state" / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert "resumed from" in result.stdout
     straight, again = final_weights(runs / "grpo"), final_weights(runs / "grpo-resumed")
     assert all(torch.equal(straight[k], again[k]) for k in straight)

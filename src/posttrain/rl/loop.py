@@ -35,7 +35,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -366,8 +365,7 @@ class OnlineRun:
                 save_model_files(policy, directory, state_dict=self.sub_state(self.policy_attr))
                 tokenizer.save_pretrained(directory)
 
-        final = save_final_atomically(self.accelerator, SimpleNamespace(save_final=save), policy,
-                                      self.cfg.output_dir, tokenizer)
+        final = save_final_atomically(self.accelerator, save, policy, self.cfg.output_dir)
         if self.cfg.report_to:
             self.accelerator.end_training()
         return final

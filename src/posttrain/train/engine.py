@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -205,7 +205,8 @@ def default_save_final(accelerator, tokenizer=None) -> Callable[[torch.nn.Module
     return save
 
 
-def save_final_atomically(accelerator, task: TrainTask, model, output_dir: str, tokenizer=None) -> Path:
+def save_final_atomically(accelerator, save: Callable[[torch.nn.Module, Path], None], model, output_dir: str) -> Path:
+    """final/ = what `save(model, directory)` writes (every process calls it), renamed into place."""
     final = Path(output_dir) / "final"
     tmp = Path(output_dir) / ".tmp-final"
     # A full disk or a read-only directory: one line naming the path; the temporary folder goes.
@@ -214,7 +215,7 @@ def save_final_atomically(accelerator, task: TrainTask, model, output_dir: str, 
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        (task.save_final or default_save_final(accelerator, tokenizer))(model, tmp)
+        save(model, tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if final.exists():
@@ -293,77 +294,233 @@ def improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
-def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=None) -> TrainResult:
-    """Train `task.model` on `task.train_examples` as `args` says; see the module docstring."""
-    from accelerate.utils import set_seed
+class TrainingCore:
+    """The one training core: what every loop, offline (`run_training`) or online
+    (`rl/loop.py`), runs on.
 
+    It owns what is no recipe's own: the accelerator and seed; the prepared model, optimizer and
+    schedule; the global-batch normalisation (`scale`) and the micro-batch context (`micro_batch`:
+    gradients reduced over processes on the step's last backward, autocast); health-checked
+    optimizer steps (train/health.py); atomic checkpoints and exact resume; SIGINT; metrics.jsonl
+    and progress; the final save. A loop brings its source of examples (a dataset, or rollouts)
+    and its loss, and for each step calls `micro_batch` + backward per micro-batch,
+    `optimizer_step`, then `log_step`, `save_if_due` and `stop_if_interrupted`.
+
+    `module` is what trains; `optimized` (default: `module`) is what `build_optimizer` sees, with
+    `extra_groups` added (PPO's critic with its own learning rate); `checkpointed` (default:
+    `module`) gets gradient checkpointing; `save_model(model, directory)` writes the loadable model
+    into checkpoints and final/. `zero_grad_expected`: a zero gradient is ordinary (online RL).
+    """
+
+    def __init__(self, args, module: torch.nn.Module, optimizer_steps: int, *, name: str = "train",
+                 accelerator=None, tokenizer=None, optimized: torch.nn.Module | None = None,
+                 extra_groups: Sequence[dict[str, Any]] = (), checkpointed: torch.nn.Module | None = None,
+                 save_model: Callable[[torch.nn.Module, Path], None] | None = None,
+                 zero_grad_expected: bool = False, project_name: str = "posttrain"):
+        from accelerate.utils import set_seed
+
+        self.args, self.name = args, name
+        self.accelerator = accelerator = accelerator or make_accelerator(args, project_name=project_name)
+        set_seed(args.seed)
+        if args.gradient_checkpointing:
+            enable_gradient_checkpointing(module if checkpointed is None else checkpointed)
+        optimizer = build_optimizer(module if optimized is None else optimized, args)
+        for group in extra_groups:
+            optimizer.add_param_group({"weight_decay": 0.0, **group})
+        self.scheduler = build_scheduler(optimizer, args, optimizer_steps)
+        # The scheduler is registered, not prepared: a prepared one steps once per process.
+        self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        settle_sharded_model(self.model)  # FSDP2: the whole model is the root (see distributed/training.py)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.trainable_named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.parameters = [p for _, p in self.trainable_named]
+        self.check_every_step = trainable_values(self.parameters) <= PER_STEP_WEIGHT_CHECK_MAX_VALUES
+        self.health = StepHealth()
+        self.zero_grad_expected = zero_grad_expected
+        self.save_model = save_model or default_save_final(accelerator, tokenizer)
+        os.makedirs(args.output_dir, exist_ok=True)
+        self.log = MetricsLog(accelerator, args.output_dir, args.report_to)
+        self.last_good: Path | None = None
+        self.progress: Progress | None = None
+        self.interrupt: dict[str, bool] = {"hit": False}
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ----- start and resume
+    def start(self, total_steps: int, step_logs: Sequence[Path] = ()) -> tuple[int, dict[str, Any]]:
+        """(first step, the loop's saved state). With --resume: the newest checkpoint restores model,
+        optimizer, schedule and every process's RNG, and metrics.jsonl and `step_logs` (other
+        JSONL files of rows keyed by "step") lose the rows after it. Otherwise they are emptied."""
+        step, state = 0, {}
+        checkpoint = latest_checkpoint(self.args.output_dir) if self.args.resume else None
+        if checkpoint is not None:
+            state = load_checkpoint(self.accelerator, checkpoint)
+            step = int(state.pop("step"))
+            if self.is_main:
+                for path in (self.log.path, *step_logs):
+                    truncate_metrics(Path(path), step)
+                print(f"resumed from {checkpoint} at step {step}", flush=True)
+        elif self.is_main:
+            for path in (self.log.path, *step_logs):
+                Path(path).unlink(missing_ok=True)
+        self.last_good = last_good_checkpoint(self.args.output_dir)  # checked: finite loss, sound weights
+        self.progress = Progress(total_steps, step, enabled=self.args.progress and self.is_main, description=self.name)
+        return step, state
+
+    # ----- one optimizer step
+    def scale(self, global_count: float) -> float:
+        """The global-batch normalisation: a micro-batch's loss *sum* times this is its share of the
+        mean over the whole global batch (`global_count` items over every micro-batch and process;
+        the gradient reduction averages over processes, hence the number of processes on top)."""
+        return self.world / global_count
+
+    def global_sum(self, value: float) -> float:
+        """A number summed over processes."""
+        return reduce_sums(self.accelerator, {"value": float(value)})["value"]
+
+    def micro_batch(self, last: bool):
+        """Context for one micro-batch's forward *and* backward: autocast, and gradients reduced over
+        processes only on the last micro-batch of an optimizer step (`micro_batch_sync`: DDP/FSDP
+        `no_sync`, DeepSpeed's accumulation boundary)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(micro_batch_sync(self.accelerator, self.model, last))
+        stack.enter_context(self.accelerator.autocast())
+        return stack
+
+    def optimizer_step(self, step: int, loss: float) -> float:
+        """Clip, judge the step (train/health.py: a non-finite loss or gradient stops the run *before*
+        the update; a collapsed gradient has the weights checked), step the optimizer and schedule,
+        zero the gradients, and check the weights after the update when they are few. `step` is the
+        0-based step of the loop; returns the pre-clipping gradient norm."""
+        grad_norm = gradient_norm(self.accelerator, self.parameters, self.args.max_grad_norm)  # sharded-aware; 0: no clipping
+        verdict = check_step_health(loss, grad_norm, self.health, self.zero_grad_expected)
+        if verdict.stop:
+            self.close_progress()
+            raise TrainingError(f"step {step + 1}: {verdict.stop}; stopping before the update "
+                                f"({where_to_restart(self.last_good)})")
+        if verdict.check_weights and (problem := self.bad_weights()):
+            raise self.diverged(step + 1, problem, "(seen when the gradient norm collapsed to 0)")
+        if verdict.warning and self.is_main:
+            print(f"WARNING step {step + 1}: {verdict.warning}", file=sys.stderr, flush=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.check_every_step and (problem := self.bad_weights()):
+            raise self.diverged(step + 1, problem, "after the update")
+        return grad_norm
+
+    def bad_weights(self) -> str | None:
+        """The weights' problem (any process), or None; every process must call it."""
+        problem = weights_problem(self.trainable_named)
+        if any_process(self.accelerator, problem is not None):
+            return problem or "exploded or non-finite weights on another process"
+        return None
+
+    def diverged(self, at_step: int, problem: str, when: str) -> TrainingError:
+        self.close_progress()
+        return TrainingError(f"step {at_step}: {problem} {when}; stopping ({where_to_restart(self.last_good)})")
+
+    # ----- after a step
+    def log_step(self, step: int, total_steps: int, row: dict[str, Any]) -> None:
+        """Write the step's metrics row (every log_every steps, and the last)."""
+        if step % max(self.args.log_every, 1) == 0 or step == total_steps:
+            self.log.log(row)
+
+    def checkpoint(self, step: int, state: dict[str, Any], good: bool = True) -> Path:
+        """A checkpoint of `step`: training state, the loop's `state` and the loadable model.
+        The one `state["best_step"]` names is never pruned (--keep-best)."""
+        best = state.get("best_step")
+        protect = checkpoint_root(self.args.output_dir) / f"step-{best:08d}" if getattr(self.args, "keep_best", False) and best else None
+        path = save_checkpoint(self.accelerator, self.args.output_dir, step, {**state, "good": good}, self.args.keep_last,
+                               save_model=lambda directory: self.save_model(self.model, directory), protect=protect)
+        if good:
+            self.last_good = path
+        return path
+
+    def good_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
+        """A checkpoint, written only when the weights are sound (otherwise the run stops)."""
+        if problem := self.bad_weights():
+            raise self.diverged(step, problem, "before checkpointing")
+        return self.checkpoint(step, state)
+
+    def save_if_due(self, step: int, total_steps: int, state: Callable[[], dict[str, Any]]) -> None:
+        if self.args.save_every and step % self.args.save_every == 0 and step < total_steps:
+            self.good_checkpoint(step, state())
+
+    @contextlib.contextmanager
+    def catching_sigint(self) -> Iterator[None]:
+        """Ctrl-C inside the block sets a flag that `stop_if_interrupted` reads after each step."""
+        with sigint_flag() as flag:
+            self.interrupt = flag
+            yield
+
+    def stop_if_interrupted(self, step: int, total_steps: int, state: Callable[[], dict[str, Any]]) -> None:
+        """After Ctrl-C on any process: every process saves a checkpoint (marked good only when the
+        weights are sound) and stops at this same step."""
+        if any_process(self.accelerator, self.interrupt["hit"]):
+            good = self.bad_weights() is None  # saved either way (it was asked for), marked honestly
+            path = self.checkpoint(step, state(), good)
+            self.close_progress()
+            raise Interrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved to {path}; "
+                              f"run again with --resume to continue")
+
+    # ----- the end
+    def close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def check_final_weights(self, step: int) -> None:
+        """Stop (no final/) when the weights are unsound; otherwise close the progress bar."""
+        if problem := self.bad_weights():
+            raise self.diverged(step, problem, "at the end of training; final/ was not written")
+        self.close_progress()
+
+    def save_final(self, save: Callable[[torch.nn.Module, Path], None] | None = None) -> Path:
+        """output_dir/final, written atomically by `save` (default: `save_model`)."""
+        return save_final_atomically(self.accelerator, save or self.save_model, self.model, self.args.output_dir)
+
+    def end(self) -> None:
+        if self.args.report_to:
+            self.accelerator.end_training()
+
+
+def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=None) -> TrainResult:
+    """Train `task.model` on `task.train_examples` as `args` says; see the module docstring.
+
+    The offline loop on the core: the data order and each step's micro-batches come from
+    (seed, step); validation, early stopping and --keep-best are this loop's own."""
     validate_ranges(args)  # also for options built in code (best-of-n's rounds, library callers)
     accelerator = accelerator or make_accelerator(args)
-    set_seed(args.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
     examples = task.train_examples
     args = fit_batch_to_data(args, examples, world)
     steps_per_epoch, total_steps = plan_steps(len(examples), args, world)
-
-    model = task.model
-    if args.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    optimizer = build_optimizer(model, args)
-    scheduler = build_scheduler(optimizer, args, total_steps)
-    # The scheduler is registered, not prepared: a prepared one steps once per process.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    settle_sharded_model(model)  # FSDP2: the whole model is the root (see distributed/training.py)
-    accelerator.register_for_checkpointing(scheduler)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    log = MetricsLog(accelerator, args.output_dir, args.report_to)
-    state: dict[str, Any] = {"best": None, "bad_evals": 0, "stopped_early": False}
-    step = 0
-    if args.resume:
-        checkpoint = latest_checkpoint(args.output_dir)
-        if checkpoint is not None:
-            state.update(load_checkpoint(accelerator, checkpoint))
-            step = int(state.pop("step"))
-            if accelerator.is_main_process:
-                truncate_metrics(log.path, step)
-                print(f"resumed from {checkpoint} at step {step}", flush=True)
-    elif accelerator.is_main_process:
-        log.path.unlink(missing_ok=True)
-
-    progress = Progress(total_steps, step, enabled=args.progress and accelerator.is_main_process, description=task.name)
+    core = TrainingCore(args, task.model, total_steps, name=task.name, accelerator=accelerator, tokenizer=tokenizer,
+                        save_model=task.save_final)
+    model = core.model
+    step, state = core.start(total_steps)
+    state = {"best": None, "bad_evals": 0, "stopped_early": False, **state}
     started = time.perf_counter()
     last_row: dict[str, Any] = {}
     eval_row: dict[str, Any] = {}
-    last_good = last_good_checkpoint(args.output_dir)  # checked: finite loss, sound weights
-    health = StepHealth()
-    check_every_step = trainable_values(trainable) <= PER_STEP_WEIGHT_CHECK_MAX_VALUES
-    trainable_named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
-    def checkpoint_state(good: bool = True) -> dict[str, Any]:
+    def checkpoint_state() -> dict[str, Any]:
         return {"best": state["best"], "bad_evals": state["bad_evals"], "stopped_early": state["stopped_early"],
-                "best_step": state.get("best_step"), "epoch": step / steps_per_epoch, "good": good,
-                "loss": last_row.get("loss")}
-
-    save_model_into = task.save_final or default_save_final(accelerator, tokenizer)
-
-    def checkpoint(good: bool = True) -> Path:
-        """A checkpoint of this step: training state plus the loadable model (as final/ holds it)."""
-        best = state.get("best_step")
-        protect = checkpoint_root(args.output_dir) / f"step-{best:08d}" if args.keep_best and best else None
-        return save_checkpoint(accelerator, args.output_dir, step, checkpoint_state(good), args.keep_last,
-                               save_model=lambda directory: save_model_into(model, directory), protect=protect)
-
-    def bad_weights() -> str | None:
-        """The weights' problem (any process), or None; every process must call it."""
-        problem = weights_problem(trainable_named)
-        if any_process(accelerator, problem is not None):
-            return problem or "exploded or non-finite weights on another process"
-        return None
-
-    def stop_diverged(at_step: int, problem: str, when: str) -> TrainingError:
-        progress.close()
-        return TrainingError(f"step {at_step}: {problem} {when}; stopping ({where_to_restart(last_good)})")
+                "best_step": state.get("best_step"), "epoch": step / steps_per_epoch, "loss": last_row.get("loss")}
 
     def run_eval() -> dict[str, Any]:
         nonlocal eval_row
@@ -374,10 +531,10 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             eval_row = {f"eval/{k}" if not k.startswith("eval/") else k: v
                         for k, v in task.evaluate(accelerator.unwrap_model(model)).items()}
         model.train()
-        log.log({"step": step, **eval_row})
+        core.log.log({"step": step, **eval_row})
         return eval_row
 
-    with sigint_flag() as interrupt:
+    with core.catching_sigint():
         while step < total_steps and not state["stopped_early"]:
             micro = step_micro_batches(len(examples), args, world, step, steps_per_epoch)
             global_items = sum(task.item_count(examples[i]) for ids in micro for i in ids)
@@ -388,41 +545,27 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             model.train()
             if task.prepare_step is not None:
                 task.prepare_step(model, [[examples[i] for i in ids] for ids in micro])
+            scale = core.scale(global_items)
             sums: dict[str, float] = {"loss": 0.0}
             for j, ids in enumerate(mine):
                 batch = to_device(task.collate([examples[i] for i in ids]), accelerator.device)
-                with micro_batch_sync(accelerator, model, last=j == len(mine) - 1), accelerator.autocast():
+                with core.micro_batch(last=j == len(mine) - 1):
                     out = task.compute_loss(model, batch)
-                    accelerator.backward(out.loss_sum * (world / global_items))
+                    accelerator.backward(out.loss_sum * scale)
                 sums["loss"] += _as_float(out.loss_sum)
                 for key, value in out.metric_sums.items():
                     sums[key] = sums.get(key, 0.0) + _as_float(value)
             sums = reduce_sums(accelerator, sums)
             loss = sums["loss"] / global_items
-            grad_norm = gradient_norm(accelerator, trainable, args.max_grad_norm)  # sharded-aware; 0: no clipping
-            verdict = check_step_health(loss, grad_norm, health)  # train/health.py
-            if verdict.stop:
-                progress.close()
-                raise TrainingError(f"step {step + 1}: {verdict.stop}; stopping before the update "
-                                    f"({where_to_restart(last_good)})")
-            if verdict.check_weights and (problem := bad_weights()):
-                raise stop_diverged(step + 1, problem, "(seen when the gradient norm collapsed to 0)")
-            if verdict.warning and accelerator.is_main_process:
-                print(f"WARNING step {step + 1}: {verdict.warning}", file=sys.stderr, flush=True)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            lr = core.scheduler.get_last_lr()[0]
+            grad_norm = core.optimizer_step(step, loss)
             step += 1
-            if check_every_step and (problem := bad_weights()):
-                raise stop_diverged(step, problem, "after the update")
 
-            tokens_per_second = progress.update(global_tokens, loss=loss)
+            tokens_per_second = core.progress.update(global_tokens, loss=loss)
             last_row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr,
                         "grad_norm": grad_norm, "tokens": global_tokens, "tokens_per_s": tokens_per_second,
                         **{k: v / global_items for k, v in sums.items() if k != "loss"}}
-            if step % max(args.log_every, 1) == 0 or step == total_steps:
-                log.log(last_row)
+            core.log_step(step, total_steps, last_row)
 
             if args.eval_every and step % args.eval_every == 0 and step < total_steps:
                 row = run_eval()
@@ -431,10 +574,8 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
                     if improved(value, state["best"], args.early_stopping_mode):
                         state["best"], state["bad_evals"] = value, 0
                         if args.keep_best:  # the best model so far is kept as a checkpoint
-                            if problem := bad_weights():
-                                raise stop_diverged(step, problem, "before checkpointing")
                             state["best_step"] = step
-                            last_good = checkpoint()
+                            core.good_checkpoint(step, checkpoint_state())
                     else:
                         state["bad_evals"] += 1
                         if args.early_stopping_patience and state["bad_evals"] >= args.early_stopping_patience:
@@ -443,19 +584,9 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
                                 print(f"early stopping at step {step}: {args.early_stopping_metric} has not "
                                       f"improved for {state['bad_evals']} validations (best {state['best']:.4g})")
 
-            if args.save_every and step % args.save_every == 0 and step < total_steps:
-                if problem := bad_weights():  # a checkpoint is written only when it is good
-                    raise stop_diverged(step, problem, "before checkpointing")
-                last_good = checkpoint()
-            if any_process(accelerator, interrupt["hit"]):
-                good = bad_weights() is None  # saved either way (it was asked for), marked honestly
-                path = checkpoint(good)
-                progress.close()
-                raise Interrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved to {path}; "
-                                  f"run again with --resume to continue")
-    if problem := bad_weights():
-        raise stop_diverged(step, problem, "at the end of training; final/ was not written")
-    progress.close()
+            core.save_if_due(step, total_steps, checkpoint_state)
+            core.stop_if_interrupted(step, total_steps, checkpoint_state)
+    core.check_final_weights(step)
     final_eval = run_eval()
     best_step = state.get("best_step")
     value = final_eval.get(args.early_stopping_metric)
@@ -466,10 +597,9 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             print(f"--keep-best: final/ holds the model of step {best_step} ({args.early_stopping_metric} "
                   f"{state['best']:.4g}; the last step's: {value:.4g})", flush=True)
     else:
-        final_dir = save_final_atomically(accelerator, task, model, args.output_dir, tokenizer)
+        final_dir = core.save_final()
     seconds = time.perf_counter() - started
-    if args.report_to:
-        accelerator.end_training()
+    core.end()
     return TrainResult(steps=step, final_dir=final_dir, last_metrics=last_row, eval_metrics=final_eval or eval_row,
                        seconds=seconds, tokens_per_second=last_row.get("tokens_per_s", 0.0),
                        stopped_early=state["stopped_early"])

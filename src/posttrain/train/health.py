@@ -10,7 +10,8 @@ What is checked, and why each way:
 - A gradient norm of exactly 0 after nonzero ones. Saturated, exploded weights give it (a huge
   learning rate: logits so large that softmax is one-hot), but so can a healthy run (GRPO groups
   whose rewards are all equal, a hinge loss whose margins are all met). So it triggers a weight
-  check; if the weights are sound it is a loud warning, not a stop.
+  check; if the weights are sound it is a loud warning, not a stop (online RL: no warning, since a
+  batch whose advantages are all 0 legitimately has no gradient).
 - A finite gradient norm far above the recent ones (a spike): a loud warning.
 - The trainable weights: non-finite, or larger in magnitude than any trained transformer holds
   (`WEIGHT_LIMIT`). Reading every weight of a full model costs about a second per 100M values on
@@ -56,13 +57,19 @@ class StepVerdict:
     check_weights: bool = False
 
 
-def check_step_health(loss: float, grad_norm: float, memory: StepHealth) -> StepVerdict:
-    """Judge one step from its loss and (pre-clipping) gradient norm; updates `memory`."""
+def check_step_health(loss: float, grad_norm: float, memory: StepHealth, zero_grad_expected: bool = False) -> StepVerdict:
+    """Judge one step from its loss and (pre-clipping) gradient norm; updates `memory`.
+
+    `zero_grad_expected`: a zero gradient is an ordinary event for this recipe (online RL: every
+    advantage of the batch is 0 when all samples of every group scored the same), so it still
+    triggers the weight check but no warning."""
     if not math.isfinite(loss):
         return StepVerdict(stop=f"loss is {loss}")
     if not math.isfinite(grad_norm):
         return StepVerdict(stop=f"gradient norm is {grad_norm}")
     if grad_norm == 0.0:
+        if zero_grad_expected:
+            return StepVerdict(check_weights=memory.nonzero_grad_seen)
         if memory.nonzero_grad_seen:
             return StepVerdict(check_weights=True, warning="the gradient norm is exactly 0 after nonzero steps: "
                                "nothing is learned from this batch (saturated weights, or a loss that is flat here)")
