@@ -25,7 +25,6 @@ import numpy as np
 
 from ..config import help_field, parse_config
 from ..errors import ConfigError
-from ..models import load_tokenizer
 from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Text, Unpaired
 from .formats import KINDS, check_both_labels, iter_records
 from .options import DataArgs, read_kwargs
@@ -160,6 +159,8 @@ def main(argv: list[str]) -> int:
     tokenizer = None
     template_name = None
     if cfg.tokenizer is not None:
+        from ..models.loading import load_tokenizer  # torch: only when token lengths are asked for
+
         tokenizer = load_tokenizer(cfg.tokenizer)
         template_name = get_template(cfg.template, tokenizer).name
     result = check_data(cfg.file, cfg.kind, tokenizer=tokenizer, template=cfg.template, max_length=cfg.max_length,

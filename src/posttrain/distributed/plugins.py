@@ -40,8 +40,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError
 
 MODES = ("auto", "ddp", "fsdp", "zero2", "zero3")
@@ -104,6 +102,7 @@ def fsdp_plugin(cpu_offload: bool, from_environment: bool = False):
 
 
 def _offload_policy():
+    import torch
     from torch.distributed.fsdp import CPUOffloadPolicy
 
     # Pinned memory speeds up host<->GPU copies; there is nothing to pin for on a CPU-only machine.
@@ -225,6 +224,8 @@ def plan_distributed(args) -> DistributedPlan:
     cpu_offload = bool(getattr(args, "cpu_offload", False))
     mode = resolve_mode(requested)
     from_environment = requested == "auto"
+    import torch  # here, not at the top: `posttrain launch --help` and the CLI's checks stay instant
+
     gpu = torch.cuda.is_available()
     world = world_size()
     if mode == "ddp":
