@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..config import help_field, parse_config
 from ..data.options import DataArgs
+from ..distributed.plugins import plan_distributed
 from ..errors import ConfigError
 from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..records import prompt_text
@@ -262,7 +263,6 @@ def train_round(kind: str, model_name: str, data_path: Path, batch_size: int, ou
 
 def run_best_of_n(cfg: BestOfNConfig, reward_functions: Mapping[str, Callable] | None = None) -> dict[str, Any]:
     """All rounds; returns the run summary (also written to output_dir/summary.json)."""
-    from ..distributed.plugins import plan_distributed
     from ..distributed.processes import Processes
     from ..models import load_tokenizer
     from ..train.setup import prepare_run_dir, say
