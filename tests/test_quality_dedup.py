@@ -22,8 +22,30 @@ from posttrain.quality.near import (
 
 def test_normalise_and_exact_hash():
     assert normalise("  Hello,\tWORLD!! ") == "hello world"
-    assert text_hash("What is 2+2?") == text_hash("what is 2 2")
+    assert text_hash("What is 2+2?") == text_hash("what is 2 + 2")
     assert text_hash("What is 2+2?") != text_hash("What is 2+3?")
+
+
+@pytest.mark.parametrize("a, b", [
+    ("What is 3+4?", "What is 3-4?"), ("What is 3 + 4?", "What is 3 * 4?"), ("Compute 8/2.", "Compute 8*2."),
+    ("What is 6 − 1?", "What is 6 + 1?"), ("Is 3 < 4?", "Is 3 > 4?"), ("What is (2+3)*4?", "What is 2+3*4?"),
+    ("What is -5 * 2?", "What is 5 * 2?"), ("Round 3.5.", "Round 35."), ("Round 3.5.", "Round 3,5."),
+    ("What is 5!?", "What is 5?"), ("What is 2^3?", "What is 23?"), ("Take 50% of 8.", "Take 50 of 8."),
+])
+def test_problems_differing_only_in_arithmetic_symbols_are_not_duplicates(a, b):
+    assert text_hash(a) != text_hash(b)
+    assert contamination([a], [b], near=False) == {}
+    assert find_duplicates([a, b], near=False) == {}
+
+
+@pytest.mark.parametrize("a, b", [
+    ("What is 3+4?", "what is 3 + 4"), ("What is 6 − 1?", "What is 6-1?"), ("2 × 3 = ?", "2*3 = ?"),
+    ("It is well-known (see above)!", "it is well known, see above."), ("Use GPT-4.", "use gpt 4"),
+    ("Hello, World...", "hello world"), ("Call 911!", "call 911"),
+])
+def test_prose_punctuation_and_spacing_still_do_not_matter(a, b):
+    assert text_hash(a) == text_hash(b)
+    assert find_duplicates([a, b], near=False) == {1: (0, "exact", 1.0)}
 
 
 def test_shingles_and_jaccard_by_hand():

@@ -27,12 +27,6 @@ def _make_tasks():
     return module
 
 
-def _spelled(text: str) -> str:
-    """The dedup normaliser drops punctuation ("What is 5 + 1?" == "What is 5 - 1?"), so the
-    operators are spelled out before prompts are compared."""
-    return text.replace("+", " plus ").replace("-", " minus ")
-
-
 def _rows(name: str, split: str) -> list[dict]:
     return [row for _, row in read_jsonl(task_file(name, split))]
 
@@ -43,8 +37,8 @@ def test_no_problem_of_the_test_split_is_in_the_train_split(name):
     train, test = _rows(name, "train"), _rows(name, "test")
     found = contamination([problem_key(r) for r in train], [problem_key(r) for r in test], near=False)
     assert found == {}, f"{len(found)} {name} test problems are in train, e.g. {problem_key(test[min(found)])}"
-    assert contamination([_spelled(r["prompt"]) for r in train], [_spelled(r["prompt"]) for r in test],
-                         near=False) == {}
+    # the dedup normaliser keeps arithmetic symbols, so "What is 5 + 1?" and "What is 5 - 1?" differ
+    assert contamination([r["prompt"] for r in train], [r["prompt"] for r in test], near=False) == {}
     assert len({problem_key(r) for r in test}) == len(test)  # each held-out problem counted once
 
 
@@ -69,6 +63,5 @@ def test_near_duplicate_prompts_of_held_out_problems_are_only_template_matches()
     problem_key = _make_tasks().problem_key
     for name in ("arithmetic", "sorting"):
         train, test = _rows(name, "train"), _rows(name, "test")
-        found = contamination([_spelled(r["prompt"]) for r in train], [_spelled(r["prompt"]) for r in test],
-                              threshold=0.95)
+        found = contamination([r["prompt"] for r in train], [r["prompt"] for r in test], threshold=0.95)
         assert all(problem_key(test[j]) != problem_key(train[hit["train_index"]]) for j, hit in found.items())

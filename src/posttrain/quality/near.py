@@ -1,8 +1,9 @@
 """Exact and near-duplicate detection: normalised hashes, character shingles, MinHash LSH.
 
 Two texts are *exact* duplicates when their normalised forms are equal (case, Unicode form,
-punctuation and whitespace ignored), and *near* duplicates when the Jaccard similarity of their
-character k-shingle sets is at least a threshold:
+punctuation and whitespace ignored, but not the symbols of arithmetic: `3 + 4` is not `3 - 4`),
+and *near* duplicates when the Jaccard similarity of their character k-shingle sets is at least
+a threshold:
 
     J(A, B) = |S(A) & S(B)| / |S(A) | S(B)|,   S(x) = set of k-character substrings of normalise(x)
 
@@ -26,12 +27,43 @@ import numpy as np
 
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
+_OPERATORS = set("+*/=<>^%")  # always meaningful: kept, as their own word
+_MATH_SIGNS = {"\u2212": "-", "\u00d7": "*", "\u00f7": "/", "\u2013": "-"}  # minus, times, divide, en dash
+_NEAR_NUMBER = set("0123456789()[]") | _OPERATORS | {"-", "."}
+
+
+def _neighbours(text: str, index: int) -> tuple[str, str]:
+    """The nearest non-space characters before and after `index` (within a few characters)."""
+    before = text[max(0, index - 4):index].rstrip()[-1:]
+    after = text[index + 1:index + 5].lstrip()[:1]
+    return before, after
+
+
+def _symbol(match: re.Match) -> str:
+    """Keep the punctuation that makes one problem another ("3 + 4" is not "3 - 4", "(2+3)*4"
+    is not "2+3*4", "-5" is not "5", "3.5" is not "35" nor "3,5"); drop the rest (prose)."""
+    char, text, index = match.group(), match.string, match.start()
+    char = _MATH_SIGNS.get(char, char)
+    if char in ".," and 0 < index < len(text) - 1 and text[index - 1].isdigit() and text[index + 1].isdigit():
+        return char  # a decimal point or digit group: part of the number
+    if char in _OPERATORS:
+        return f" {char} "
+    before, after = _neighbours(text, index)
+    if char == "-" and not text[index - 1:index].isalpha() and (before in _NEAR_NUMBER or after in _NEAR_NUMBER):
+        return " - "  # minus or a negative number (a hyphen after a word, GPT-4, is dropped)
+    if char == "!" and before.isdigit() and (after in _NEAR_NUMBER or after == "?"):
+        return " ! "  # factorial, as in "5! / 3!" or "What is 5!?" (not "Call 911!")
+    if char in "()[]" and (before in _NEAR_NUMBER or after in _NEAR_NUMBER):
+        return f" {char} "  # grouping in an expression (prose parentheses are dropped)
+    return " "
 
 
 def normalise(text: str) -> str:
-    """NFKC, case-folded, punctuation removed, runs of whitespace as one space."""
+    """NFKC, case-folded, punctuation removed, runs of whitespace as one space; the symbols of an
+    arithmetic expression are kept (operators, minus signs, brackets, decimal points, factorial),
+    so problems differing only in an operator are different texts."""
     text = unicodedata.normalize("NFKC", text).casefold()
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+    return _SPACE.sub(" ", _PUNCT.sub(_symbol, text)).strip()
 
 
 def text_hash(text: str) -> str:
