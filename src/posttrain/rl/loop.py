@@ -1,20 +1,20 @@
-"""What the online RL recipes (GRPO/RLOO, PPO) share.
+"""What the online RL recipes (GRPO/RLOO, PPO) share: the online loop on the one training core.
 
 An online step is: pick this step's prompts -> sample responses with the current policy
 -> score them -> turn them into training batches -> one or more optimizer steps. The
-recipe files own the middle (advantages and losses); this module owns the rest, built
-from the engine's pieces (`make_accelerator`, `build_optimizer`, `build_scheduler`,
-`save_checkpoint`/`load_checkpoint`, `MetricsLog`, `Progress`):
+recipe files own the middle (advantages and losses); the training core
+(`train/engine.py` `TrainingCore`) owns set-up, resume, the global-batch normalisation,
+health-checked optimizer steps, checkpoints, SIGINT, metrics and progress, as it does for
+the offline recipes; this module owns the online loop around it:
 
 - `RLArgs`: the options every online recipe has (prompts, rewards, sampling, optimisation).
 - `step_prompt_indices`: this step's prompts, a function of (seed, step) only, so a resumed
   run samples exactly what an uninterrupted one would have.
-- `OnlineRun`: accelerator + optimizer + schedule + resume + NaN-checked optimizer steps +
-  checkpoints + metrics.jsonl + progress + the final save.
+- `OnlineRun`: the core for an online run (the policy inside a bigger module, rollouts.jsonl,
+  the policy saved in checkpoints and final/, zero gradients as ordinary events).
 - `run_online`: the loop itself (evaluate, steps, checkpoints, SIGINT, final save).
 - `update_passes`: the epochs x minibatches x micro-batches skeleton of one rollout step's
-  updates (global-batch normalisation, optimizer steps); a recipe gives only its collate,
-  its loss denominator and its loss.
+  updates; a recipe gives only its collate, its loss denominator and its loss.
 
 Several processes (`--distributed ddp|fsdp`, docs/distributed.md): process r answers its own
 slice of each step's prompts (`step_prompt_indices`; all n samples of a prompt stay on one
@@ -28,9 +28,6 @@ optimizer steps (GRPO's mu x minibatches, PPO's epochs x minibatches).
 """
 from __future__ import annotations
 
-import contextlib
-import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -42,12 +39,15 @@ import torch
 from ..config import help_field
 from ..data.options import read_kwargs
 from ..data.prompts import load_prompts
-from ..errors import ConfigError, PosttrainError, TrainingError
+from ..distributed.plugins import launcher_mode
+from ..distributed.training import full_parameters, full_state_dict
+from ..errors import ConfigError, PosttrainError
 from ..jsonl import append_jsonl
 from ..models.saving import save_model_files
 from ..rollout.rewards import TASKS, task_file
 from ..train.args import ModelArgs, RunArgs
-from ..train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..train.engine import TrainingCore, epoch_order, global_sum, to_device  # noqa: F401 (global_sum: the recipes')
+from ..train.setup import say
 from .rollouts import chunks, render_prompt_ids, split_even
 
 
@@ -145,8 +145,6 @@ def load_prompt_set(path: str, tokenizer, cfg: RLArgs, limit: int = 0) -> Prompt
 def check_distributed(cfg: RLArgs) -> None:
     """The `--distributed` modes online RL supports: generation needs whole weights on every process,
     which posttrain gathers for FSDP (`full_parameters`) but not yet for DeepSpeed ZeRO-3."""
-    from ..distributed.plugins import launcher_mode
-
     mode = cfg.distributed if cfg.distributed != "auto" else (launcher_mode() or "ddp")
     if mode == "zero3":
         raise ConfigError("distributed", "online RL does not support zero3 yet (generation would need "
@@ -172,8 +170,6 @@ def disable_dropout(model: torch.nn.Module) -> None:
 def step_prompt_indices(num_prompts: int, per_process: int, world: int, rank: int, seed: int, step: int) -> list[int]:
     """The prompts process `rank` answers at (0-based) `step`: consecutive slices of a
     shuffled order per epoch (`engine.epoch_order`), a function of (seed, step) only."""
-    from ..train.engine import epoch_order
-
     per_step = per_process * world
     if per_step > num_prompts:
         raise ConfigError("prompts_per_step", f"{per_process} prompts x {world} processes = {per_step} per step, "
@@ -201,66 +197,36 @@ def prompt_seeds(seed: int, step: int, indices: Sequence[int]) -> list[int]:
 # --------------------------------------------------------------------------- the run
 
 
-def global_sum(accelerator, value: float) -> float:
-    """Sum a number over processes."""
-    if accelerator.num_processes == 1:
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(tensor, reduction="sum").item())
+def part_of(state: dict[str, torch.Tensor] | None, attr: str | None) -> dict[str, torch.Tensor] | None:
+    """The entries of a gathered state dict under `attr` (`policy.` keys -> the policy's own names);
+    None stays None (unsharded: the live weights are whole)."""
+    if state is None or attr is None:
+        return state
+    prefix = attr + "."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-class OnlineRun:
-    """Accelerator, optimizer, schedule, checkpoints, metrics and progress for an online loop.
+class OnlineRun(TrainingCore):
+    """The training core (`train/engine.py`) for an online loop: one "step" is one rollout batch
+    (one metrics row and rollouts.jsonl rows), holding one or more optimizer steps.
 
-    `module` is what trains (the policy, or policy + value model in one container);
-    `param_groups` optionally gives `{"params": [...], "lr": ...}` groups to add to the
-    policy optimizer (PPO's value model with its own learning rate).
+    `module` is what trains (the policy, or policy + value model in one container whose policy is
+    `policy_attr`); `extra_groups` optionally gives `{"params": [...], "lr": ...}` groups added to
+    the policy's optimizer (PPO's value model with its own learning rate). A zero gradient is
+    ordinary here (a batch whose advantages are all 0): the weights are checked, nothing is printed.
+    Checkpoints and final/ hold the policy (HF format, or the adapter) and the tokenizer.
     """
 
     def __init__(self, cfg: RLArgs, module: torch.nn.Module, optimizer_steps: int, name: str,
                  extra_groups: Sequence[dict[str, Any]] = (), policy_attr: str | None = None):
-        from accelerate.utils import set_seed
-
-        from ..distributed.training import settle_sharded_model
-        from ..train.engine import enable_gradient_checkpointing, make_accelerator
-        from ..train.metrics import MetricsLog
-        from ..train.optim import build_optimizer, build_scheduler
-
-        self.cfg = cfg
-        self.accelerator = accelerator = make_accelerator(cfg, project_name=f"posttrain-{name}")
-        set_seed(cfg.seed)
-        self.policy_attr = policy_attr
-        if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(self._policy_of(module))
-        trainable = getattr(module, "policy", module) if extra_groups else module
-        optimizer = build_optimizer(trainable, cfg)
-        for group in extra_groups:
-            optimizer.add_param_group({"weight_decay": 0.0, **group})
-        self.scheduler = build_scheduler(optimizer, cfg, optimizer_steps)
-        self.model, self.optimizer = accelerator.prepare(module, optimizer)
-        settle_sharded_model(self.model)  # FSDP2: the whole module is the root (distributed/training.py)
-        accelerator.register_for_checkpointing(self.scheduler)
-        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        self.log = MetricsLog(accelerator, cfg.output_dir, cfg.report_to)
-        self.rollouts_path = Path(cfg.output_dir) / "rollouts.jsonl"
-        self.name = name
-        self.last_checkpoint: Path | None = None
-        self.progress = None
+        self.cfg, self.policy_attr = cfg, policy_attr
+        self.tokenizer = None  # set by `run_online`; checkpoints and final/ save it beside the policy
         self.final_state: dict[str, torch.Tensor] | None = None  # gathered weights (main process), set by finish()
-
-    # ----- helpers
-    @property
-    def world(self) -> int:
-        return self.accelerator.num_processes
-
-    @property
-    def rank(self) -> int:
-        return self.accelerator.process_index
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
+        super().__init__(cfg, module, optimizer_steps, name=name, project_name=f"posttrain-{name}",
+                         optimized=getattr(module, "policy", module) if extra_groups else module,
+                         extra_groups=extra_groups, checkpointed=self._policy_of(module),
+                         save_model=self.save_policy, zero_grad_expected=True)
+        self.rollouts_path = Path(cfg.output_dir) / "rollouts.jsonl"
 
     def _policy_of(self, module):
         return getattr(module, self.policy_attr) if self.policy_attr else module
@@ -269,82 +235,35 @@ class OnlineRun:
         return self._policy_of(self.accelerator.unwrap_model(self.model))
 
     def sub_state(self, attr: str | None) -> dict[str, torch.Tensor] | None:
-        """The part of the gathered weights (`final_state`) under `attr` (`policy.` keys -> the policy's
-        own names); None when nothing was gathered (unsharded: the live weights are whole)."""
-        if self.final_state is None or attr is None:
-            return self.final_state
-        prefix = attr + "."
-        return {k[len(prefix):]: v for k, v in self.final_state.items() if k.startswith(prefix)}
+        """The part of the weights `finish` gathered (`final_state`) under `attr`."""
+        return part_of(self.final_state, attr)
 
     def full_parameters(self):
         """Context for generation: under FSDP every parameter is gathered once on entry and kept
         whole until exit, so processes may run different numbers of forward passes (sampling
         lengths and the evaluation split differ); elsewhere it does nothing."""
-        from ..distributed.training import full_parameters
-
         return full_parameters(self.model)
 
-    # ----- resume
-    def start(self) -> tuple[int, dict[str, Any]]:
-        """(first step, saved recipe state); loads the newest checkpoint with --resume."""
-        from ..train.metrics import Progress, truncate_metrics
+    def write_policy(self, directory: Path, state: dict[str, torch.Tensor] | None) -> None:
+        """The policy (from the gathered `state` when sharded) and the tokenizer -> `directory` (main process)."""
+        if self.is_main:
+            save_model_files(self.unwrapped_policy(), directory, state_dict=part_of(state, self.policy_attr))
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(directory)
 
-        step, state = 0, {}
-        if self.cfg.resume and (checkpoint := latest_checkpoint(self.cfg.output_dir)) is not None:
-            state = load_checkpoint(self.accelerator, checkpoint)
-            step = int(state.pop("step"))
-            self.last_checkpoint = checkpoint
-            if self.accelerator.is_main_process:
-                truncate_metrics(self.log.path, step)
-                truncate_metrics(self.rollouts_path, step)
-                print(f"resumed from {checkpoint} at step {step}", flush=True)
-        elif self.accelerator.is_main_process:
-            self.log.path.unlink(missing_ok=True)
-            self.rollouts_path.unlink(missing_ok=True)
-        self.progress = Progress(self.cfg.max_steps, step, enabled=self.cfg.progress and self.accelerator.is_main_process,
-                                 description=self.name)
-        return step, state
+    def save_policy(self, model, directory: Path) -> None:
+        """The core's `save_model` for checkpoints: every process gathers, the main one writes."""
+        self.write_policy(directory, full_state_dict(self.accelerator, self.model))
 
-    # ----- training
-    def optimizer_step(self, step: int, loss: float) -> float:
-        """Clip, check for NaN/inf (stop *before* a bad update), step, zero. Returns the grad norm."""
-        from ..distributed.training import gradient_norm
-
-        grad_norm = gradient_norm(self.accelerator, self.parameters, self.cfg.max_grad_norm)  # global, sharded-aware
-        if not math.isfinite(loss) or not math.isfinite(grad_norm):
-            where = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
-            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
-            raise TrainingError(f"step {step + 1}: {what}; stopping before the update ({where})")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
-
-    def micro_batch(self, last: bool):
-        """Context for one micro-batch's forward *and* backward: autocast, and gradients reduced
-        over processes only on the last micro-batch of an optimizer step (`micro_batch_sync`:
-        DDP/FSDP `no_sync`, DeepSpeed's accumulation boundary)."""
-
-        from ..distributed.training import micro_batch_sync
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(micro_batch_sync(self.accelerator, self.model, last))
-        stack.enter_context(self.accelerator.autocast())
-        return stack
-
-    # ----- bookkeeping
     def end_step(self, step: int, row: dict[str, Any], tokens: int, state: dict[str, Any],
                  rollouts: list[dict[str, Any]] | None = None) -> None:
         """Log the step's row (and rollouts), advance progress, checkpoint when due. `step` is 1-based."""
-
         row["tokens_per_s"] = self.progress.update(tokens, reward=row.get("reward", float("nan")))
-        if step % max(self.cfg.log_every, 1) == 0 or step == self.cfg.max_steps:
-            self.log.log({"step": step, **row})
-        if rollouts and self.cfg.save_rollouts and self.accelerator.is_main_process:
+        self.log_step(step, self.cfg.max_steps, {"step": step, **row})
+        if rollouts and self.cfg.save_rollouts and self.is_main:
             for r in rollouts:
                 append_jsonl(self.rollouts_path, r)
-        if self.cfg.save_every and step % self.cfg.save_every == 0 and step < self.cfg.max_steps:
-            self.last_checkpoint = save_checkpoint(self.accelerator, self.cfg.output_dir, step, state, self.cfg.keep_last)
+        self.save_if_due(step, self.cfg.max_steps, lambda: state)
 
     def finish(self, tokenizer) -> Path:
         """Save the policy (HF format, or the adapter) to output_dir/final atomically.
@@ -352,37 +271,24 @@ class OnlineRun:
         Under FSDP/DeepSpeed the whole module's weights are gathered first (every process
         takes part; the main process keeps them in `self.final_state` for recipes that save
         more, e.g. PPO's value model) and the policy's part is written."""
-
-        from ..distributed.training import full_state_dict
-        from ..train.engine import save_final_atomically
-
-        self.progress.close()
+        self.tokenizer = tokenizer
+        self.close_progress()
         self.final_state = full_state_dict(self.accelerator, self.model)
-        policy = self.unwrapped_policy()
-
-        def save(model, directory: Path) -> None:
-            if self.accelerator.is_main_process:
-                save_model_files(policy, directory, state_dict=self.sub_state(self.policy_attr))
-                tokenizer.save_pretrained(directory)
-
-        final = save_final_atomically(self.accelerator, save, policy, self.cfg.output_dir)
-        if self.cfg.report_to:
-            self.accelerator.end_training()
+        final = self.save_final(lambda model, directory: self.write_policy(directory, self.final_state))
+        self.end()
         return final
 
 
 def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokenizer, restore_fn=None) -> dict[str, Any]:
     """The online loop: evaluate, then `step_fn(step) -> (row, tokens, rollout rows)` until
-    `max_steps`, with periodic evaluation, checkpoints, SIGINT and a final save.
+    `max_steps`, with periodic evaluation, checkpoints, SIGINT and a final save (all on the core).
 
     `evaluate(step)` -> metrics (or None when there is no eval set); `state_fn()` -> the recipe
     state saved in checkpoints (e.g. PPO's KL coefficient), given back to `restore_fn(state)`
     on resume. Returns a summary dict.
     """
-    from ..train.engine import Interrupted, any_process, sigint_flag
-    from ..train.setup import say
-
-    step, state = run.start()
+    run.tokenizer = tokenizer
+    step, state = run.start(cfg.max_steps, step_logs=[run.rollouts_path])
     if state and restore_fn is not None:
         restore_fn(state)
     started = timer()
@@ -396,7 +302,7 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
         return {**state_fn(), "eval_before": eval_before}
 
     row: dict[str, Any] = {}
-    with sigint_flag() as interrupt:
+    with run.catching_sigint():
         while step < cfg.max_steps:
             step_started = timer()
             row, tokens, records = step_fn(step)
@@ -406,11 +312,8 @@ def run_online(run: OnlineRun, cfg: RLArgs, step_fn, evaluate, state_fn, tokeniz
                 if (result := evaluate(step)) is not None:
                     row.update({f"eval/{k}": v for k, v in result.items()})
             run.end_step(step, row, tokens, full_state(), records)
-            if any_process(run.accelerator, interrupt["hit"]):  # every process stops at the same step
-                path = save_checkpoint(run.accelerator, cfg.output_dir, step, full_state(), cfg.keep_last)
-                run.progress.close()
-                raise Interrupted(f"interrupted at step {step}/{cfg.max_steps}; checkpoint saved to {path}; "
-                                  f"run again with --resume to continue")
+            run.stop_if_interrupted(step, cfg.max_steps, full_state)
+    run.check_final_weights(step)
     eval_after = evaluate(step) or {}
     if eval_after:
         run.log.log({"step": step, **{f"eval/{k}": v for k, v in eval_after.items()}})
@@ -436,11 +339,12 @@ class MinibatchPlan:
     samples: list[Any]  # this process's samples of the minibatch
 
 
-def update_passes(run: "OnlineRun", samples: Sequence[Any], step: int, *, epochs: int, minibatches: int,
+def update_passes(run: OnlineRun, samples: Sequence[Any], step: int, *, epochs: int, minibatches: int,
                   micro_batch_size: int, seed: int, collate_micro, denominator, micro_objective,
                   shuffle: bool = True, before_step=None) -> tuple[list[float], float]:
     """`epochs` passes x `minibatches` optimizer steps over a rollout batch: the skeleton PPO and
-    GRPO/RLOO share. Returns (each optimizer step's loss, the last gradient norm).
+    GRPO/RLOO share, on the core's global-batch normalisation, micro-batch context and
+    optimizer step. Returns (each optimizer step's loss, the last gradient norm).
 
     The recipe supplies only its own parts:
       collate_micro(list of samples) -> batch dict (CPU tensors; moved to the device here)
@@ -448,10 +352,10 @@ def update_passes(run: "OnlineRun", samples: Sequence[Any], step: int, *, epochs
           sequence count, ...); summed over micro-batches *and processes* before any backward,
           so the update does not depend on how the batch is split (split-invariant means)
       micro_objective(batch, scale, plan) -> (objective tensor to backpropagate, loss for the log);
-          `scale` = processes / global denominator turns a loss numerator into a global mean
+          `scale` = `run.scale(global denominator)` turns a loss numerator into its share of the
+          global mean
       before_step(plan) -> None, or a callable run after the micro-batches (an extra backward
           that ends the step, e.g. the behaviour-cloning term)
-      after_micro_batches: unused slot kept None (the callable from before_step plays that role)
 
     The order is shuffled per pass from (seed, step) only, so a resumed run replays it.
     """
@@ -467,11 +371,10 @@ def update_passes(run: "OnlineRun", samples: Sequence[Any], step: int, *, epochs
             plan = MinibatchPlan(epoch, len(losses), minibatch)
             finish = before_step(plan) if before_step is not None else None
             collated = [collate_micro(micro) for micro in chunks(minibatch, micro_batch_size)]
-            den = max(global_sum(run.accelerator, sum(float(denominator(b)) for b in collated)), 1e-12)
-            scale = run.world / den
+            scale = run.scale(max(run.global_sum(sum(float(denominator(b)) for b in collated)), 1e-12))
             total = 0.0
             for j, batch in enumerate(collated):
-                batch = {k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                batch = to_device(batch, run.device)
                 # Gradients are reduced over processes on the step's last backward only.
                 with run.micro_batch(last=j == len(collated) - 1 and finish is None):
                     objective, logged = micro_objective(batch, scale, plan)
@@ -479,7 +382,7 @@ def update_passes(run: "OnlineRun", samples: Sequence[Any], step: int, *, epochs
                 total += float(logged)
             if finish is not None:
                 finish()
-            losses.append(global_sum(run.accelerator, total))
+            losses.append(run.global_sum(total))
             grad_norm = run.optimizer_step(step, losses[-1])
     return losses, grad_norm
 

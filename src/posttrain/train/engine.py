@@ -283,6 +283,14 @@ def reduce_sums(accelerator, sums: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, tensor.tolist()))
 
 
+def global_sum(accelerator, value: float) -> float:
+    """A number summed over processes."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
 def any_process(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
@@ -390,7 +398,7 @@ class TrainingCore:
 
     def global_sum(self, value: float) -> float:
         """A number summed over processes."""
-        return reduce_sums(self.accelerator, {"value": float(value)})["value"]
+        return global_sum(self.accelerator, value)
 
     def micro_batch(self, last: bool):
         """Context for one micro-batch's forward *and* backward: autocast, and gradients reduced over
