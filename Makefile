@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml | $(PY)
 venv: $(STAMP)
 
 demo: venv
-	$(PY) -m posttrain.demo
+	$(PY) -m posttrain.commands.demo
 
 demo-format: venv
-	$(PY) -m posttrain.demo_format
+	$(PY) -m posttrain.commands.demo_format
 
 lint: venv
 	$(PY) -m ruff check src tests benchmarks scripts

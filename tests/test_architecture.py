@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("quality",), ("synth",), ("judge",), ("evaluate",), ("ab",), ("safety",),
     ("serve",),
     ("report",), ("pipeline",),
-    ("cli", "__main__", "commands", "generate", "cai_command", "demo", "demo_format"),
+    ("cli", "__main__", "commands"),
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

@@ -133,9 +133,9 @@ RENAMED = {"max_tokens": "max_new_tokens", "judge_max_tokens": "judge_max_new_to
 
 
 def _command_configs() -> list[type]:
-    from posttrain.cai_command import CaiConfig
+    from posttrain.commands.cai import CaiConfig
+    from posttrain.commands.generate import GenerateConfig
     from posttrain.evaluate.run import EvalConfig
-    from posttrain.generate import GenerateConfig
     from posttrain.judge.command import JudgeConfig
     from posttrain.rl.best_of_n import BestOfNConfig
     from posttrain.rl.grpo import GRPOConfig, RLOOConfig
@@ -165,7 +165,7 @@ def test_no_command_uses_an_old_spelling_as_a_field_name():
 @pytest.mark.parametrize("command, cls, old, new, field, value", [
     ("judge", "posttrain.judge.command:JudgeConfig", "--max-tokens", "--max-new-tokens", "max_new_tokens", 7),
     ("eval", "posttrain.evaluate.run:EvalConfig", "--samples", "--num-samples", "num_samples", 4),
-    ("generate", "posttrain.generate:GenerateConfig", "--n", "--num-samples", "num_samples", 3),
+    ("generate", "posttrain.commands.generate:GenerateConfig", "--n", "--num-samples", "num_samples", 3),
     ("grpo", "posttrain.rl.grpo:GRPOConfig", "--beta", "--kl-coef", "kl_coef", 0.5),
     ("grpo", "posttrain.rl.grpo:GRPOConfig", "--mu", "--ppo-epochs", "ppo_epochs", 2),
     ("ppo", "posttrain.rl.ppo:PPOConfig", "--cliprange", "--epsilon", "epsilon", 0.1),

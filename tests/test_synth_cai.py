@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from posttrain.cai_command import CaiConfig, run_cai
 from posttrain.cli import main
+from posttrain.commands.cai import CaiConfig, run_cai
 from posttrain.data import load_records
 from posttrain.rollout.chat import CallableBackend
 from posttrain.synth.cai import clean_revision, is_repetitive, revision_status

@@ -28,7 +28,7 @@ Failures are kept visible rather than hidden:
 
 `Trace` holds everything for one prompt; `to_dict()` is one row of `--trace-output`.
 `sft_rows` / `revision_pairs` turn finished traces into SFT rows and RLAIF pairs. The
-command, with judged pairs, is posttrain/cai_command.py.
+command, with judged pairs, is posttrain/commands/cai.py.
 """
 from __future__ import annotations
 

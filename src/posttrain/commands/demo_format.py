@@ -10,7 +10,7 @@ The shipped instruction set teaches a visible behaviour: answer short questions
 4. prints both side by side with two measured rates and their 95% Wilson intervals:
    format (the reply is such a JSON object) and accuracy (its answer is right).
 
-Run: `python -m posttrain.demo_format [--model smollm2-135m] [--max-steps 60] [--output-dir runs/demo]`.
+Run: `python -m posttrain.commands.demo_format [--model smollm2-135m] [--max-steps 60] [--output-dir runs/demo]`.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from .data.resources import demo_data_path
-from .errors import PosttrainError
+from ..data.resources import demo_data_path
+from ..errors import PosttrainError
 
 
 def parse_reply(text: str) -> dict | None:
@@ -58,7 +58,7 @@ def answer_all(model_name: str, prompts_path: Path, output: Path, max_new_tokens
 
 
 def rates(rows: list[dict]) -> dict[str, tuple[int, int, tuple[float, float]]]:
-    from .evaluate.intervals import wilson_interval
+    from ..evaluate.intervals import wilson_interval
 
     graded = [grade(r["response"], r["answer"]) for r in rows]
     result = {}
@@ -88,9 +88,9 @@ def print_comparison(before: list[dict], after: list[dict], show: int = 8) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train.sft import SFTConfig, train_sft
+    from ..train.sft import SFTConfig, train_sft
 
-    parser = argparse.ArgumentParser(prog="python -m posttrain.demo_format", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m posttrain.commands.demo_format", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--max-steps", type=int, default=60)

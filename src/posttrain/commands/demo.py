@@ -8,7 +8,7 @@ the report's path. A pipeline with a `warmup_eval` stage before its RL stage (e.
 `--pipeline examples/warmup_grpo_dpo.yaml`) also gets what RL added on top of the warm-up.
 A rerun reuses finished stages (delete the run directory to start over).
 
-    python -m posttrain.demo [--pipeline examples/quickstart.yaml] [--output-dir runs/quickstart]
+    python -m posttrain.commands.demo [--pipeline examples/quickstart.yaml] [--output-dir runs/quickstart]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import PosttrainError
+from ..errors import PosttrainError
 
 
 def accuracy_lines(before_dir: Path, after_dir: Path) -> list[str]:
@@ -25,17 +25,17 @@ def accuracy_lines(before_dir: Path, after_dir: Path) -> list[str]:
 
     Both evals score the same held-out problems, so `compare_files` pairs them by item id:
     Newcombe's paired interval and an exact McNemar p-value on the problems that changed."""
-    from .evaluate.compare import compare_files, comparison_legend
+    from ..evaluate.compare import compare_files, comparison_legend
 
     table, rows = compare_files(str(before_dir), str(after_dir))
     return [table, comparison_legend(rows)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import load_pipeline, run_pipeline
-    from .report.html import write_report
+    from ..pipeline import load_pipeline, run_pipeline
+    from ..report.html import write_report
 
-    parser = argparse.ArgumentParser(prog="python -m posttrain.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m posttrain.commands.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="examples/quickstart.yaml")
     parser.add_argument("--output-dir", default=None)
     args = parser.parse_args(argv)

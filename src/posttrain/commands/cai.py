@@ -26,13 +26,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import help_field, parse_config
-from .data.options import DataArgs, read_kwargs
-from .data.prompts import load_prompts
-from .errors import ConfigError, PosttrainError
-from .jsonl import write_json, write_jsonl
-from .synth.cai import CaiSettings, CritiqueReviser, Trace, assistant_turn, count, revision_pairs, sft_rows
-from .synth.constitution import Constitution, load_constitution, parse_selection, plan
+from ..config import help_field, parse_config
+from ..data.options import DataArgs, read_kwargs
+from ..data.prompts import load_prompts
+from ..errors import ConfigError, PosttrainError
+from ..jsonl import write_json, write_jsonl
+from ..synth.cai import CaiSettings, CritiqueReviser, Trace, assistant_turn, count, revision_pairs, sft_rows
+from ..synth.constitution import Constitution, load_constitution, parse_selection, plan
 
 
 @dataclass
@@ -90,7 +90,7 @@ def validate(cfg: CaiConfig) -> None:
 
 
 def _http(url: str, model: str, cfg: CaiConfig):
-    from .rollout.chat import HttpChatBackend
+    from ..rollout.chat import HttpChatBackend
 
     return HttpChatBackend(url, model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
                            max_retries=cfg.max_retries, concurrency=cfg.concurrency)
@@ -99,7 +99,7 @@ def _http(url: str, model: str, cfg: CaiConfig):
 def _local(name: str, cfg: CaiConfig):
     import torch
 
-    from .rollout.chat import LocalChatBackend
+    from ..rollout.chat import LocalChatBackend
 
     torch.manual_seed(cfg.seed)  # local sampling (temperature > 0) draws from torch's generator
     return LocalChatBackend.from_name(name, batch_size=cfg.batch_size, device=cfg.device)
@@ -132,7 +132,7 @@ def judged_pairs(traces: list[Trace], judge, constitution: Constitution) -> tupl
     worse); a tie, a failed request or an unparseable verdict gives no pair. Prompts revised
     by the same principles share a rubric and go to the judge in one batch.
     """
-    from .judge import PairItem
+    from ..judge import PairItem
 
     todo = [t for t in traces if t.ok and t.revised and t.current != t.initial]
     by_rubric: dict[str, list[Trace]] = {}
@@ -175,7 +175,7 @@ def run_cai(cfg: CaiConfig, backend=None, judge_backend=None, log=None) -> dict[
     prompts = load_prompts(cfg.prompts, limit=cfg.limit or None, **read_kwargs(cfg))
     judge = None
     if cfg.pair_mode == "judged" and cfg.pairs_output:
-        from .judge import load_template
+        from ..judge import load_template
 
         template = load_template(cfg.judge_template, "pairwise")  # a bad template fails before any generation
     owned = backend is None
@@ -191,7 +191,7 @@ def run_cai(cfg: CaiConfig, backend=None, judge_backend=None, log=None) -> dict[
         summary: dict[str, Any] = {"model": backend.name, "constitution": constitution.name,
                                    "principles": cfg.principles, "rounds": cfg.rounds, **count(traces)}
         if cfg.pair_mode == "judged" and cfg.pairs_output:
-            from .judge import LLMJudge
+            from ..judge import LLMJudge
 
             judge = LLMJudge(judge_backend or backend, template, swap=cfg.judge_swap,
                              max_tokens=cfg.judge_max_new_tokens, temperature=0.0)

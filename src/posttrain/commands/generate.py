@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import help_field, parse_config
-from .data import get_template
-from .data.options import DataArgs, read_kwargs
-from .data.prompts import load_prompts
-from .data.tokenize import encode
-from .errors import ConfigError
-from .jsonl import write_jsonl
-from .rollout.progress import progress_logger
+from ..config import help_field, parse_config
+from ..data import get_template
+from ..data.options import DataArgs, read_kwargs
+from ..data.prompts import load_prompts
+from ..data.tokenize import encode
+from ..errors import ConfigError
+from ..jsonl import write_jsonl
+from ..rollout.progress import progress_logger
 
 
 @dataclass
@@ -48,8 +48,8 @@ def render_prompts(prompts, tokenizer, template_name: str) -> list[list[int]]:
 
 def generate_rows(model_name: str, prompts, cfg: GenerateConfig) -> list[dict[str, Any]]:
     """Load one model and answer every prompt `cfg.num_samples` times (a progress line per batch on stderr)."""
-    from .models import load_model, load_tokenizer
-    from .rollout.generation import SamplingParams, generate
+    from ..models import load_model, load_tokenizer
+    from ..rollout.generation import SamplingParams, generate
 
     tokenizer = load_tokenizer(model_name, padding_side="left")
     model = load_model(model_name, dtype=cfg.dtype, device="auto")
