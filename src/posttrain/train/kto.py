@@ -147,14 +147,10 @@ def make_evaluator(examples: list, layout, cfg: KTOConfig, reference):
 
 
 def check_weights(cfg: KTOConfig, examples: list) -> None:
-    """Print the paper's advice when lambda_D n_D / (lambda_U n_U) is outside [1, 4/3]."""
-    if cfg.desirable_weight <= 0 or cfg.undesirable_weight <= 0:
-        raise ConfigError("desirable_weight", "both KTO weights must be positive")
+    """Print the paper's advice when lambda_D n_D / (lambda_U n_U) is outside [1, 4/3]. Both weights
+    are positive (config layer) and both labels present (`check_both_labels`, called first)."""
     n_d = sum(1 for e in examples if e.desirable)
     n_u = len(examples) - n_d
-    if not n_d or not n_u:
-        say(f"note: the training data has {n_d} desirable and {n_u} undesirable examples; KTO learns from both kinds")
-        return
     ratio = cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u)
     if not 1.0 <= ratio <= 4 / 3:
         say(f"note: lambda_D*n_D / (lambda_U*n_U) = {ratio:.2f} ({n_d} desirable, {n_u} undesirable); the KTO paper "

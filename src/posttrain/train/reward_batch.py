@@ -106,24 +106,13 @@ def _located(source: str | None, field: str, message: str) -> InputError:
     return InputError(path, line, field, message)
 
 
-def _check_ranked(record: Ranked, ranks: list[int]) -> None:
-    """What the data layer does not check for training: repeated responses, and no order at all."""
-    seen: dict[str, int] = {}
-    for index, text in enumerate(record.responses):
-        if text in seen:
-            raise _located(record.source, f"responses[{index}]", f"is identical to responses[{seen[text]}]")
-        seen[text] = index
-    if len(set(ranks)) < 2:
-        raise _located(record.source, "scores", "all scores are equal: no pair to learn from")
-
-
 def training_texts(record: Any) -> tuple[list[str], list[int], list[str], float | None]:
     """(responses, ranks, field names, margin) of a preference pair or a ranking."""
     if isinstance(record, PreferencePair):
         return [record.chosen, record.rejected], [0, 1], ["chosen", "rejected"], record.margin
     if isinstance(record, Ranked):
+        # repeated responses and all-equal scores were refused by the data layer (data/formats.py)
         ranks = ranks_from_record(record)
-        _check_ranked(record, ranks)
         return list(record.responses), ranks, [f"responses[{i}]" for i in range(len(record.responses))], None
     raise _located(record.source, None, f"a reward model trains on preference pairs (prompt, chosen, rejected) "
                                         f"or rankings (prompt, responses, ranking|scores), not {type(record).__name__} rows")
