@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from ..config import AT_LEAST_0, AT_LEAST_1, FRACTION, FRACTION_BELOW_1, POSITIVE, help_field
+from ..config import AT_LEAST_0, AT_LEAST_1, FRACTION, FRACTION_BELOW_1, POSITIVE, Range, help_field
 from ..data.options import DataArgs
 from ..errors import ConfigError
 
@@ -70,6 +70,10 @@ class TrainArgs(RunArgs):
 
     batch_size: int = help_field(8, "examples per micro-batch per process", range=AT_LEAST_1)
     grad_accum: int = help_field(1, "micro-batches accumulated per optimizer step", range=AT_LEAST_1)
+    micro_batch_tokens: int = help_field(-1, "split each batch into micro-batches of about this many tokens, "
+                                         "accumulating their gradients (the same step, less memory); -1: auto "
+                                         "(on the CPU the activations of a micro-batch take about as much memory "
+                                         "as the weights; logged), 0: never split (sft, dpo, rm)", range=Range(-1))
     epochs: float = help_field(1.0, "passes over the training data (ignored when max_steps > 0)", range=POSITIVE)
     max_steps: int = help_field(0, "optimizer steps to run (0: from epochs)", range=AT_LEAST_0)
     eval_every: int = help_field(0, "validate every N steps (0: only at the end)", range=AT_LEAST_0)

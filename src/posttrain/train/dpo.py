@@ -35,6 +35,7 @@ from ..losses import PREFERENCE_LOSSES, PairLogps, mixed_preference_loss, needs_
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
 from .memory import trim
+from .micro_batch import plan_micro_batches
 from .preference_batch import LAYOUT_CHOICES, BatchLayout, check_layout, resolve_layout, sequence_logps
 from .preference_data import INVALID_POLICIES, data_paths, load_data, load_pairs, write_report
 from .reference import STRATEGIES, build_reference, describe, model_identity, resolve_strategy, summary_line
@@ -162,7 +163,12 @@ def train_dpo(cfg: DPOConfig):
 
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     dtype = next(model.parameters()).dtype
-    padding_free, prefix_sharing, choice = resolve_layout(cfg, model, train)
+    # Micro-batches under a token budget (train/micro_batch.py), counted as the padded layout's
+    # tokens (an upper bound for every layout); the layout is then priced on those micro-batches.
+    plan = plan_micro_batches(cfg, model, train, lambda e: 2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids),
+                              unit="pairs", device=accelerator.device)
+    say(plan.line)
+    padding_free, prefix_sharing, choice = resolve_layout(plan.apply(cfg), model, train)
     say(choice)
     layout = BatchLayout(tokenizer.pad_token_id, padding_free=padding_free, prefix_sharing=prefix_sharing,
                          mask_style=mask_style, mask_dtype=dtype)
@@ -185,7 +191,7 @@ def train_dpo(cfg: DPOConfig):
                      item_count=lambda example: 1, token_count=layout.pair_tokens,
                      evaluate=make_evaluator(held_out, layout.pairs, compute_loss, cfg.batch_size) if held_out else None,
                      name="dpo")
-    result = run_training(task, cfg, accelerator=accelerator, tokenizer=tokenizer)
+    result = run_training(task, plan.apply(cfg), accelerator=accelerator, tokenizer=tokenizer)
     last, evals = result.last_metrics, result.eval_metrics
     say(f"done: {result.steps} steps in {result.seconds:.0f}s; loss {last.get('loss', float('nan')):.4f}, "
           f"margin {last.get('rewards/margins', float('nan')):.4f}, accuracy {last.get('rewards/accuracies', float('nan')):.3f}"

@@ -42,6 +42,7 @@ from ..jsonl import write_json
 from ..losses.reward import RANKING_LOSSES, bradley_terry_loss, ranking_accuracy_parts, ranking_pairs
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training
+from .micro_batch import plan_micro_batches
 from .reward_batch import (
     LAYOUTS,
     RewardGroup,
@@ -240,6 +241,9 @@ def train_reward_model(cfg: RMConfig):
     model = build_model(cfg)
     layout = resolve_layout(cfg.layout, cfg.attn_implementation, model)
     pad_id = tokenizer.pad_token_id
+    plan = plan_micro_batches(cfg, model, train, lambda group: group.num_tokens(layout), unit="prompt groups",
+                              device=accelerator.device)
+    say(plan.line)
     say(f"{len(train)} training groups, {len(held_out)} held out; layout {layout}; loss {cfg.loss}"
         + (" with margins" if cfg.use_margin else ""))
 
@@ -260,7 +264,7 @@ def train_reward_model(cfg: RMConfig):
         evaluate=evaluate if held_out else None, save_final=make_saver(accelerator, tokenizer, settings_for(cfg, layout)),
         name="rm")
     started = time.perf_counter()
-    result = run_training(task, cfg, accelerator=accelerator, tokenizer=tokenizer)
+    result = run_training(task, plan.apply(cfg), accelerator=accelerator, tokenizer=tokenizer)
     final = {k.removeprefix("eval/"): v for k, v in result.eval_metrics.items() if k.startswith("eval/")}
     summary = {"model": cfg.model, "peft": cfg.peft, "loss": cfg.loss, "use_margin": cfg.use_margin, "layout": layout,
                "steps": result.steps, "seconds": round(time.perf_counter() - started, 1),

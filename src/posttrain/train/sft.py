@@ -25,6 +25,7 @@ from ..data.readers import check_sources
 from ..errors import ConfigError
 from .args import ModelArgs, TrainArgs
 from .layout_cost import choose_layout, cost_model, describe_choice, padded_cost, padding_free_cost
+from .micro_batch import plan_micro_batches
 from .setup import load_trainable_model, prepare_run_dir, say
 
 if TYPE_CHECKING:  # torch and the engine are imported where used, so `posttrain sft --help` stays fast
@@ -193,7 +194,9 @@ def train_sft(cfg: SFTConfig):
         train = packs
     prepare_run_dir(cfg)  # after the data checks: bad input leaves no half-made run directory
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
-    padding_free, choice = resolve_layout(cfg, model, train)
+    plan = plan_micro_batches(cfg, model, train, len, unit="packs" if cfg.packing else "examples")
+    say(plan.line)
+    padding_free, choice = resolve_layout(plan.apply(cfg), model, train)
     say(choice)
     collate = collate_fn(tokenizer, cfg.packing, padding_free, cfg.attn_implementation, next(model.parameters()).dtype)
     task = TrainTask(
@@ -201,7 +204,7 @@ def train_sft(cfg: SFTConfig):
         item_count=trained_tokens, token_count=len,
         evaluate=make_evaluator(held_out, collate_fn(tokenizer, False), cfg.batch_size) if held_out else None,
         name="sft")
-    result = run_training(task, cfg, tokenizer=tokenizer)
+    result = run_training(task, plan.apply(cfg), tokenizer=tokenizer)
     say(f"done: {result.steps} steps in {result.seconds:.0f}s, final loss {result.last_metrics.get('loss', float('nan')):.4f}"
           + (f", eval loss {result.eval_metrics['eval/loss']:.4f}" if "eval/loss" in result.eval_metrics else "")
           + f"; model in {result.final_dir}")
