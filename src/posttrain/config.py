@@ -333,6 +333,7 @@ def from_mapping(cls: type[T], data: dict[str, Any], source: str | None = None, 
     types_by_name = _field_types(cls)
     values: dict[str, Any] = {}
     spelt: dict[str, str] = {}
+    problems: list[ConfigError] = []
     for key, value in data.items():
         name = canonical_name(cls, key)
         if name == "report_to" and value in ("none", ["none"]):
@@ -340,18 +341,38 @@ def from_mapping(cls: type[T], data: dict[str, Any], source: str | None = None, 
         if name in types_by_name:
             settings = {name: value}
         else:  # a TRL / TrainingArguments key (`num_train_epochs: 3`, `bf16: true`)?
-            settings = trl_names.translate(trl_names.familiar_name(key), value, set(types_by_name), source)
+            try:
+                settings = trl_names.translate(trl_names.familiar_name(key), value, set(types_by_name), source)
+            except ConfigError as exc:  # no equivalent: reported with every other such key, below
+                problems.append(exc)
+                continue
             if settings is None:
-                raise ConfigError(str(key), f"unknown field (known: {', '.join(sorted(types_by_name))})", source)
+                problems.append(ConfigError(str(key), f"unknown field (known: {', '.join(sorted(types_by_name))})",
+                                            source))
+                continue
         for name, value in settings.items():
             if name in values:
                 raise ConfigError(name, f"given twice, as '{spelt[name]}' and as '{key}'", source)
             values[name], spelt[name] = coerce(name, types_by_name[name], value, source), str(key)
+    raise_all(problems, source)
     cfg = cls(**values)
     validate_choices(cfg, source)
     if check_ranges:
         validate_ranges(cfg, source)
     return cfg
+
+
+def raise_all(problems: list[ConfigError], source: str | None = None) -> None:
+    """Raise the first ConfigError, naming the fields of the others too (a TRL config with several
+    options posttrain lacks is fixed in one go, not one run per option)."""
+    if not problems:
+        return
+    first, rest = problems[0], problems[1:]
+    if not rest:
+        raise first
+    others = "; ".join(f"'{e.field}': {str(e).split(f'config field {e.field!r}: ', 1)[-1]}" for e in rest)
+    raise ConfigError(first.field, f"{str(first).split(f'config field {first.field!r}: ', 1)[-1]} "
+                      f"(and {len(rest)} more: {others})", source) from None
 
 
 def to_mapping(cfg: Any) -> dict[str, Any]:
@@ -458,6 +479,7 @@ def normalize_argv(cls: type, argv: Sequence[str]) -> list[str]:
     aliases = field_aliases(cls)
     tokens = list(argv)
     out: list[str] = []
+    problems: list[ConfigError] = []
     i = 0
 
     def take_value(inline: str | None, boolean: bool) -> str | None:
@@ -509,7 +531,11 @@ def normalize_argv(cls: type, argv: Sequence[str]) -> list[str]:
                 i += 1
         else:
             value = take_value(inline, boolean)
-        settings = trl_names.translate(name, value, set(types_by_name))
+        try:
+            settings = trl_names.translate(name, value, set(types_by_name))
+        except ConfigError as exc:  # no equivalent: reported together with any other, below
+            problems.append(exc)
+            continue
         if settings is None:  # not an option of this command: argparse reports it
             out.append(token)
             if value is not None and inline is None:
@@ -517,6 +543,7 @@ def normalize_argv(cls: type, argv: Sequence[str]) -> list[str]:
             continue
         for setting, setting_value in settings.items():
             out += _value_tokens(setting, setting_value, types_by_name)
+    raise_all(problems)
     return out
 
 

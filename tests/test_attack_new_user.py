@@ -1,0 +1,40 @@
+"""Found by trying posttrain as a new user coming from TRL would (issues 15 and 16): each test
+failed before its fix."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from posttrain.cli import main
+from posttrain.config import from_mapping
+from posttrain.errors import ConfigError
+from posttrain.train.dpo import DPOConfig
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# --- a TRL config with several options posttrain lacks: all named at once, not one run per option ----------------
+
+def test_a_trl_yaml_with_several_options_without_equivalent_names_them_all(tmp_path):
+    trl = {"model_name_or_path": "tiny-random", "max_prompt_length": 128, "push_to_hub": True,
+           "hub_model_id": "me/model", "frobnicate": 1, "learning_rate": 5e-6}
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(DPOConfig, trl, source="trl.yaml")
+    message = str(caught.value)
+    assert message.startswith("trl.yaml: config field 'max_prompt_length': no posttrain equivalent")
+    assert "(and 3 more: 'push_to_hub': no posttrain equivalent" in message
+    assert "'hub_model_id':" in message and "'frobnicate': unknown field" in message
+
+
+def test_a_trl_command_line_with_several_options_without_equivalent_is_one_line(tmp_path, capsys):
+    code = main(["dpo", "--model_name_or_path", "tiny-random", "--dataset_name", "x.jsonl", "--max_prompt_length",
+                 "128", "--push_to_hub", "--deepspeed", "ds.json", "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "'max_prompt_length': no posttrain equivalent" in err and "(and 2 more: 'push_to_hub'" in err
+    assert "'deepspeed': no posttrain equivalent: use --distributed zero2 or zero3" in err
+    assert not (tmp_path / "run").exists()
