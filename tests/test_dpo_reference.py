@@ -15,9 +15,9 @@ from posttrain.train.engine import make_accelerator
 from posttrain.train.preference_batch import BatchLayout
 from posttrain.train.preference_data import load_pairs
 from posttrain.train.reference import (
-    AdapterReference,
-    CopyReference,
+    adapter_reference,
     build_reference,
+    copy_reference,
     load_reference_model,
     resolve_strategy,
 )
@@ -39,11 +39,11 @@ def setup(tmp_path, data, **overrides):
 def test_copy_and_adapter_references_agree_with_lora(tmp_path, preference_file):
     cfg, examples, layout = setup(tmp_path, preference_file(6), peft="lora", lora_r=4)
     policy = load_trainable_model(cfg, seed=cfg.seed, quiet=True)
-    copy = CopyReference(load_reference_model(cfg, torch.device("cpu")))
-    adapter = AdapterReference(policy)
+    copy = copy_reference(load_reference_model(cfg, torch.device("cpu")))
+    adapter = adapter_reference(policy)
     batch = layout.pairs(examples)
-    at_init = copy.logps(policy, batch, (0, 1))
-    torch.testing.assert_close(adapter.logps(policy, batch, (0, 1)), at_init, rtol=0, atol=1e-6)
+    at_init = copy.sequence_logps(batch, (0, 1))
+    torch.testing.assert_close(adapter.sequence_logps(batch, (0, 1)), at_init, rtol=0, atol=1e-6)
     # Train-like change to the adapter: the policy moves, the adapter-disabled reference does not.
     with torch.no_grad():
         for name, param in policy.named_parameters():
@@ -52,13 +52,13 @@ def test_copy_and_adapter_references_agree_with_lora(tmp_path, preference_file):
     from posttrain.train.preference_batch import sequence_logps
 
     assert (sequence_logps(policy, batch).logps - at_init).abs().max() > 1e-3
-    torch.testing.assert_close(adapter.logps(policy, batch, (0, 1)), at_init, rtol=0, atol=1e-6)
+    torch.testing.assert_close(adapter.sequence_logps(batch, (0, 1)), at_init, rtol=0, atol=1e-6)
     assert policy.training  # the reference pass restored train mode
 
 
 def score_pairs(layout):
     def score(reference, chunk):
-        return reference.logps(None, layout.pairs(chunk), (0, 1)).view(2, -1).T
+        return reference.sequence_logps(layout.pairs(chunk), (0, 1)).view(2, -1).T
     return score
 
 
@@ -73,7 +73,7 @@ def test_cache_equals_computed_is_reused_and_never_stale(tmp_path, preference_fi
     cfg, examples, layout = setup(tmp_path, data)
     accelerator = make_accelerator(cfg)
     policy = load_trainable_model(cfg, seed=cfg.seed, quiet=True)
-    expected = CopyReference(load_reference_model(cfg, torch.device("cpu"))).logps(policy, layout.pairs(examples), (0, 1))
+    expected = copy_reference(load_reference_model(cfg, torch.device("cpu"))).sequence_logps(layout.pairs(examples), (0, 1))
 
     passes = ref_module.cache_passes
     first = cached(cfg, examples, layout, policy, accelerator)
@@ -82,7 +82,7 @@ def test_cache_equals_computed_is_reused_and_never_stale(tmp_path, preference_fi
     # In posttrain's cache root ($POSTTRAIN_CACHE, set per session in conftest.py), not beside the data.
     assert path.startswith(os.path.join(os.environ["POSTTRAIN_CACHE"], "reference", "pairs.jsonl.ref-"))
     assert not (data.parent / ".posttrain-cache").exists()
-    torch.testing.assert_close(first.logps(None, layout.pairs(examples), (0, 1)), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(first.sequence_logps(layout.pairs(examples), (0, 1)), expected, rtol=0, atol=1e-5)
 
     # A rerun (fresh examples, same everything) reads the file: no new pass.
     cfg, examples, layout = setup(tmp_path, data)

@@ -121,7 +121,7 @@ def test_dpo_cached_reference_equals_live_reference_loss_and_gradients():
     from posttrain.train.dpo import make_loss
     from posttrain.train.preference_batch import BatchLayout
     from posttrain.train.preference_data import PairExample
-    from posttrain.train.reference import CachedReference, CopyReference
+    from posttrain.train.reference import CachedReference, copy_reference
 
     generator = torch.Generator().manual_seed(6)
     ids = lambda n: random_ids(generator, n)  # noqa: E731
@@ -132,15 +132,15 @@ def test_dpo_cached_reference_equals_live_reference_loss_and_gradients():
         for param in policy.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
     layout = BatchLayout(pad_id=3, padding_free=True)
-    live = CopyReference(reference_model)
+    live = copy_reference(reference_model)
     # The cache: one row per example, [chosen, rejected], computed once in example order.
-    table = live.logps(None, layout.pairs(examples), (0, 1)).view(2, -1).T
+    table = live.sequence_logps(layout.pairs(examples), (0, 1)).view(2, -1).T
     cached = CachedReference(table)
     batch = layout.pairs([examples[i] for i in (3, 0, 4)])  # a micro-batch out of order
     components = {"sigmoid": 1.0}
     with_live = make_loss(components, {"sigmoid": {"beta": 0.5}}, live)
     with_cache = make_loss(components, {"sigmoid": {"beta": 0.5}}, cached)
-    torch.testing.assert_close(cached.logps(policy, batch, (0, 1)), live.logps(policy, batch, (0, 1)),
+    torch.testing.assert_close(cached.sequence_logps(batch, (0, 1)), live.sequence_logps(batch, (0, 1)),
                                rtol=1e-6, atol=1e-5)
     assert_same(loss_and_grads(policy, lambda: with_cache(policy, batch).loss_sum),
                 loss_and_grads(policy, lambda: with_live(policy, batch).loss_sum))
@@ -198,7 +198,7 @@ def test_dpo_layouts_equal_padded_loss_and_gradients(name, peft):
     from posttrain.models import apply_peft
     from posttrain.train.dpo import make_loss
     from posttrain.train.preference_batch import LAYOUTS, BatchLayout
-    from posttrain.train.reference import CopyReference
+    from posttrain.train.reference import copy_reference
 
     model = load_model("tiny-random", seed=10)
     if peft:
@@ -207,7 +207,7 @@ def test_dpo_layouts_equal_padded_loss_and_gradients(name, peft):
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(n)))
-    reference = CopyReference(load_model("tiny-random", seed=11))
+    reference = copy_reference(load_model("tiny-random", seed=11))
     loss = make_loss({"sigmoid": 1.0}, {"sigmoid": {"beta": 0.5}}, reference)
     examples = dpo_pairs()
     padding_free, prefix_sharing = LAYOUTS[name]

@@ -14,7 +14,7 @@ from posttrain.train.kto import KTOConfig, make_loss, make_prepare_step, train_k
 from posttrain.train.metrics import read_metrics
 from posttrain.train.preference_batch import BatchLayout, sequence_logps
 from posttrain.train.preference_data import load_unpaired
-from posttrain.train.reference import CopyReference, load_reference_model
+from posttrain.train.reference import copy_reference, load_reference_model
 from posttrain.train.setup import load_trainable_model
 
 
@@ -48,7 +48,7 @@ def test_z0_is_one_number_for_the_whole_global_batch(tmp_path, unpaired_file):
     examples, _ = tokenized(cfg.data)
     accelerator = make_accelerator(cfg)
     policy = load_trainable_model(cfg, seed=cfg.seed, quiet=True)
-    reference = CopyReference(load_reference_model(cfg, torch.device("cpu")))
+    reference = copy_reference(load_reference_model(cfg, torch.device("cpu")))
     with torch.no_grad():  # move the policy away from the reference so the log-ratios are not 0
         for param in policy.parameters():
             param.add_(0.02 * torch.randn_like(param))
@@ -61,7 +61,7 @@ def test_z0_is_one_number_for_the_whole_global_batch(tmp_path, unpaired_file):
     for e in examples[:6]:
         batch = layout.unpaired([e], "mismatched_ids")
         with torch.no_grad():
-            ratios.append(float(sequence_logps(policy, batch).logps - reference.logps(policy, batch, (1,))))
+            ratios.append(float(sequence_logps(policy, batch).logps - reference.sequence_logps(batch, (1,))))
     mean = sum(ratios) / 6
     assert abs(mean) > 1e-3
     assert state["z0"] == pytest.approx(max(0.0, mean), abs=1e-5)
@@ -71,7 +71,7 @@ def test_z0_is_one_number_for_the_whole_global_batch(tmp_path, unpaired_file):
     state["z0"] = 0.3  # any z0: check it is the one used
     batch = layout.unpaired(examples[:3])
     out = make_loss(cfg, reference, state)(policy, batch)
-    pol, ref = sequence_logps(policy, batch).logps, reference.logps(policy, batch, (0,))
+    pol, ref = sequence_logps(policy, batch).logps, reference.sequence_logps(batch, (0,))
     expected = kto_loss(pol, ref, batch["desirable"], 0.3, beta=cfg.beta, desirable_weight=2.0,
                         undesirable_weight=0.5).losses.sum()
     torch.testing.assert_close(out.loss_sum, expected)

@@ -6,14 +6,13 @@ from posttrain.cli import main
 from posttrain.errors import PosttrainError
 from posttrain.models import (
     PEFT_METHODS,
-    adapter_disabled,
     apply_peft,
-    frozen_copy,
     load_model,
     load_tokenizer,
     save_pretrained_atomic,
     trainable_parameter_summary,
 )
+from posttrain.train.reference import adapter_disabled, frozen_copy
 
 IDS = torch.tensor([[1, 80, 81, 82, 2, 14, 40], [1, 90, 91, 2, 14, 60, 61]])
 

@@ -114,12 +114,12 @@ def test_group_advantages_by_hand():
 
 
 def test_beta_zero_loads_no_reference_model(tmp_path, monkeypatch):
-    import posttrain.rl.online as online
+    import posttrain.train.reference as reference
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a reference model was built")
 
-    monkeypatch.setattr(online.Reference, "for_policy", forbidden)
+    monkeypatch.setattr(reference.ModelReference, "__init__", forbidden)
     train_grpo(_config(tmp_path, kl_coef=0.0, max_steps=1), {"lowercase": rl_toy.lowercase})
 
 

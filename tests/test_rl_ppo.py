@@ -223,12 +223,12 @@ def test_micro_batching_does_not_change_the_ppo_update(tmp_path):
 
 
 def test_kl_coef_zero_loads_no_reference_model(tmp_path, monkeypatch):
-    import posttrain.rl.online as online
+    import posttrain.train.reference as reference
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a reference model was built")
 
-    monkeypatch.setattr(online.Reference, "for_policy", forbidden)
+    monkeypatch.setattr(reference.ModelReference, "__init__", forbidden)
     cfg = _config(tmp_path, kl_coef=0.0, max_steps=1, prompts_per_step=8, micro_batch_size=8, value_model="shared")
     train_ppo(cfg, {"lowercase": rl_toy.lowercase})
     row = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "kl" in r][0]

@@ -1,4 +1,4 @@
-"""posttrain.models: loading models and tokenizers, PEFT, log-probs, value heads, reference models.
+"""posttrain.models: loading models and tokenizers, PEFT, log-probs, value heads.
 
     from posttrain.models import load_model, load_tokenizer
     model = load_model("tiny-random")          # or "smollm2-135m", a local dir, a .gguf file, a hub id
@@ -38,8 +38,6 @@ _EXPORTS = {
     "last_token_values": "heads",
     "load_reward_model": "heads",
     "sequence_scores": "heads",
-    "frozen_copy": "reference",
-    "adapter_disabled": "reference",
     "export_model": "export",
     "save_pretrained_atomic": "saving",
     "save_model_files": "saving",

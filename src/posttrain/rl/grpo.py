@@ -41,6 +41,7 @@ import torch
 from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
+from ..train.reference import Reference, reference_for_policy
 from . import combined
 from .loop import (
     OnlineRun,
@@ -55,7 +56,6 @@ from .loop import (
     update_passes,
 )
 from .online import (
-    Reference,
     RLResult,
     add_sum,
     batch_logprobs,
@@ -143,7 +143,7 @@ def rollout_logprobs(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: RL
                     store_tokens(micro, "old_logps", batch_logprobs(model, batch, temperature).logprobs,
                                  batch["response_mask"])
             if reference is not None:
-                store_tokens(micro, "ref_logps", reference.logprobs(batch, temperature), batch["response_mask"])
+                store_tokens(micro, "ref_logps", reference.token_logprobs(batch, temperature), batch["response_mask"])
     model.train(was_training)
 
 
@@ -314,7 +314,7 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
     if cfg.disable_dropout:
         disable_dropout(policy)
     has_ref = cfg.kl_coef > 0
-    reference = Reference.for_policy(policy, lambda: run.unwrapped_policy()) if has_ref else None
+    reference = reference_for_policy(policy, lambda: run.unwrapped_policy()) if has_ref else None
     run = OnlineRun(cfg, policy, cfg.max_steps * cfg.ppo_epochs * cfg.num_minibatches, name)
     if reference is not None:
         reference.to(run.device)

@@ -2,7 +2,6 @@
 
 - `build_scorer`: the reward functions of a config (or given callables).
 - `sample_and_score`: this step's prompts -> n samples each -> rewards.
-- `Reference`: π_ref as a frozen copy, or the policy with its LoRA adapter switched off.
 - `batch_logprobs`: `response_logprobs` on a collated batch at the sampling temperature.
 - `sample_metrics`, `add_sum`: metrics as sums over processes, divided once.
 - `evaluate_greedy`: mean reward of greedy answers on held-out prompts (accuracy for 0/1
@@ -17,7 +16,6 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..jsonl import write_jsonl
-from ..models.peft import is_peft_model
 from .loop import OnlineRun, PromptSet, RLArgs, prompt_seeds, sampling_params, step_prompt_indices, timer
 from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
 from .rollouts import Sample, reward_rows, samples_from_generations
@@ -156,7 +154,7 @@ def run_evaluator(run: OnlineRun, cfg: RLArgs, tokenizer, eval_set: PromptSet | 
     return evaluate
 
 
-# --------------------------------------------------------------------------- reference model and log-probs
+# --------------------------------------------------------------------------- log-probs
 
 
 def logprob_temperature(cfg: RLArgs) -> float:
@@ -170,44 +168,6 @@ def batch_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, en
 
     return response_logprobs(model, batch["input_ids"], batch["attention_mask"], response_mask=batch["response_mask"],
                              temperature=temperature, return_entropy=entropy)
-
-
-class Reference:
-    """π_ref for the KL term: a frozen copy of the initial policy, or, when the policy is
-    base + adapter, the policy itself with the adapter switched off (no second model)."""
-
-    def __init__(self, frozen: torch.nn.Module | None, policy_getter=None):
-        self.frozen, self.policy_getter = frozen, policy_getter
-
-    @classmethod
-    def for_policy(cls, policy: torch.nn.Module, get_policy) -> "Reference":
-        from ..models.reference import frozen_copy
-
-        if is_peft_model(policy):
-            return cls(None, get_policy)
-        return cls(frozen_copy(policy))
-
-    def to(self, device) -> "Reference":
-        if self.frozen is not None:
-            self.frozen.to(device)
-        return self
-
-    @torch.no_grad()
-    def logprobs(self, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-        from ..models.reference import adapter_disabled
-
-        if self.frozen is not None:
-            return batch_logprobs(self.frozen, batch, temperature).logprobs
-        policy = self.policy_getter()
-        was_training = policy.training
-        policy.eval()
-        try:
-            with adapter_disabled(policy):
-                return batch_logprobs(policy, batch, temperature).logprobs
-        finally:
-            policy.train(was_training)
-
-
 
 
 @dataclass

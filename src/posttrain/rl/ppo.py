@@ -52,6 +52,7 @@ from ..losses import (
     whiten,
 )
 from ..models.peft import apply_peft, merge_adapter
+from ..train.reference import Reference, reference_for_policy
 from . import combined
 from .loop import (
     OnlineRun,
@@ -66,7 +67,6 @@ from .loop import (
     update_passes,
 )
 from .online import (
-    Reference,
     RLResult,
     add_sum,
     logprob_temperature,
@@ -240,7 +240,7 @@ def rollout_pass(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOCon
             logps, _, values = run.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)
         store_tokens(micro, "old_logps", logps, batch["response_mask"])
         store_tokens(micro, "old_values", values, batch["response_mask"])
-        ref_logps = reference.logprobs(batch, temperature) if reference is not None else logps
+        ref_logps = reference.token_logprobs(batch, temperature) if reference is not None else logps
         store_tokens(micro, "ref_logps", ref_logps, batch["response_mask"])
     run.model.train()
 
@@ -413,7 +413,7 @@ def train_ppo(cfg: PPOConfig, reward_functions: Mapping[str, Callable] | None = 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     # kl_coef 0 multiplies the KL by 0 (the adaptive controller keeps 0 at 0): no reference model,
     # no reference forward (the `kl` metric is then 0).
-    reference = Reference.for_policy(policy, lambda: run.unwrapped_policy()) if cfg.kl_coef > 0 else None
+    reference = reference_for_policy(policy, lambda: run.unwrapped_policy()) if cfg.kl_coef > 0 else None
     critic, head = build_critic(cfg, policy)
     if cfg.disable_dropout:
         disable_dropout(policy)

@@ -114,7 +114,7 @@ def make_loss(components: dict[str, float], options: dict[str, dict[str, float]]
     def compute_loss(model, batch) -> LossOutput:
         b = batch["example_index"].shape[0]
         policy = sequence_logps(model, batch, mean_logits=True)  # [2B]: chosen then rejected
-        ref = reference.logps(model, batch, (0, 1)).to(policy.logps.dtype) if reference is not None else None
+        ref = reference.sequence_logps(batch, (0, 1)).to(policy.logps.dtype) if reference is not None else None
         pairs = PairLogps(policy_chosen=policy.logps[:b], policy_rejected=policy.logps[b:],
                           ref_chosen=None if ref is None else ref[:b], ref_rejected=None if ref is None else ref[b:],
                           chosen_lengths=policy.lengths[:b], rejected_lengths=policy.lengths[b:])
@@ -175,7 +175,7 @@ def train_dpo(cfg: DPOConfig):
 
     def score(reference, chunk):  # [B, 2] reference log-probs of (chosen, rejected), for the cache
         batch = to_device(layout.pairs(chunk), accelerator.device)
-        return reference.logps(model, batch, (0, 1)).view(2, -1).T
+        return reference.sequence_logps(batch, (0, 1)).view(2, -1).T
 
     key_parts = {"recipe": "dpo", "reference": model_identity(cfg.ref_model or cfg.model, cfg.seed),
                  "dtype": str(dtype), "mixed_precision": accelerator.mixed_precision, "template": template.name,

@@ -71,7 +71,7 @@ def mismatched_sum(model, reference, examples: list, layout, device) -> torch.Te
 
     batch = to_device(layout.unpaired(examples, "mismatched_ids"), device)
     policy = sequence_logps(model, batch).logps
-    return (policy - reference.logps(model, batch, (1,)).to(policy.dtype)).sum()
+    return (policy - reference.sequence_logps(batch, (1,)).to(policy.dtype)).sum()
 
 
 def set_step_stats(state: dict[str, Any], total: float, examples: list) -> None:
@@ -113,7 +113,7 @@ def make_loss(cfg: KTOConfig, reference, state: dict[str, Any]):
 
     def compute_loss(model, batch) -> LossOutput:
         policy = sequence_logps(model, batch, mean_logits=True)
-        ref = reference.logps(model, batch, (0,)).to(policy.logps.dtype)
+        ref = reference.sequence_logps(batch, (0,)).to(policy.logps.dtype)
         desirable = batch["desirable"]
         out = kto_loss(policy.logps, ref, desirable, state["z0"], beta=cfg.beta,
                        desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
@@ -185,7 +185,7 @@ def train_kto(cfg: KTOConfig):
         columns = []
         for column, name in enumerate(("completion_ids", "mismatched_ids")):
             batch = to_device(layout.unpaired(chunk, name), accelerator.device)
-            columns.append(reference.logps(model, batch, (column,)))
+            columns.append(reference.sequence_logps(batch, (column,)))
         return torch.stack(columns, dim=1)
 
     key_parts = {"recipe": "kto", "reference": model_identity(cfg.ref_model or cfg.model, cfg.seed),

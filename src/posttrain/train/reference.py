@@ -1,24 +1,33 @@
-"""Reference log-probs for the preference recipes (`--reference`).
+"""The reference policy pi_ref: one concept for every recipe that needs one (DPO family, KTO,
+GRPO/RLOO, PPO, the combined objective).
 
-DPO-style losses compare the policy with a frozen reference model pi_ref. Four
-ways to get log pi_ref(y | x) for the sequences of a batch:
+A `Reference` answers "log pi_ref(y | x)" in the two shapes the losses need:
 
-- `copy`: a separate frozen model (`--ref-model`, default the starting model),
-  loaded once, in eval mode. One more model in memory and one more forward per
+- `token_logprobs(batch, temperature)`: `[B, T]`, per response token (online recipes: the KL
+  term, RLOO's KL-in-reward), for a rollout batch (`input_ids`, `attention_mask`, `response_mask`);
+- `sequence_logps(batch, columns)`: `[S]`, summed over each scored sequence of a preference batch
+  (`preference_batch.sequence_logps`'s layout); `columns` says which of each example's sequences
+  the batch holds (0 = chosen/completion, 1 = rejected/mismatched), which the cache needs to pick
+  its rows. A live reference scores the batch itself.
+
+How pi_ref is obtained (`--reference` for the offline recipes; online ones pick `copy` or `adapter`
+by whether the policy has an adapter, `reference_for_policy`):
+
+- `copy`: a separate frozen model (`--ref-model`, default the starting model; online: a
+  `frozen_copy` of the policy), in eval mode. One more model in memory and one more forward per
   batch. Works for every setup.
-- `adapter`: the policy itself with its PEFT adapter switched off
-  (`models.reference.adapter_disabled`). No second copy in memory; one more
-  forward per batch. Needs `--peft`; the base under the adapter is the
+- `adapter`: the policy itself with its PEFT adapter switched off (`adapter_disabled`). No second
+  copy in memory; one more forward per batch. Needs `--peft`; the base under the adapter is the
   reference, so `--ref-model` cannot be used.
-- `cached`: the reference log-probs of every example are computed ONCE, in a
-  first pass before training, and stored in posttrain's cache (never beside the
-  user's data): `$POSTTRAIN_CACHE/reference/<data file name>.ref-<key>.safetensors`
-  (default `~/.cache/posttrain`). A
-  second epoch, an evaluation, or a rerun reads them instead of running the
-  reference at all: no reference model in memory and no reference forward
-  during training. The first pass runs the starting model (the policy before
-  its first update, with the adapter switched off under PEFT; or `--ref-model`,
-  loaded for the pass and freed).
+- `policy-at-start`: the untouched policy itself, before its first update (only for the cache's
+  first pass of a full fine-tune).
+- `cached`: a layer over the others, for sequence sums: the reference log-probs of every example
+  are computed ONCE, in a first pass before training, and stored in posttrain's cache (never
+  beside the user's data): `$POSTTRAIN_CACHE/reference/<data file name>.ref-<key>.safetensors`
+  (default `~/.cache/posttrain`). A second epoch, an evaluation, or a rerun reads them instead of
+  running the reference at all: no reference model in memory and no reference forward during
+  training. The first pass runs the starting model (the policy before its first update, with the
+  adapter switched off under PEFT; or `--ref-model`, loaded for the pass and freed).
 - `auto`: `cached` when the training (and eval) data are local files or
   directories, else `adapter` with `--peft`, else `copy`. Reference-free losses
   (simpo, orpo) use no reference whatever this says.
@@ -36,17 +45,20 @@ directory instead (and is then only reused by runs with that directory).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PosttrainError
 from ..jsonl import atomic_write
 from ..models.gguf import cache_root
+from ..models.logprobs import response_logprobs
+from ..models.peft import is_peft_model
 from .preference_batch import sequence_logps
 
 STRATEGIES = ("auto", "copy", "adapter", "cached")
@@ -67,6 +79,36 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` itself in eval mode (no dropout) with `requires_grad=False` everywhere."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen deep copy of `model` (the `copy` strategy when the reference is the starting policy)."""
+    return freeze(copy.deepcopy(model))
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run a PEFT model as its base model inside the block (the adapter is restored after).
+
+    Also accepts a `ScalarHeadModel`-like wrapper whose `.model` is a PEFT model.
+    Raises PosttrainError for a model without an adapter (use `frozen_copy` then).
+    """
+    target = model
+    if not hasattr(target, "disable_adapter") and hasattr(target, "model"):
+        target = target.model
+    if not hasattr(target, "disable_adapter") or getattr(target, "peft_config", None) is None:
+        raise PosttrainError("the reference model can only be 'the policy without its adapter' when the policy "
+                             "has a PEFT adapter; use a frozen copy for full fine-tuning")
+    with target.disable_adapter():
+        yield model
+
+
 def pick(values: torch.Tensor, batch: dict[str, Any], columns: Sequence[int]) -> torch.Tensor:
     """Rows of a `[N, K]` table for the batch's examples, columns one after another: `[len(columns) * B]`."""
     rows = values[batch["example_index"].to(values.device)]
@@ -74,43 +116,77 @@ def pick(values: torch.Tensor, batch: dict[str, Any], columns: Sequence[int]) ->
 
 
 class Reference:
-    """Reference log-probs `[S]` for the S scored sequences of a batch (in the batch's order)."""
+    """pi_ref's log-probs: the one type every recipe holds (see the module docstring). Two kinds:
+    `ModelReference` runs a model (copy, adapter, policy-at-start); `CachedReference` reads the
+    sequence sums a model computed once."""
 
     name = "reference"
 
-    def logps(self, policy: torch.nn.Module, batch: dict[str, Any], columns: Sequence[int]) -> torch.Tensor:
+    def token_logprobs(self, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+        """`[B, T]` log pi_ref of each response token (0 off `response_mask`), at `temperature`."""
         raise NotImplementedError
+
+    def sequence_logps(self, batch: dict[str, Any], columns: Sequence[int] = ()) -> torch.Tensor:
+        """`[S]` summed response log pi_ref of the batch's S scored sequences, in the batch's order."""
+        raise NotImplementedError
+
+    def to(self, device) -> "Reference":
+        return self
 
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.name}
 
 
-class CopyReference(Reference):
-    """A separate frozen model (eval mode, no gradients)."""
+class ModelReference(Reference):
+    """pi_ref from a live model: scored without gradients, in eval mode, with the adapter switched
+    off when `adapter_off` (the `adapter` strategy). `model` is the module, or a function returning
+    it (an online run's policy, looked up through its wrapper at each call)."""
 
-    name = "copy"
+    def __init__(self, model: torch.nn.Module | Callable[[], torch.nn.Module], *, adapter_off: bool = False,
+                 name: str = "copy"):
+        self.model, self.adapter_off, self.name = model, adapter_off, name
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = freeze(model)
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator[torch.nn.Module]:
+        """The model to run as pi_ref inside the block."""
+        model = self.model if isinstance(self.model, torch.nn.Module) else self.model()
+        with torch.no_grad(), eval_mode(model), adapter_disabled(model) if self.adapter_off else contextlib.nullcontext():
+            yield model
 
-    def logps(self, policy, batch, columns):
-        with torch.no_grad():
-            return sequence_logps(self.model, batch).logps
+    def token_logprobs(self, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+        with self.scoring() as model:
+            return response_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                     response_mask=batch["response_mask"], temperature=temperature).logprobs
+
+    def sequence_logps(self, batch: dict[str, Any], columns: Sequence[int] = ()) -> torch.Tensor:
+        with self.scoring() as model:
+            return sequence_logps(model, batch).logps
+
+    def to(self, device) -> "Reference":
+        if isinstance(self.model, torch.nn.Module) and not self.adapter_off:
+            self.model.to(device)
+        return self
 
 
-class AdapterReference(Reference):
-    """The policy with its PEFT adapter switched off: the base model under the adapter."""
+def copy_reference(model: torch.nn.Module) -> Reference:
+    """`copy`: a separate model (frozen here), e.g. `--ref-model` loaded by `load_reference_model`."""
+    return ModelReference(freeze(model), name="copy")
 
-    name = "adapter"
 
-    def __init__(self, policy: torch.nn.Module):
-        self.policy = policy  # the unwrapped PEFT model (DDP wrappers do not expose disable_adapter)
+def adapter_reference(policy: torch.nn.Module | Callable[[], torch.nn.Module]) -> Reference:
+    """`adapter`: the (unwrapped: DDP wrappers do not expose disable_adapter) PEFT policy, adapter off."""
+    return ModelReference(policy, adapter_off=True, name="adapter")
 
-    def logps(self, policy, batch, columns):
-        from ..models.reference import adapter_disabled
 
-        with torch.no_grad(), eval_mode(self.policy), adapter_disabled(self.policy):
-            return sequence_logps(self.policy, batch).logps
+def policy_reference(policy: torch.nn.Module) -> Reference:
+    """`policy-at-start`: the policy itself, before its first update (the cache's first pass)."""
+    return ModelReference(policy, name="policy-at-start")
+
+
+def reference_for_policy(policy: torch.nn.Module, get_policy: Callable[[], torch.nn.Module]) -> Reference:
+    """An online run's pi_ref, the starting policy: with a PEFT adapter, the policy with the adapter
+    off (`get_policy` finds it at each call; no second model), otherwise a `frozen_copy` of it."""
+    return adapter_reference(get_policy) if is_peft_model(policy) else copy_reference(frozen_copy(policy))
 
 
 @dataclass
@@ -124,26 +200,22 @@ class CacheInfo:
         return {"path": self.path, "key": self.key, "hit": self.hit, "rows": self.rows}
 
 
-@dataclass
 class CachedReference(Reference):
-    """Reference log-probs read from a `[N, K]` table; `example.index` picks the row."""
+    """The `cached` layer: sequence sums read from a `[N, K]` table (row: `example.index`, column:
+    which sequence of the example), computed once by a live reference (`build_reference`)."""
 
-    table: torch.Tensor
-    caches: list[CacheInfo] = field(default_factory=list)
-    name: str = "cached"
+    name = "cached"
 
-    def logps(self, policy, batch, columns):
+    def __init__(self, table: torch.Tensor, caches: Sequence[CacheInfo] = ()):
+        self.table, self.caches = table, list(caches)
+
+    def sequence_logps(self, batch: dict[str, Any], columns: Sequence[int] = ()) -> torch.Tensor:
+        if not columns:
+            raise ValueError("a cached reference needs the columns the batch holds")
         return pick(self.table, batch, columns).to(batch["input_ids"].device)
 
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.name, "caches": [c.to_dict() for c in self.caches]}
-
-
-def freeze(model: torch.nn.Module) -> torch.nn.Module:
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
 
 
 def resolve_strategy(strategy: str, *, needs_reference: bool, peft: str, ref_model: str | None,
@@ -309,19 +381,6 @@ def load_or_compute(data_path: str, examples: Sequence[Any], key_parts: dict[str
 # --------------------------------------------------------------------------- putting it together
 
 
-class FrozenPolicy(Reference):
-    """The untouched policy itself (no gradients, eval mode): the reference before the first update."""
-
-    name = "policy-at-start"
-
-    def __init__(self, policy: torch.nn.Module):
-        self.policy = policy
-
-    def logps(self, policy, batch, columns):
-        with torch.no_grad(), eval_mode(self.policy):
-            return sequence_logps(self.policy, batch).logps
-
-
 def load_reference_model(cfg, device) -> torch.nn.Module:
     """`cfg.ref_model` (default `cfg.model`) loaded like the policy, frozen, on `device`."""
     from ..models import load_model
@@ -344,15 +403,15 @@ def build_reference(strategy: str | None, cfg, policy: torch.nn.Module, accelera
     if strategy is None:
         return None
     if strategy == "adapter":
-        return AdapterReference(policy)
+        return adapter_reference(policy)
     if strategy == "copy":
-        return CopyReference(load_reference_model(cfg, accelerator.device))
+        return copy_reference(load_reference_model(cfg, accelerator.device))
     if cfg.ref_model:
-        live: Reference = CopyReference(load_reference_model(cfg, accelerator.device))
+        live = copy_reference(load_reference_model(cfg, accelerator.device))
     elif cfg.peft != "none":
-        live = AdapterReference(policy)
+        live = adapter_reference(policy)
     else:
-        live = FrozenPolicy(policy)
+        live = policy_reference(policy)
     policy.to(accelerator.device)
     tables, infos, offset = [], [], 0
     for path, examples in datasets:
