@@ -38,3 +38,30 @@ def test_a_trl_command_line_with_several_options_without_equivalent_is_one_line(
     assert "'max_prompt_length': no posttrain equivalent" in err and "(and 2 more: 'push_to_hub'" in err
     assert "'deepspeed': no posttrain equivalent: use --distributed zero2 or zero3" in err
     assert not (tmp_path / "run").exists()
+
+
+# --- Intel/orca_dpo_pairs and distilabel pairs: the prompt is `question` / `input` / `instruction` -------------------
+
+ORCA = [{"system": "You are an AI assistant.", "question": "What is 2+2?", "chosen": "4", "rejected": "5"},
+        {"system": "", "question": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}]
+DISTILABEL = [{"system": "", "input": "What is 3+3?", "chosen": "6", "rejected": "7", "generations": ["6", "7"],
+               "status": "tie", "chosen_score": 9.0, "in_gsm8k_train": False}]
+ALPACA_PAIRS = [{"instruction": "Add the numbers.", "input": "2 and 2", "chosen": "4", "rejected": "5"}]
+
+
+def test_orca_dpo_pairs_distilabel_and_alpaca_pairs_are_preference_data(tmp_path, capsys):
+    from posttrain.data import load_records
+    from posttrain.records import PreferencePair
+
+    orca = load_records(write_jsonl(tmp_path / "orca.jsonl", ORCA))
+    assert all(isinstance(r, PreferencePair) for r in orca)
+    assert orca[0].prompt == [{"role": "system", "content": "You are an AI assistant."},
+                              {"role": "user", "content": "What is 2+2?"}]
+    assert orca[1].prompt == [{"role": "user", "content": "Name a colour."}] and orca[1].extra == {}
+    (pair,) = load_records(write_jsonl(tmp_path / "distilabel.jsonl", DISTILABEL))
+    assert pair.prompt == [{"role": "user", "content": "What is 3+3?"}] and pair.extra["status"] == "tie"
+    (pair,) = load_records(write_jsonl(tmp_path / "alpaca_pairs.jsonl", ALPACA_PAIRS))
+    assert pair.prompt == [{"role": "user", "content": "Add the numbers.\n\n2 and 2"}]
+    code = main(["dpo", "--model", "tiny-random", "--data", str(tmp_path / "orca.jsonl"), "--max-steps", "1",
+                 "--batch-size", "2", "--output-dir", str(tmp_path / "dpo"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err

@@ -5,7 +5,8 @@ Known shapes (the fields that identify them; detection checks them in this order
 ==================  ===========================================  ============  =================
 shape               fields                                       kind          record
 ==================  ===========================================  ============  =================
-preference          [prompt], chosen, rejected, [margin]         preference    PreferencePair
+preference          [prompt | question | instruction [+ input] |  preference    PreferencePair
+                    input], chosen, rejected, [margin]
 ranked              prompt, responses, ranking | scores          ranked        Ranked
 unpaired            prompt, completion, label                    unpaired      Unpaired
 messages            messages                                     sft           Conversation
@@ -407,7 +408,28 @@ def _check_prompt_matches(row: _Row, prompt: list[Message]) -> None:
                                   "start with")
 
 
+# Where a preference row with text replies gives its prompt when it has no `prompt` field:
+# Intel/orca_dpo_pairs `question` (with `system`), argilla's distilabel pairs `input`, and
+# `instruction` (with an Alpaca `input` after it).
+PREFERENCE_PROMPT_FIELDS = ("question", "instruction", "input")
+
+
+def _preference_prompt(row: _Row) -> tuple[list[Message], str]:
+    """The prompt of a preference row with text replies, and the field it came from."""
+    if row.present("prompt"):
+        return _prompt(row), "prompt"
+    field = next((name for name in PREFERENCE_PROMPT_FIELDS if row.present(name)), None)
+    if field is None:
+        return _prompt(row), "prompt"  # the "missing" error
+    if field != "instruction":
+        return _prompt(row, field), field
+    input_text = row.text("input", allow_empty=True) if row.present("input") else ""
+    system = row.text("system", allow_empty=True) if row.present("system") else None
+    return user_prompt(alpaca_user_text(row.text("instruction"), input_text), system or None), field
+
+
 def _from_preference(row: _Row) -> PreferencePair:
+    prompt_field = "prompt"
     chosen_messages, rejected_messages = _conversation_value(row, "chosen"), _conversation_value(row, "rejected")
     if chosen_messages is not None and rejected_messages is not None:
         # Full conversations (TRL's implicit prompt, ultrafeedback_binarized, hh-rlhf): the shared
@@ -420,7 +442,7 @@ def _from_preference(row: _Row) -> PreferencePair:
         other = "rejected" if full == "chosen" else "chosen"
         raise row.error(other, f"is a single reply while '{full}' is a whole conversation; give both the same way")
     else:
-        prompt = _prompt(row)
+        prompt, prompt_field = _preference_prompt(row)
         chosen, rejected = _response(row, "chosen"), _response(row, "rejected")
     if chosen == rejected:
         raise row.error("rejected", "is identical to 'chosen'")
@@ -430,7 +452,8 @@ def _from_preference(row: _Row) -> PreferencePair:
     is_number = isinstance(margin, (int, float)) and not isinstance(margin, bool)
     if margin is not None and not (is_number and math.isfinite(margin)):
         raise row.error("margin", f"expected a finite number, got {margin!r}")
-    extra = _extra(row.row, ("prompt", "chosen", "rejected", "margin", "system"))
+    used = ("instruction", "input") if prompt_field == "instruction" else (prompt_field,)
+    extra = _extra(row.row, ("chosen", "rejected", "margin", "system", *used))
     margin = None if margin is None else float(margin)
     return PreferencePair(prompt, chosen, rejected, margin, source=row.source, extra=extra)
 
