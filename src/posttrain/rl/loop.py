@@ -372,14 +372,9 @@ def update_passes(run: OnlineRun, samples: Sequence[Any], step: int, *, epochs: 
             finish = before_step(plan) if before_step is not None else None
             collated = [collate_micro(micro) for micro in chunks(minibatch, micro_batch_size)]
             scale = run.scale(max(run.global_sum(sum(float(denominator(b)) for b in collated)), 1e-12))
-            total = 0.0
-            for j, batch in enumerate(collated):
-                batch = to_device(batch, run.device)
-                # Gradients are reduced over processes on the step's last backward only.
-                with run.micro_batch(last=j == len(collated) - 1 and finish is None):
-                    objective, logged = micro_objective(batch, scale, plan)
-                    run.accelerator.backward(objective)
-                total += float(logged)
+            logged = run.backward_micro_batches(collated, lambda batch: micro_objective(batch, scale, plan),
+                                                last_syncs=finish is None)
+            total = sum(float(value) for value in logged)
             if finish is not None:
                 finish()
             losses.append(run.global_sum(total))

@@ -409,6 +409,22 @@ class TrainingCore:
         stack.enter_context(self.accelerator.autocast())
         return stack
 
+    def backward_micro_batches(self, micro_batches: Sequence[Any], objective: Callable[[dict[str, Any]], tuple[torch.Tensor, Any]],
+                               collate: Callable[[Any], dict[str, Any]] | None = None, last_syncs: bool = True) -> list[Any]:
+        """Forward and backward of each micro-batch of one optimizer step, in order: `collate` (if
+        given, one micro-batch at a time), move to the device, then inside `micro_batch` call
+        `objective(batch) -> (tensor to backpropagate, anything to keep)` and backpropagate. The
+        tensor is already scaled (`scale`). `last_syncs=False`: another backward ends the step, so
+        the last micro-batch does not reduce gradients yet. Returns what each objective kept."""
+        kept = []
+        for j, micro in enumerate(micro_batches):
+            batch = to_device(collate(micro) if collate is not None else micro, self.device)
+            with self.micro_batch(last=last_syncs and j == len(micro_batches) - 1):
+                backpropagated, keep = objective(batch)
+                self.accelerator.backward(backpropagated)
+            kept.append(keep)
+        return kept
+
     def optimizer_step(self, step: int, loss: float) -> float:
         """Clip, judge the step (train/health.py: a non-finite loss or gradient stops the run *before*
         the update; a collapsed gradient has the weights checked), step the optimizer and schedule,
@@ -554,12 +570,13 @@ def run_training(task: TrainTask, args: TrainArgs, accelerator=None, tokenizer=N
             if task.prepare_step is not None:
                 task.prepare_step(model, [[examples[i] for i in ids] for ids in micro])
             scale = core.scale(global_items)
+
+            def objective(batch: dict[str, Any]) -> tuple[torch.Tensor, LossOutput]:
+                out = task.compute_loss(model, batch)
+                return out.loss_sum * scale, out
+            outs = core.backward_micro_batches([[examples[i] for i in ids] for ids in mine], objective, task.collate)
             sums: dict[str, float] = {"loss": 0.0}
-            for j, ids in enumerate(mine):
-                batch = to_device(task.collate([examples[i] for i in ids]), accelerator.device)
-                with core.micro_batch(last=j == len(mine) - 1):
-                    out = task.compute_loss(model, batch)
-                    accelerator.backward(out.loss_sum * scale)
+            for out in outs:
                 sums["loss"] += _as_float(out.loss_sum)
                 for key, value in out.metric_sums.items():
                     sums[key] = sums.get(key, 0.0) + _as_float(value)
