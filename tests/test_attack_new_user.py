@@ -65,3 +65,44 @@ def test_orca_dpo_pairs_distilabel_and_alpaca_pairs_are_preference_data(tmp_path
     code = main(["dpo", "--model", "tiny-random", "--data", str(tmp_path / "orca.jsonl"), "--max-steps", "1",
                  "--batch-size", "2", "--output-dir", str(tmp_path / "dpo"), "--no-progress"])
     assert code == 0, capsys.readouterr().err
+
+
+# --- bad files: a 5,000-digit number, a CSV header naming a column twice, a closed pipe -------------------------------
+
+def test_a_number_too_long_for_python_is_a_located_error_not_a_traceback(tmp_path, capsys):
+    line = '{"prompt": "a", "chosen": "b", "rejected": "c", "margin": ' + "9" * 5000 + "}\n"
+    for name in ("huge.jsonl", "huge.json"):
+        path = tmp_path / name
+        path.write_text(line if name.endswith("l") else "[" + line.strip() + "]")
+        assert main(["data", "check", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{path}:1: malformed JSON: a number too long to read" in err
+
+
+def test_a_csv_header_with_a_repeated_column_is_refused(tmp_path, capsys):
+    path = tmp_path / "dup.csv"
+    path.write_text("prompt,prompt,completion\nfirst,second,answer\n")
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"posttrain data check: error: {path}:1: field 'prompt': this column appears twice in the header "
+                   "(the last one would silently win); rename or drop one\n")
+
+
+def test_a_closed_output_pipe_ends_quietly(monkeypatch, capsys):
+    import sys
+    import types
+
+    from posttrain import cli
+
+    module = types.ModuleType("posttrain_test_pipe")
+
+    def run(argv):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "posttrain_test_pipe", module)
+    monkeypatch.setitem(cli.COMMANDS, "pipe-test", ("posttrain_test_pipe:run", "test"))
+    redirected = []
+    monkeypatch.setattr(cli.os, "dup2", lambda *args: redirected.append(args))  # keep pytest's stdout (-s)
+    assert cli.main(["pipe-test"]) == 141
+    assert capsys.readouterr().err == ""

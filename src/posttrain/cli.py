@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except PosttrainError as exc:
         print(f"posttrain {name}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `posttrain data check FILE | head`: the reader left; nothing to report
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return 141  # as if killed by SIGPIPE, like other command-line tools
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS:
             raise

@@ -179,8 +179,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads_strict(text: str) -> Any:
-    """`json.loads` that raises DuplicateKeyError for an object with a repeated key."""
-    return json.loads(text, object_pairs_hook=_unique_keys)
+    """`json.loads` that raises DuplicateKeyError for an object with a repeated key, and
+    JSONDecodeError (not a bare ValueError) for an integer too long for Python to convert."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, DuplicateKeyError):
+        raise
+    except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise json.JSONDecodeError(f"a number too long to read ({str(exc).split(';')[0]})", text, 0) from None
 
 
 def duplicate_key_message(key: str) -> str:

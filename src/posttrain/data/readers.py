@@ -288,6 +288,10 @@ def _read_csv(path: str, limit: int, decode_as: dict[str, str] | None = None) ->
         if header is None:
             return
         header = [name.strip() for name in header]
+        repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
+        if repeated is not None:  # the later column would silently replace the earlier one
+            raise InputError(path, 1, repeated, "this column appears twice in the header (the last one would "
+                             "silently win); rename or drop one")
         skip_index = header[0] in _INDEX_COLUMNS and len(header) > 1
         start = reader.line_num + 1
         for cells in reader:
