@@ -106,3 +106,28 @@ def test_a_closed_output_pipe_ends_quietly(monkeypatch, capsys):
     monkeypatch.setattr(cli.os, "dup2", lambda *args: redirected.append(args))  # keep pytest's stdout (-s)
     assert cli.main(["pipe-test"]) == 141
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name, text, field", [
+    ("sur.jsonl", '{"prompt": "a\\ud800 b", "completion": "c"}\n', "prompt"),
+    ("sur2.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x\\udc00"}]}\n',
+     "messages[1].content"),
+    ("sur.json", '[{"prompt": "ok", "completion": "fine"}, {"prompt": "a", "completion": "\\uDBFF"}]', "completion"),
+])
+def test_a_lone_surrogate_escape_is_refused_where_it_is_read(tmp_path, capsys, name, text, field):
+    """It used to pass `data check`, then crash the tokenizer (TypeError) or any writer (UnicodeEncodeError)."""
+    path = tmp_path / name
+    path.write_text(text)
+    line = 2 if name == "sur.json" else 1
+    for argv in (["data", "check", str(path)], ["data", "dedup", str(path), "--output", str(tmp_path / "out.jsonl")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{path}:{line}: field '{field}': holds a lone UTF-16 surrogate" in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_escaped_surrogate_pair_is_an_ordinary_character(tmp_path):
+    from posttrain.data import load_records
+
+    (record,) = load_records(write_jsonl(tmp_path / "emoji.jsonl", [{"prompt": "hi \ud83d\ude00", "completion": "ok"}]))
+    assert record.messages[0]["content"] == "hi \U0001F600"

@@ -11,6 +11,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import stat
 import tempfile
 import zlib
@@ -213,7 +214,36 @@ def read_jsonl(path: str | os.PathLike, max_bytes: int | None = None) -> Iterato
             raise InputError(path, number, None, "malformed JSON: nested too deeply") from None
         if not isinstance(obj, dict):
             raise InputError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
+        if SURROGATE_ESCAPE.search(text):
+            check_no_surrogates(obj, path, number)
         yield number, obj
+
+
+# A `\ud800`-style escape: JSON decodes a lone one into a string that is not text (it cannot be
+# written as UTF-8 nor tokenised), so rows holding one are refused where they are read.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def lone_surrogate_field(value: Any, where: str = "") -> str | None:
+    """The path (`messages[0].content`) of the first string in `value` holding a lone UTF-16
+    surrogate, or None. (A valid escaped pair, such as an emoji, decodes to one character.)"""
+    if isinstance(value, str):
+        return where if any("\ud800" <= char <= "\udfff" for char in value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = lone_surrogate_field(item, f"{where}[{key}]" if isinstance(key, int) else
+                                     f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_no_surrogates(value: Any, path: str, line: int | None) -> None:
+    """InputError naming the field when a string in `value` holds a lone surrogate."""
+    field = lone_surrogate_field(value)
+    if field is not None:
+        raise InputError(path, line, field or None, "holds a lone UTF-16 surrogate escape (such as \\ud800), "
+                         "which is not text; fix or drop that escape")
 
 
 def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:

@@ -40,8 +40,10 @@ from typing import Any, Iterable, Iterator
 from .. import jsonl
 from ..errors import ConfigError, InputError, PosttrainError, first_line
 from ..jsonl import (
+    SURROGATE_ESCAPE,
     DuplicateKeyError,
     check_data_file,
+    check_no_surrogates,
     duplicate_key_message,
     iter_lines,
     loads_strict,
@@ -266,9 +268,13 @@ def _read_json(path: str, limit: int) -> Iterator[tuple[str, Row]]:
         data = lists[0]
     if not isinstance(data, list):
         raise InputError(path, None, None, f"expected a JSON list of objects, got {type(data).__name__}")
+    escapes = SURROGATE_ESCAPE.search(text) is not None
+    del text
     for number, row in enumerate(data, start=1):
         if not isinstance(row, dict):
             raise InputError(path, number, None, f"expected a JSON object, got {type(row).__name__}")
+        if escapes:
+            check_no_surrogates(row, path, number)
         yield location(path, number), row
 
 
