@@ -167,6 +167,15 @@ def test_json_api_labels_are_idempotent(env):
                                                      "field": "choice"}
     assert client.post("/api/labels", content=b"{not json", headers=bearer(tokens["ann"])).status_code == 400
     assert connect(db).execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 1
+    # A different label for the same assignment is refused, not acknowledged as stored (it used to get 200
+    # "duplicate": true while the first label stayed).
+    for change in ({"choice": "A"}, {"confidence": 5}, {"reasoning": "changed my mind"}, {"criteria": {}}):
+        changed = client.post("/api/labels", json={**body, **change}, headers=bearer(tokens["ann"]))
+        assert changed.status_code == 409 and changed.json()["field"] == "assignment_id", change
+        assert "already labelled, differently" in changed.json()["detail"]
+    assert [tuple(row) for row in connect(db).execute("SELECT choice, confidence FROM labels")] == [("tie", 2)]
+    again = client.post("/api/labels", json=body, headers=bearer(tokens["ann"]))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
 
 
 def test_cross_site_form_posts_are_refused(env):

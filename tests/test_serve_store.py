@@ -112,8 +112,11 @@ def test_resubmission_is_idempotent_and_foreign_assignments_are_refused(tmp_path
     _, conn, ids = make_db(tmp_path)
     task = next_task(conn, ids["ann"])
     first = submit_label(conn, ids["ann"], task.assignment_id, "B", None, "first", 4)
-    again = submit_label(conn, ids["ann"], task.assignment_id, "A", None, "changed my mind", 1)
+    again = submit_label(conn, ids["ann"], task.assignment_id, "B", None, "first", 4)  # a retry
     assert first == (first[0], False) and again == (first[0], True)
+    with pytest.raises(LabelError, match="already labelled, differently") as changed:  # not acknowledged as stored
+        submit_label(conn, ids["ann"], task.assignment_id, "A", None, "changed my mind", 1)
+    assert changed.value.status == 409
     assert tuple(conn.execute("SELECT COUNT(*), MAX(reasoning) FROM labels").fetchone()) == (1, "first")
     with pytest.raises(LabelError, match="no such assignment") as info:
         submit_label(conn, ids["bob"], task.assignment_id, "A", None, "", 3)

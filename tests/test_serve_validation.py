@@ -88,6 +88,11 @@ HOSTILE = [
     ("/api/labels", '{{"a": ' + "[" * 40 + "]" * 40 + "}}", "ann", 400, None),
     ("/api/labels", "{{not json", "ann", 400, None),
     ("/api/labels", '"just a string"', "ann", 422, None),
+    # a key given twice: the last value used to win silently
+    ("/api/labels", '{{"assignment_id": "{assignment}", "choice": "A", "choice": "B", "confidence": 3}}', "ann", 400,
+     "choice"),
+    # a 5,000-digit integer: Python refuses to convert it
+    ("/api/feedback", '{{"message_id": ' + "9" * 5000 + ', "thumbs": 1}}', "ann", 400, None),
 ]
 
 
@@ -130,6 +135,10 @@ def test_parse_json_body_limits():
     assert parse_json_body(b"[" * 32 + b"]" * 32) is not None  # 32 levels: allowed
     with pytest.raises(RequestError, match="nested more than 32 levels"):
         parse_json_body(b"[" * 33 + b"]" * 33)
+    with pytest.raises(RequestError, match="field 'a': given twice in one JSON object"):
+        parse_json_body(b'{"a": 1, "a": 2}')
+    with pytest.raises(RequestError, match=r"body is not valid JSON \(a number too long to read"):
+        parse_json_body(b"[" + b"9" * 5000 + b"]")
 
 
 def test_the_connection_stays_usable_after_each_hostile_request(tmp_path):

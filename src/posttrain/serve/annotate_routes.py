@@ -60,7 +60,8 @@ async def api_label(request: Request, body: Any = Depends(json_body), user: User
     """Submit `{assignment_id, choice, criteria, reasoning, confidence}` (choice in the shown frame).
 
     201 with `{"label_id": N, "duplicate": false}` the first time; 200 with
-    `"duplicate": true` and the same id when the same assignment is sent again.
+    `"duplicate": true` and the same id when the same label is sent again (a retry); 409 when a
+    different label is sent for an assignment already labelled.
     Bad fields raise LabelError, which the app answers as 4xx naming the field.
     """
     body = json_object(body)

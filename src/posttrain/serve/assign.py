@@ -162,12 +162,20 @@ def submit_label(conn: sqlite3.Connection, user_id: int, assignment_id: str, cho
                                   (assignment_id, user_id)).fetchone()
         if assignment is None:  # unknown, or someone else's: do not reveal which
             raise LabelError("no such assignment for this annotator", status=404, field="assignment_id")
-        existing = conn.execute("SELECT id FROM labels WHERE assignment_id = ?", (assignment["id"],)).fetchone()
-        if existing is not None:
-            return existing["id"], True
         if assignment["swapped"]:
             choice = flip(choice)
             criteria = {name: flip(value) for name, value in criteria.items()}
+        existing = conn.execute("SELECT id, choice, criteria, reasoning, confidence FROM labels "
+                                "WHERE assignment_id = ?", (assignment["id"],)).fetchone()
+        if existing is not None:
+            # A retry of the same label is acknowledged again; a *different* label for an assignment
+            # already labelled is refused, not acknowledged as if it had been stored.
+            same = (existing["choice"], json.loads(existing["criteria"]), existing["reasoning"],
+                    existing["confidence"]) == (choice, criteria, reasoning, confidence)
+            if not same:
+                raise LabelError("this assignment is already labelled, differently; a label cannot be changed "
+                                 "(ask an admin to relabel the item)", status=409, field="assignment_id")
+            return existing["id"], True
         cursor = conn.execute(
             "INSERT INTO labels (assignment_id, item_seq, user_id, choice, criteria, reasoning, confidence, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -2,7 +2,8 @@
 
 Every JSON body goes through `parse_json_body`, before any route sees it:
 
-- at most `MAX_BODY_BYTES` bytes (413), valid UTF-8 (400), valid JSON (400);
+- at most `MAX_BODY_BYTES` bytes (413), valid UTF-8 (400), valid JSON (400), no key given
+  twice in one object (400: the last value would silently win);
 - nested at most `MAX_DEPTH` levels (400). The JSON parser guards its own recursion
   (100,000 `[` stop it with RecursionError, which is answered as 400, not 500), and
   anything it accepts deeper than `MAX_DEPTH` is refused while it is checked;
@@ -21,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+from ..jsonl import DuplicateKeyError, loads_strict
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # an item import of a few thousand rows
 MAX_DEPTH = 32  # the deepest legitimate body (an item import with message lists) is 5
@@ -49,7 +52,11 @@ def parse_json_body(raw: bytes, max_bytes: int = MAX_BODY_BYTES, max_depth: int 
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        value = loads_strict(text)
+    except DuplicateKeyError as exc:  # `{"choice": "A", "choice": "B"}`: which one was meant is unknown
+        raise RequestError(exc.key, "given twice in one JSON object", status=400) from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(None, f"body is not valid JSON ({exc})", status=400) from None
     except RecursionError:  # the C parser's own guard, far below the stack's real limit
         raise RequestError(None, f"body is nested more than {max_depth} levels deep", status=400) from None
     except ValueError as exc:
