@@ -180,7 +180,8 @@ def train_dpo(cfg: DPOConfig):
     key_parts = {"recipe": "dpo", "reference": model_identity(cfg.ref_model or cfg.model, cfg.seed),
                  "dtype": str(dtype), "mixed_precision": accelerator.mixed_precision, "template": template.name,
                  "max_length": cfg.max_length, "length_policy": cfg.length_policy}
-    reference = build_reference(strategy, cfg, model, accelerator, datasets=files, score=score,
+    # The reference pass scores the same micro-batches as training (less padding than whole batches).
+    reference = build_reference(strategy, plan.apply(cfg), model, accelerator, datasets=files, score=score,
                                 token_fields=("prompt_ids", "chosen_ids", "rejected_ids"), key_parts=key_parts)
     trim()  # what the reference pass freed
     say(f"reference: {summary_line(reference)}")
