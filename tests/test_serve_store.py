@@ -58,12 +58,31 @@ def test_item_rows_both_shapes_and_errors(tmp_path):
     assert a.item_id == item_from_row({"prompt": "hi", "response_a": "x", "response_b": "y"}).item_id
     with pytest.raises(InputError, match=r"f.jsonl:4: field 'response_b': expected a non-empty string"):
         item_from_row({"prompt": "p", "response_a": "x", "response_b": ""}, "f.jsonl", 4)
-    with pytest.raises(InputError, match=r"field 'prompt'"):
+    with pytest.raises(InputError, match=r"f.jsonl:1: field 'prompt\[0\]\.content': missing"):
         item_from_row({"prompt": [{"role": "user"}], "chosen": "x", "rejected": "y"}, "f.jsonl", 1)
     path = tmp_path / "dup.jsonl"
     path.write_text('{"prompt":"p","response_a":"a","response_b":"b","id":"x"}\n' * 2)
     with pytest.raises(InputError, match="duplicate item id 'x'"):
         read_items(str(path))
+
+
+@pytest.mark.parametrize("row, prompt, extra", [
+    ({"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 4", "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5"},
+     [{"role": "user", "content": "What is 2+2?"}], {}),  # Anthropic/hh-rlhf
+    ({"chosen": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
+      "rejected": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "5"}],
+      "score_chosen": 9.0}, [{"role": "user", "content": "What is 2+2?"}], {"score_chosen": 9.0}),  # TRL implicit
+    ({"system": "Be brief.", "question": "What is 2+2?", "chosen": "4", "rejected": "5", "id": "q1"},
+     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}], {}),  # orca_dpo_pairs
+])
+def test_public_preference_shapes_import_as_dpo_reads_them(row, prompt, extra):
+    """They used to fail with "field 'prompt': missing"."""
+    item = item_from_row(row, "f.jsonl", 3)
+    assert (item.prompt, item.response_a, item.response_b) == (prompt, "4", "5")
+    assert item.extra == {"original_choice": "A", **extra}
+    assert item.item_id == ("q1" if "id" in row else item.item_id)
+    with pytest.raises(InputError, match=r"f.jsonl:3: field 'rejected': is identical to 'chosen'"):
+        item_from_row({**row, "rejected": row["chosen"]}, "f.jsonl", 3)
 
 
 def test_each_item_gets_k_labels_and_no_one_sees_an_item_twice(tmp_path):

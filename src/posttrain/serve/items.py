@@ -5,6 +5,10 @@ Two row shapes are accepted (the prompt is a string or a message list):
     {"prompt": ..., "response_a": "...", "response_b": "..."}   # neutral pair
     {"prompt": ..., "chosen": "...", "rejected": "..."}         # re-label an existing pair
 
+A chosen/rejected row may be in any preference shape `posttrain dpo` reads (data/formats.py):
+TRL's implicit prompt, conversational replies, hh-rlhf transcripts, ultrafeedback_binarized,
+orca_dpo_pairs' `question` + `system`.
+
 For a chosen/rejected row, `response_a` is the chosen text and `response_b` the
 rejected one, and `extra.original_choice = "A"` keeps the old verdict so you can
 measure how often annotators agree with it. Annotators never see which is
@@ -21,6 +25,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..data.formats import parse_row
 from ..data.readers import read_rows, split_location
 from ..errors import InputError
 from ..records import Message, user_prompt
@@ -60,6 +65,8 @@ def content_id(prompt: list[Message], response_a: str, response_b: str) -> str:
 
 def item_from_row(row: dict[str, Any], path: str | None = None, line: int | None = None) -> Item:
     """Validate one input row; errors name FILE:LINE and the field."""
+    if "response_a" not in row and "response_b" not in row and ("chosen" in row or "rejected" in row):
+        return _item_from_pair(row, path, line)
     if "prompt" not in row:
         raise InputError(path, line, "prompt", "missing (rows need prompt + response_a/response_b "
                                                "or prompt + chosen/rejected)")
@@ -68,10 +75,6 @@ def item_from_row(row: dict[str, Any], path: str | None = None, line: int | None
         a, b = _text(row, "response_a", path, line), _text(row, "response_b", path, line)
         used = {"prompt", "response_a", "response_b"}
         extra: dict[str, Any] = {}
-    elif "chosen" in row or "rejected" in row:
-        a, b = _text(row, "chosen", path, line), _text(row, "rejected", path, line)
-        used = {"prompt", "chosen", "rejected"}
-        extra = {"original_choice": "A"}
     else:
         raise InputError(path, line, "response_a", "missing (rows need response_a/response_b or chosen/rejected)")
     raw_id = row.get("item_id", row.get("id"))
@@ -80,6 +83,29 @@ def item_from_row(row: dict[str, Any], path: str | None = None, line: int | None
     item_id = str(raw_id) if raw_id is not None else content_id(prompt, a, b)
     extra.update({k: v for k, v in row.items() if k not in used | {"id", "item_id"}})
     return Item(item_id=item_id, prompt=prompt, response_a=a, response_b=b, extra=extra)
+
+
+def _item_from_pair(row: dict[str, Any], path: str | None, line: int | None) -> Item:
+    """A chosen/rejected row in any preference shape `posttrain dpo` reads (TRL's explicit or implicit
+    prompt, text or conversational; hh-rlhf transcripts; ultrafeedback_binarized; orca_dpo_pairs'
+    `question`), by the data layer's own rules."""
+    source = f"{path}:{line}" if path is not None and line is not None else path
+    try:
+        _, pair = parse_row(row, source, kind="preference")
+    except InputError as exc:
+        raise InputError(path, line, exc.field, exc.message) from None
+    a, b = pair.chosen, pair.rejected
+    for name, text in (("chosen", a), ("rejected", b)):
+        if not text.strip():
+            raise InputError(path, line, name, "expected a non-empty string")
+    raw_id = row.get("item_id", row.get("id"))
+    if raw_id is not None and (not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool)):
+        raise InputError(path, line, "item_id" if "item_id" in row else "id", "expected a string or an integer")
+    item_id = str(raw_id) if raw_id is not None else content_id(pair.prompt, a, b)
+    extra = {"original_choice": "A", **{k: v for k, v in pair.extra.items() if k not in ("id", "item_id")}}
+    if pair.margin is not None:
+        extra["margin"] = pair.margin
+    return Item(item_id=item_id, prompt=pair.prompt, response_a=a, response_b=b, extra=extra)
 
 
 def read_items(path: str, split: str | None = None, columns: dict[str, str] | None = None,
