@@ -41,6 +41,8 @@ import torch
 from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
+from ..rollout.threads import choose_cpu_threads
+from ..train.layout_cost import cost_model
 from ..train.reference import Reference, reference_for_policy
 from . import combined
 from .loop import (
@@ -65,7 +67,17 @@ from .online import (
     sample_and_score,
     sample_metrics,
 )
-from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
+from .rollouts import (
+    ROLLOUT_LAYOUTS,
+    Sample,
+    choose_tree_layout,
+    chunks,
+    collate,
+    rollout_records,
+    store_tokens,
+    tree_layout,
+    tree_logprobs,
+)
 
 
 @dataclass
@@ -96,6 +108,12 @@ class GRPOConfig(RLArgs):
     bc_coef: float = help_field(0.0, "weight of a behaviour-cloning NLL on expert data (needs bc_data; 0: off)")
     bc_data: str | None = help_field(None, "expert prompt/completion JSONL for the behaviour-cloning term")
     bc_batch_size: int = help_field(8, "expert rows per optimizer step for the behaviour-cloning term")
+    threads: int = help_field(0, "CPU threads for torch (0: one per core that other jobs leave free, from the "
+                                 "load average at start; OMP_NUM_THREADS, when set, is kept)")
+    rollout_layout: str = help_field("auto", "training-forward layout of a micro-batch: padded (each sample "
+                                     "its own row, the plain path), shared_prompt (each prompt once for all "
+                                     "its samples), shared_prompt_padding_free (and no padding), auto (the "
+                                     "cheapest per micro-batch)", choices=list(ROLLOUT_LAYOUTS))
 
 
 @dataclass
@@ -123,6 +141,40 @@ def check_grpo(cfg: GRPOConfig) -> None:
     if cfg.epsilon <= 0 or (cfg.epsilon_high is not None and cfg.epsilon_high <= 0):
         raise ConfigError("epsilon", "clip ranges must be > 0")
     combined.check_combined(cfg)
+    if cfg.rollout_layout not in ("auto", "padded") and not tree_layout_allowed(cfg):
+        raise ConfigError("rollout_layout", f"{cfg.rollout_layout} needs a 4-D attention mask, which "
+                                            f"{cfg.attn_implementation} / peft {cfg.peft} cannot take; use padded or auto")
+
+
+def tree_layout_allowed(cfg) -> bool:
+    """Shared-prompt layouts need a 4-D mask (sdpa, eager) and no virtual tokens (prefix tuning)."""
+    return cfg.attn_implementation in ("sdpa", "eager") and cfg.peft != "prefix"
+
+
+def rollout_collate(run: OnlineRun, cfg: GRPOConfig, pad_id: int, token_fields=(), scalar_fields=()):
+    """collate_micro for the training forward: the plain `collate` batch (what the losses read),
+    plus the `tree_*` layout of `cfg.rollout_layout` (auto: the cheapest per micro-batch) that
+    `policy_logprobs` runs the model on."""
+    layout = getattr(cfg, "rollout_layout", "padded") if tree_layout_allowed(cfg) else "padded"
+    policy = run.unwrapped_policy()
+    costs = cost_model(policy) if layout == "auto" else None
+    dtype = next(policy.parameters()).dtype
+
+    def collate_micro(micro: list[Sample]) -> dict[str, torch.Tensor]:
+        batch = collate(micro, pad_id, token_fields, scalar_fields)
+        name = choose_tree_layout(micro, costs) if costs is not None else layout
+        if name != "padded":
+            batch.update(tree_layout(micro, pad_id, name.endswith("padding_free"), dtype))
+        return batch
+    return collate_micro
+
+
+def policy_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, entropy: bool = False):
+    """Per-token log-probs (and entropy) of a collated batch in its plain [B, T] layout, computed
+    through the batch's `tree_*` layout when it has one."""
+    if "tree_input_ids" in batch:
+        return tree_logprobs(model, batch, temperature, entropy)
+    return batch_logprobs(model, batch, temperature, entropy)
 
 
 # --------------------------------------------------------------------------- one step
@@ -135,12 +187,13 @@ def rollout_logprobs(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: RL
     model = run.model
     was_training = model.training
     model.eval()
+    collate_micro = rollout_collate(run, cfg, pad_id)
     with torch.no_grad():
         for micro in chunks(samples, cfg.micro_batch_size):
-            batch = {k: v.to(run.device) for k, v in collate(micro, pad_id).items()}
+            batch = {k: v.to(run.device) for k, v in collate_micro(micro).items()}
             if need_old:
                 with run.accelerator.autocast():
-                    store_tokens(micro, "old_logps", batch_logprobs(model, batch, temperature).logprobs,
+                    store_tokens(micro, "old_logps", policy_logprobs(model, batch, temperature).logprobs,
                                  batch["response_mask"])
             if reference is not None:
                 store_tokens(micro, "ref_logps", reference.token_logprobs(batch, temperature), batch["response_mask"])
@@ -214,7 +267,7 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
 
     def micro_objective(batch, scale: float, plan):
         mask = batch["response_mask"]
-        out = batch_logprobs(run.model, batch, temperature, entropy=True)
+        out = policy_logprobs(run.model, batch, temperature, entropy=True)
         logps = out.logprobs
         old = batch["old_logps"] if has_old else logps.detach()
         losses = grpo_token_losses(logps, old, batch, cfg, clip_high, kl_term, sums, out.entropy)
@@ -230,7 +283,7 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
     losses_seen, grad_norm = update_passes(
         run, samples, step, epochs=cfg.ppo_epochs, minibatches=cfg.num_minibatches,
         micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-        collate_micro=lambda micro: collate(micro, pad_id, token_fields, scalar_fields),
+        collate_micro=rollout_collate(run, cfg, pad_id, token_fields, scalar_fields),
         denominator=denominator, micro_objective=micro_objective,
         # One pass over one minibatch keeps the sampling order (no reshuffle needed).
         shuffle=cfg.ppo_epochs > 1 or cfg.num_minibatches > 1, before_step=before_step)
@@ -309,6 +362,9 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
     expert = combined.load_expert_samples(cfg.bc_data, tokenizer, cfg) if cfg.bc_data else None
     say(f"{name}: {len(train_set.ids)} prompts, reward = {scorer.describe()}, G = {cfg.num_samples}, "
         f"advantage = {cfg.advantage}, loss = {cfg.loss_aggregation}, kl_coef = {cfg.kl_coef}")
+    if not torch.cuda.is_available():
+        threads, why = choose_cpu_threads(cfg.threads)
+        say(f"threads: {threads} ({why})")
 
     policy = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.disable_dropout:
@@ -333,6 +389,7 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
         row.update(timing)
         row["time/train"] = timer() - trained
         tokens = int(global_sum(run.accelerator, sum(len(s.prompt_ids) + s.length for s in samples)))
+        row["rollout_tokens"] = tokens  # prompt + response of every sample (for update throughput)
         records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1, scores.scores))
         return row, tokens, records
 

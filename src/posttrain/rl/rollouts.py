@@ -16,6 +16,14 @@ so `response_logprobs(model, input_ids, attention_mask, response_mask=...)` scor
 exactly the sampled tokens, and `logprobs[b, j]` lines up with `<field>[b, j]`.
 Keeping per-token data per sample lets PPO reshuffle samples into new minibatches every
 epoch without re-padding anything by hand.
+
+The training forward need not run that padded layout. `tree_layout` adds `tree_*` tensors
+that compute each prompt ONCE per micro-batch for all its samples (the DPO recipe's shared
+prompt, `train.preference_batch`: the prompt, then each response on its own branch that
+attends to the prompt and itself), padded per group or padding-free (every group end to end
+in one row); `tree_logprobs` runs the model on them and lays the per-token results back out
+as the `[B, T]` tensors above, so the losses do not change. `choose_tree_layout` prices the
+layouts (`train.layout_cost`) per micro-batch and takes the cheapest.
 """
 from __future__ import annotations
 
@@ -29,6 +37,11 @@ from ..data.readers import split_location
 from ..data.tokenize import encode
 from ..errors import InputError
 from ..records import Message
+from ..train.layout_cost import CostModel, padded_cost, padding_free_cost
+from ..train.preference_batch import layout_batch, plain_group, shared_prompt_group
+
+# `rollout_layout` of the online recipes: how the training forward lays out a micro-batch.
+ROLLOUT_LAYOUTS = ("auto", "padded", "shared_prompt", "shared_prompt_padding_free")
 
 
 @dataclass
@@ -77,6 +90,71 @@ def collate(samples: Sequence[Sample], pad_id: int, token_fields: Sequence[str] 
     for name in scalar_fields:
         batch[name] = torch.tensor([s.scalars[name] for s in samples], dtype=torch.float32)
     return batch
+
+
+def prompt_groups(samples: Sequence[Sample]) -> list[list[int]]:
+    """Indices of the samples that share a prompt (same prompt ids), in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, sample in enumerate(samples):
+        groups.setdefault(tuple(sample.prompt_ids), []).append(index)
+    return list(groups.values())
+
+
+def tree_row_lengths(samples: Sequence[Sample], shared: bool) -> list[int]:
+    """Tokens of each group row: the prompt once + (1 + response) per sample when shared."""
+    if not shared:
+        return [len(s.prompt_ids) + s.length for s in samples]
+    return [len(samples[g[0]].prompt_ids) + sum(1 + samples[i].length for i in g) if len(g) > 1
+            else len(samples[g[0]].prompt_ids) + samples[g[0]].length for g in prompt_groups(samples)]
+
+
+def choose_tree_layout(samples: Sequence[Sample], costs: CostModel) -> str:
+    """The cheapest of padded, shared_prompt and shared_prompt_padding_free for this micro-batch
+    (training FLOPs with the masked-attention slowdown, `train.layout_cost`)."""
+    candidates = {"padded": padded_cost(costs, tree_row_lengths(samples, False)),
+                  "shared_prompt": padded_cost(costs, tree_row_lengths(samples, True)),
+                  "shared_prompt_padding_free": padding_free_cost(costs, tree_row_lengths(samples, True))}
+    return min(candidates, key=lambda name: (candidates[name], name != "padded"))
+
+
+def tree_layout(samples: Sequence[Sample], pad_id: int, padding_free: bool,
+                mask_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """`tree_*` tensors for one forward over `samples` with each prompt computed once (module doc):
+    input_ids, position_ids, attention_mask (4-D additive float mask), response_mask and
+    sequence_index (which sample a response token belongs to, -1 elsewhere)."""
+    groups = []
+    for members in prompt_groups(samples):
+        first = samples[members[0]]
+        if len(members) == 1:
+            groups.append(plain_group(first.prompt_ids, first.response_ids, members[0]))
+        else:
+            groups.append(shared_prompt_group(first.prompt_ids, [samples[i].response_ids for i in members], members))
+    batch = layout_batch(groups, len(samples), pad_id=pad_id, padding_free=padding_free, mask_style="float",
+                         mask_dtype=mask_dtype)
+    return {f"tree_{k}": batch[k] for k in ("input_ids", "position_ids", "attention_mask", "response_mask",
+                                             "sequence_index")}
+
+
+def tree_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, entropy: bool = False):
+    """`response_logprobs` over a batch's `tree_*` layout, returned as `TokenLogprobs` of `[B, T]`
+    tensors in the batch's plain layout (`collate`): the same values the plain forward gives,
+    to float rounding (`tests/test_rl_rollouts.py`)."""
+    from ..models.logprobs import TokenLogprobs, response_logprobs
+
+    tree_mask = batch["tree_response_mask"]
+    out = response_logprobs(model, batch["tree_input_ids"], batch["tree_attention_mask"], response_mask=tree_mask,
+                            position_ids=batch["tree_position_ids"], temperature=temperature, return_entropy=entropy)
+    # Within a sample its tokens come in position order; a stable sort by sample gives the plain
+    # layout's row-major order of response tokens.
+    order = torch.argsort(batch["tree_sequence_index"][tree_mask], stable=True)
+    plain_mask = batch["response_mask"]
+
+    def plain(values: torch.Tensor | None) -> torch.Tensor | None:
+        if values is None:
+            return None
+        return values.new_zeros(plain_mask.shape).masked_scatter(plain_mask, values[tree_mask][order])
+
+    return TokenLogprobs(plain(out.logprobs), plain(out.entropy))
 
 
 def store_tokens(samples: Sequence[Sample], name: str, values: torch.Tensor, response_mask: torch.Tensor) -> None:
