@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from accelerate.utils import gather_object
 
 from ..config import help_field
 from ..data.options import read_kwargs
@@ -44,6 +45,7 @@ from ..distributed.training import full_parameters, full_state_dict
 from ..errors import ConfigError, PosttrainError
 from ..jsonl import append_jsonl
 from ..models.saving import save_model_files
+from ..rollout.generation import SamplingParams
 from ..rollout.rewards import TASKS, task_file
 from ..train.args import ModelArgs, RunArgs
 from ..train.engine import TrainingCore, epoch_order, global_sum, to_device  # noqa: F401 (global_sum: the recipes')
@@ -182,8 +184,6 @@ def step_prompt_indices(num_prompts: int, per_process: int, world: int, rank: in
 
 
 def sampling_params(cfg: RLArgs, n: int):
-    from ..rollout.generation import SamplingParams
-
     return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, n=n, stop=list(cfg.stop), seed=cfg.seed)
 
@@ -386,8 +386,6 @@ def gather_rollouts(accelerator, rows: list[dict[str, Any]]) -> list[dict[str, A
     """Every process's rollout rows on the main process (others get [])."""
     if accelerator.num_processes == 1:
         return rows
-    from accelerate.utils import gather_object
-
     gathered = gather_object([rows])
     return [r for part in gathered for r in part] if accelerator.is_main_process else []
 

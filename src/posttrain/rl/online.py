@@ -16,7 +16,23 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..jsonl import write_jsonl
-from .loop import OnlineRun, PromptSet, RLArgs, prompt_seeds, sampling_params, step_prompt_indices, timer
+from ..models import load_tokenizer
+from ..models.logprobs import response_logprobs
+from ..rollout.generation import SamplingParams, generate
+from ..train.engine import reduce_sums
+from ..train.setup import prepare_run_dir
+from .loop import (
+    OnlineRun,
+    PromptSet,
+    RLArgs,
+    apply_task_defaults,
+    gather_rollouts,
+    load_prompt_set,
+    prompt_seeds,
+    sampling_params,
+    step_prompt_indices,
+    timer,
+)
 from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
 from .rollouts import Sample, reward_rows, samples_from_generations
 
@@ -42,7 +58,6 @@ def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set,
                      step: int, missing_eos_penalty: float = 0.0) -> tuple[list[Sample], Any, dict[str, float]]:
     """Generate n responses for this step's prompts and score them. Returns the samples
     (prompt-major, `sample.score` set), the `BatchScores` and timings."""
-    from ..rollout.generation import generate
 
     indices = step_prompt_indices(len(prompt_set.ids), cfg.prompts_per_step, run.world, run.rank, cfg.seed, step)
     started = timer()
@@ -72,8 +87,6 @@ def add_sum(sums: dict[str, float], key: str, value) -> None:
 
 def sample_metrics(run: OnlineRun, samples: list[Sample], scores, seconds_generating: float) -> dict[str, float]:
     """Reward, length and throughput of the step's samples, over all processes."""
-    from ..train.engine import reduce_sums
-
     sums = {"count": float(len(samples)), "reward": sum(s.score for s in samples),
             "length": float(sum(s.length for s in samples)),
             "finished": float(sum(s.finish_reason != "length" for s in samples))}
@@ -102,8 +115,6 @@ def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScore
     "reward/NAME": mean per function, "response_length": mean tokens}. For 0/1 verifiers the
     mean reward is the accuracy. With `output` (a path), every answer is written there
     (prompt, response, reward and the prompt row's fields) for inspection."""
-    from ..rollout.generation import SamplingParams, generate
-    from .loop import gather_rollouts
 
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
@@ -132,8 +143,6 @@ def evaluate_greedy(model, tokenizer, prompt_set: PromptSet, scorer: RewardScore
             # Prompt order, whatever the split over processes (each process holds every N-th).
             write_jsonl(output, [row for _, row in sorted(rows, key=lambda pair: pair[0])])
     if accelerator is not None:
-        from ..train.engine import reduce_sums
-
         sums = reduce_sums(accelerator, sums)
     count = max(sums.pop("count"), 1.0)
     return {k: v / count for k, v in sums.items()}
@@ -164,8 +173,6 @@ def logprob_temperature(cfg: RLArgs) -> float:
 
 def batch_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, entropy: bool = False):
     """`response_logprobs` on a collated batch -> TokenLogprobs of [B, T] tensors."""
-    from ..models.logprobs import response_logprobs
-
     return response_logprobs(model, batch["input_ids"], batch["attention_mask"], response_mask=batch["response_mask"],
                              temperature=temperature, return_entropy=entropy)
 
@@ -184,9 +191,6 @@ class OnlineInputs:
 
 def prepare_online_inputs(cfg, check: Callable[[Any], None], reward_functions=None) -> OnlineInputs:
     """Task defaults, config checks, reward functions, tokenizer and prompt sets; then the run directory."""
-    from ..models import load_tokenizer
-    from ..train.setup import prepare_run_dir
-    from .loop import apply_task_defaults, load_prompt_set
 
     cfg = apply_task_defaults(cfg)
     check(cfg)
