@@ -131,3 +131,38 @@ def test_an_escaped_surrogate_pair_is_an_ordinary_character(tmp_path):
 
     (record,) = load_records(write_jsonl(tmp_path / "emoji.jsonl", [{"prompt": "hi \ud83d\ude00", "completion": "ok"}]))
     assert record.messages[0]["content"] == "hi \U0001F600"
+
+
+# --- an output path that is a directory (or under a file): one line, before any work ---------------------------------
+
+@pytest.mark.parametrize("command", [
+    ["data", "dedup", "{data}", "--output", "{out}"],
+    ["data", "filter", "{data}", "--output", "{out}"],
+    ["data", "dedup", "{data}", "--report", "{out}"],
+    ["judge", "{data}", "--output", "{out}", "--judge-url", "http://127.0.0.1:9", "--judge-model", "m",
+     "--max-retries", "0"],
+    ["redteam", "--target", "tiny-random", "--limit", "1", "--pairs-output", "{out}", "--output-dir", "{run}"],
+])
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_an_output_that_cannot_be_a_file_is_one_line(tmp_path, capsys, command, where):
+    """It was an IsADirectoryError / NotADirectoryError traceback, after the work (redteam had written
+    its transcript already)."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    out = tmp_path / "outdir" if where == "a directory" else tmp_path / "pairs.jsonl" / "out.jsonl"
+    (tmp_path / "outdir").mkdir()
+    argv = [part.format(data=data, out=out, run=tmp_path / "run") for part in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(out) in err
+    assert ("is a directory" if where == "a directory" else "is a file, not a directory") in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_judge_creates_the_folder_of_its_output(tmp_path):
+    from posttrain.judge.command import JudgeConfig, run_judge
+    from posttrain.rollout.chat import CallableBackend
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    cfg = JudgeConfig(input=data, output=str(tmp_path / "new" / "deeper" / "out.jsonl"))
+    run_judge(cfg, backend=CallableBackend(lambda messages: "Winner: A", name="stub"), log=lambda _: None)
+    assert (tmp_path / "new" / "deeper" / "out.jsonl").is_file()  # was FileNotFoundError on out.jsonl.partial

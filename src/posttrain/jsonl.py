@@ -18,14 +18,19 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import InputError, PosttrainError
+from .errors import ConfigError, InputError, PosttrainError
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on success rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # os.replace would fail only after all the work, with IsADirectoryError
+        raise PosttrainError(f"cannot write {path}: it is a directory (give a file name)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise PosttrainError(f"cannot write {path}: a part of {path.parent} is a file, not a directory") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
@@ -38,6 +43,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_file(field: str, path: str | os.PathLike | None) -> None:
+    """ConfigError naming `field` when `path` cannot become a file (it is a directory, or a part of
+    its folder is a file): commands call it before any work, so the mistake costs nothing."""
+    if not path:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(field, f"{path} is a directory; give a file name such as {path / 'output.jsonl'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(field, f"cannot write {path}: {parent} is a file, not a directory")
 
 
 def _umask() -> int:

@@ -21,7 +21,7 @@ from typing import Any
 from ..config import help_field, parse_config
 from ..data.options import DataArgs, read_kwargs
 from ..errors import ConfigError, InputError, PosttrainError
-from ..jsonl import append_jsonl, write_json, write_jsonl
+from ..jsonl import append_jsonl, check_output_file, write_json, write_jsonl
 from ..rollout.chat import ChatBackend
 from .inputs import read_items
 from .judging import LLMJudge, summarize
@@ -81,6 +81,9 @@ def validate(cfg: JudgeConfig) -> None:
         raise ConfigError("swap", "a reward model scores each answer on its own, so position swap does not apply")
     if cfg.tie_threshold < 0:
         raise ConfigError("tie_threshold", "must be 0 or more")
+    output, _, summary = output_paths(cfg)
+    check_output_file("output", output)
+    check_output_file("summary", summary)
 
 
 def output_paths(cfg: JudgeConfig) -> tuple[str, str, str]:
@@ -154,6 +157,7 @@ def run_judge(cfg: JudgeConfig, backend: ChatBackend | RewardJudge | None = None
     template = load_template(cfg.template, cfg.mode)
     rows = read_items(cfg.input, cfg.mode, cfg.limit, **read_kwargs(cfg))  # every row is checked before any judging
     output, partial, summary_path = output_paths(cfg)
+    Path(partial).parent.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and os.path.exists(partial):
         os.unlink(partial)
     owns_backend = backend is None

@@ -23,7 +23,7 @@ from ..config import help_field, parse_config, save_config
 from ..data.options import DataArgs, read_kwargs
 from ..data.readers import resolve_split
 from ..errors import ConfigError
-from ..jsonl import write_json, write_jsonl
+from ..jsonl import check_output_file, write_json, write_jsonl
 from .attacks import FAMILIES, build_attacks, in_split, read_attacks, read_benign, read_topics, select
 from .classify import KeywordJudge, LLMSafetyJudge, load_judge_template
 from .metrics import TABLE_FILENAME, format_table, success_table, table_metrics
@@ -97,6 +97,9 @@ def validate(cfg: RedteamConfig) -> None:
         raise ConfigError("attacker", "required with --attacker-url: the model name the server serves")
     if cfg.judge_url and cfg.judge_model == "keyword":
         raise ConfigError("judge_model", "with --judge-url, --judge-model names the served judge model")
+    check_output_file("pairs_output", cfg.pairs_output)
+    if Path(cfg.output_dir).is_file():
+        raise ConfigError("output_dir", f"{cfg.output_dir} is a file; give a directory")
     given = [p for p in (cfg.topics, *cfg.benign, cfg.rejudge) if p]
     if cfg.split in ("all", "train", "eval") and not any(os.path.isdir(resolve_split(p, None)[0]) for p in given):
         # `--split train|eval` used to pick the topic hash split; on single files it would now silently pick nothing.
@@ -249,6 +252,7 @@ def run_safety_pairs(cfg: SafetyPairsConfig, backend=None, log: Callable[[str], 
         raise ConfigError("model", f"--safe-response {cfg.safe_response} needs --model (the model writing safe replies)")
     if cfg.max_new_tokens < 1:
         raise ConfigError("max_new_tokens", "must be at least 1")
+    check_output_file("output", cfg.output)
     rows = read_transcript(cfg.transcript, read_kwargs(cfg))  # checked before any model loads
     folder = Path(cfg.transcript) if Path(cfg.transcript).is_dir() else Path(cfg.transcript).parent
     output = cfg.output or str(folder / "pairs.jsonl")
