@@ -42,6 +42,7 @@ from ..config import help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
 from ..rollout.threads import choose_cpu_threads
+from ..train.engine import global_sum, reduce_sums
 from ..train.layout_cost import cost_model
 from ..train.reference import Reference, reference_for_policy
 from . import combined
@@ -51,7 +52,6 @@ from .loop import (
     check_common,
     disable_dropout,
     gather_rollouts,
-    global_sum,
     merge_repeated_flags,
     run_online,
     timer,
@@ -218,8 +218,6 @@ def group_advantages(samples: list[Sample], n: int, estimator: str, beta_in_rewa
 
 def global_group_stats(run: OnlineRun, stats: dict[str, float], groups: int) -> dict[str, float]:
     """`group_advantages`' per-group means (this process) -> means over every process's groups."""
-    from ..train.engine import reduce_sums
-
     sums = reduce_sums(run.accelerator, {"groups": float(groups), **{k: v * groups for k, v in stats.items()}})
     count = max(sums.pop("groups"), 1.0)
     return {k: v / count for k, v in sums.items()}
@@ -326,8 +324,6 @@ def _token_metrics(sums, logps, old, advantages, clipped, mask, entropy, eps_low
 
 
 def _finish_metrics(run: OnlineRun, sums: dict[str, float], losses: list[float], grad_norm: float) -> dict[str, float]:
-    from ..train.engine import reduce_sums
-
     sums = reduce_sums(run.accelerator, sums)
     tokens = max(sums.get("tokens", 0.0), 1.0)
     first = max(sums.get("first_tokens", 0.0), 1.0)

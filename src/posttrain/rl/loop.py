@@ -48,7 +48,7 @@ from ..models.saving import save_model_files
 from ..rollout.generation import SamplingParams
 from ..rollout.rewards import TASKS, task_file
 from ..train.args import ModelArgs, RunArgs
-from ..train.engine import TrainingCore, epoch_order, global_sum, to_device  # noqa: F401 (global_sum: the recipes')
+from ..train.engine import TrainingCore, epoch_order
 from ..train.setup import say
 from .rollouts import chunks, render_prompt_ids, split_even
 

@@ -52,6 +52,7 @@ from ..losses import (
     whiten,
 )
 from ..models.peft import apply_peft, merge_adapter
+from ..train.engine import global_sum, reduce_sums
 from ..train.reference import Reference, reference_for_policy
 from . import combined
 from .loop import (
@@ -60,7 +61,6 @@ from .loop import (
     check_common,
     disable_dropout,
     gather_rollouts,
-    global_sum,
     merge_repeated_flags,
     run_online,
     timer,
@@ -260,8 +260,6 @@ def compute_advantages(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: 
         advantages = whiten(advantages, mask, moments=_global_moments(run, advantages, mask))
     store_tokens(samples, "advantages", advantages, mask)
     store_tokens(samples, "returns", returns, mask)
-    from ..train.engine import reduce_sums
-
     sums = reduce_sums(run.accelerator, {
         "count": float(len(samples)), "kl": float(kl.sum()), "non_score": float((-kl_coef * kl).sum()),
         "tokens": float(mask.sum()), "values": float(batch["old_values"][mask].sum()),
@@ -335,8 +333,6 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
     With `ptx` rows and ptx_coef > 0 (InstructGPT's PPO-ptx), every optimizer step also
     backpropagates ptx_coef * (token-mean NLL of ptx_batch_size rows drawn for that step), so the
     step's gradient is  grad L_ppo + ptx_coef * grad NLL_ptx  (off during the value warm-up)."""
-    from ..train.engine import reduce_sums
-
     temperature = logprob_temperature(cfg)
     policy_weight = 0.0 if step < cfg.value_warmup_steps else 1.0
     fields = ["old_logps", "old_values", "advantages", "returns"]
