@@ -175,16 +175,14 @@ def nll_backward(run, rows: list[Sample], pad_id: int, micro_batch_size: int, co
 
     collated = [collate(m, pad_id) for m in chunks(rows, micro_batch_size)]
     tokens = sum(int(b["response_mask"].sum()) for b in collated)
-    total = 0.0
-    for j, batch in enumerate(collated):
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        with run.micro_batch(last=last and j == len(collated) - 1):
-            out = forward(batch)
-            logps, extra = out if isinstance(out, tuple) else (out, None)
-            nll_sum, _ = sft_loss_parts_from_logps(logps, batch["response_mask"], mode="token_mean")
-            objective = coef * nll_sum / max(tokens, 1)
-            if extra is not None:
-                objective = objective + 0.0 * extra.sum()
-            run.accelerator.backward(objective)
-        total += float(nll_sum.detach())
-    return total / max(tokens, 1)
+
+    def objective(batch):
+        out = forward(batch)
+        logps, extra = out if isinstance(out, tuple) else (out, None)
+        nll_sum, _ = sft_loss_parts_from_logps(logps, batch["response_mask"], mode="token_mean")
+        loss = coef * nll_sum / max(tokens, 1)
+        if extra is not None:
+            loss = loss + 0.0 * extra.sum()
+        return loss, nll_sum.detach()
+    nll_sums = run.backward_micro_batches(collated, objective, last_syncs=last)
+    return sum(float(value) for value in nll_sums) / max(tokens, 1)
