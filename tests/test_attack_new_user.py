@@ -166,3 +166,34 @@ def test_judge_creates_the_folder_of_its_output(tmp_path):
     cfg = JudgeConfig(input=data, output=str(tmp_path / "new" / "deeper" / "out.jsonl"))
     run_judge(cfg, backend=CallableBackend(lambda messages: "Winner: A", name="stub"), log=lambda _: None)
     assert (tmp_path / "new" / "deeper" / "out.jsonl").is_file()  # was FileNotFoundError on out.jsonl.partial
+
+
+# --- common TRL option names that got "unrecognized arguments" with no hint ------------------------------------------
+
+@pytest.mark.parametrize("argv, check", [
+    (["--max_seq_length", "64"], lambda cfg: cfg.max_length == 64),
+    (["--completion_only_loss", "true"], lambda cfg: True),
+    (["--assistant_only_loss"], lambda cfg: True),
+    (["--disable_tqdm", "true"], lambda cfg: cfg.progress is False),
+    (["--packing_strategy", "bfd", "--packing"], lambda cfg: cfg.packing),
+    (["--dataset_num_proc", "8"], lambda cfg: True),
+    (["--use_liger_kernel", "true"], lambda cfg: True),
+])
+def test_more_trl_names_run_with_the_same_meaning(argv, check):
+    from posttrain.config import parse_config
+    from posttrain.train.sft import SFTConfig
+
+    assert check(parse_config(SFTConfig, ["--data", "x.jsonl", *argv]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--completion_only_loss", "false"], "write the rows as plain `text`"),
+    (["--packing_strategy", "wrapped"], "'wrapped' has no equivalent"),
+    (["--adam_beta1", "0.8"], "AdamW uses PyTorch's defaults"),
+    (["--neftune_noise_alpha", "5"], "no NEFTune"),
+    (["--model_init_kwargs", "{}"], "--dtype and --attn-implementation"),
+])
+def test_more_trl_names_without_equivalent_say_what_to_use(argv, message, capsys):
+    assert main(["sft", *argv, "--data", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"config field '{argv[0][2:]}'" in err and message in err

@@ -40,6 +40,8 @@ RENAMES: dict[str, str] = {
     "num_generations": "num_samples",
     "max_completion_length": "max_new_tokens",
     "load_best_model_at_end": "keep_best",
+    "max_seq_length": "max_length",  # TRL's SFT name before 0.20
+    "eval_on_start": "eval_at_start",  # rm
 }
 
 TRUE_WORDS = ("true", "yes", "1")
@@ -94,6 +96,25 @@ def _scheduler(value: Any) -> dict[str, Any]:
     return {"lr_scheduler": names[str(value)]}
 
 
+def _completion_only(value: Any) -> dict[str, Any]:
+    """completion_only_loss / assistant_only_loss: posttrain's SFT loss is on the answers already."""
+    if _truth(value):
+        return {}
+    raise ValueError("has no equivalent: posttrain's SFT loss is on the assistant's answers only; for a loss on "
+                     "every token write the rows as plain `text` (docs/data-formats.md)")
+
+
+def _packing_strategy(value: Any) -> dict[str, Any]:
+    if str(value).lower() == "bfd":  # best-fit decreasing: what --packing does (first-fit decreasing)
+        return {}
+    raise ValueError(f"{value!r} has no equivalent: --packing packs whole examples first-fit decreasing "
+                     "(TRL's bfd); it never cuts an example across rows")
+
+
+def _disable_tqdm(value: Any) -> dict[str, Any]:
+    return {"progress": not _truth(value)}
+
+
 def _best_metric(value: Any) -> dict[str, Any]:
     # TrainingArguments names eval metrics eval_loss; posttrain logs them as eval/loss.
     name = str(value)
@@ -120,8 +141,13 @@ TRANSLATIONS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "logging_strategy": _strategy("log_every", "logs"),
     "metric_for_best_model": _best_metric,
     "greater_is_better": _greater_is_better,
+    "completion_only_loss": _completion_only,
+    "assistant_only_loss": _completion_only,
+    "disable_tqdm": _disable_tqdm,
+    "packing_strategy": _packing_strategy,
 }
-BOOLEAN_NAMES = frozenset({"bf16", "fp16", "use_peft", "load_in_4bit", "greater_is_better"})
+BOOLEAN_NAMES = frozenset({"bf16", "fp16", "use_peft", "load_in_4bit", "greater_is_better", "completion_only_loss",
+                           "assistant_only_loss", "disable_tqdm"})
 
 # Options with no posttrain equivalent -> what to do instead.
 NO_EQUIVALENT: dict[str, str] = {
@@ -140,6 +166,17 @@ NO_EQUIVALENT: dict[str, str] = {
     "tf32": "posttrain leaves TF32 to PyTorch's default",
     "dataloader_num_workers": "posttrain tokenises once up front; there is no data-loader worker to set",
     "save_only_model": "checkpoints always hold the model (checkpoints/step-N/model) beside the training state",
+    "model_init_kwargs": "use --dtype and --attn-implementation",
+    "lr_scheduler_kwargs": "the schedules take no extra arguments (--lr-scheduler, --warmup-steps / --warmup-ratio)",
+    "adam_beta1": "AdamW uses PyTorch's defaults (betas 0.9, 0.999; eps 1e-8)",
+    "adam_beta2": "AdamW uses PyTorch's defaults (betas 0.9, 0.999; eps 1e-8)",
+    "adam_epsilon": "AdamW uses PyTorch's defaults (betas 0.9, 0.999; eps 1e-8)",
+    "neftune_noise_alpha": "posttrain has no NEFTune embedding noise",
+    "chat_template_path": "save the template in the model directory's tokenizer (chat_template.jinja) and use "
+                          "--template chat, or pick a built-in one with --template",
+    "eos_token": "posttrain uses the tokenizer's; save a tokenizer with the tokens you want beside the model",
+    "pad_token": "posttrain uses the tokenizer's; save a tokenizer with the tokens you want beside the model",
+    "dataset_kwargs": "map columns with --columns and pick a split with --split",
 }
 
 # Options that do nothing here: a note, then ignored.
@@ -150,6 +187,14 @@ IGNORED: dict[str, str] = {
     "run_name": "a run is named by its --output-dir",
     "remove_unused_columns": "posttrain reads only the fields a row shape needs",
     "lora_task_type": "posttrain sets the adapter's task type itself",
+    "dataset_num_proc": "posttrain tokenises once, up front, in one process",
+    "log_level": "posttrain prints its own progress lines",
+    "logging_first_step": "metrics are logged every --log-every steps and at the last (--log-every 1 logs the first)",
+    "ddp_find_unused_parameters": "posttrain sets up data parallelism itself (--distributed)",
+    "gradient_checkpointing_kwargs": "--gradient-checkpointing picks the settings itself",
+    "label_names": "posttrain builds the labels from the row shape",
+    "group_by_length": "micro-batches are formed by a token budget (--micro-batch-tokens)",
+    "use_liger_kernel": "posttrain's log-probs go through its own chunked head (no full logits are formed)",
 }
 
 
