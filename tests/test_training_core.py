@@ -71,3 +71,9 @@ def test_a_nan_loss_in_online_rl_stops_before_the_update_naming_the_last_good_ch
                                             r"\(last good checkpoint: .*step-00000002\)"):
         train_grpo(_config(tmp_path, save_every=1), {"lowercase": rl_toy.lowercase})
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_the_online_progress_bar_shows_sampling_and_update_throughput(tmp_path, capsys):
+    train_grpo(_config(tmp_path, max_steps=2, progress=True), {"lowercase": rl_toy.lowercase})
+    err = capsys.readouterr().err
+    assert "sampled tok/s=" in err and "update s=" in err and "reward=" in err

@@ -257,8 +257,14 @@ class OnlineRun(TrainingCore):
 
     def end_step(self, step: int, row: dict[str, Any], tokens: int, state: dict[str, Any],
                  rollouts: list[dict[str, Any]] | None = None) -> None:
-        """Log the step's row (and rollouts), advance progress, checkpoint when due. `step` is 1-based."""
-        row["tokens_per_s"] = self.progress.update(tokens, reward=row.get("reward", float("nan")))
+        """Log the step's row (and rollouts), advance progress, checkpoint when due. `step` is 1-based.
+        The progress bar shows the reward, the sampling throughput and the update's seconds."""
+        shown = {"reward": row.get("reward", float("nan"))}
+        if "generated_tokens_per_s" in row:
+            shown["sampled tok/s"] = row["generated_tokens_per_s"]
+        if "time/train" in row:
+            shown["update s"] = row["time/train"]
+        row["tokens_per_s"] = self.progress.update(tokens, **shown)
         self.log_step(step, self.cfg.max_steps, {"step": step, **row})
         if rollouts and self.cfg.save_rollouts and self.is_main:
             for r in rollouts:
