@@ -197,3 +197,36 @@ def test_more_trl_names_without_equivalent_say_what_to_use(argv, message, capsys
     assert main(["sft", *argv, "--data", "x.jsonl"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"config field '{argv[0][2:]}'" in err and message in err
+
+
+# --- posttrain score on the public preference shapes dpo reads -------------------------------------------------------
+
+def test_score_reads_pairs_given_as_whole_conversations(tmp_path, monkeypatch, capsys):
+    """hh-rlhf transcripts and ultrafeedback_binarized's conversations were 'field 'chosen': expected text'."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain.models import load_tokenizer
+    from posttrain.models.loading import tiny_checkpoint
+
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_checkpoint(seed=0)), num_labels=1)
+    tokenizer = load_tokenizer("tiny-random")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    turns = [{"role": "user", "content": "What is 2+2?"}]
+    rows = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+            {"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 4", "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5"},
+            {"prompt": "What is 2+2?", "chosen": turns + [{"role": "assistant", "content": "4"}],
+             "rejected": turns + [{"role": "assistant", "content": "5"}], "score_chosen": 9.0}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    assert main(["score", "--model", str(tmp_path / "rm"), "--input", data, "--output", str(tmp_path / "out.jsonl"),
+                 "--device", "cpu", "--no-progress"]) == 0, capsys.readouterr().err
+    scored = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    first = (scored[0]["chosen_score"], scored[0]["rejected_score"])
+    assert first[0] != first[1]
+    for row in scored[1:]:
+        assert (row["chosen_score"], row["rejected_score"]) == pytest.approx(first, abs=1e-5)
+    assert scored[2]["score_chosen"] == 9.0  # other fields kept

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 from ..config import help_field, parse_config
 from ..data import get_template, read_rows
+from ..data.formats import is_transcript, parse_row
 from ..data.options import DataArgs, read_kwargs
 from ..data.prompts import parse_prompt
 from ..data.readers import split_location
@@ -228,10 +229,26 @@ def _text(value: Any, path: str, line: int | None, field: str) -> str:
     return value
 
 
+def _is_conversation(value: Any) -> bool:
+    """A whole conversation rather than one reply: an hh-rlhf transcript or a message list that is
+    more than one assistant message."""
+    if isinstance(value, list):
+        return not (len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "assistant")
+    return is_transcript(value)
+
+
 def parse_score_row(row: dict[str, Any], where: str, overwrite: bool) -> tuple[str, list[Message], list[str]]:
     """(kind, prompt messages, responses) of one input row; bad rows are located InputErrors."""
 
     path, line = split_location(where)
+    if any(_is_conversation(row.get(name)) for name in ("chosen", "rejected")):
+        # whole conversations (TRL's implicit prompt, ultrafeedback_binarized, hh-rlhf transcripts):
+        # the data layer splits them into the shared prompt and the two replies, as dpo reads them
+        for name in _FIELDS["pair"]:
+            if name in row and not overwrite:
+                raise InputError(path, line, name, "already present (human scores?); pass --overwrite to replace it")
+        _, pair = parse_row(row, where, kind="preference")
+        return "pair", pair.prompt, [pair.chosen, pair.rejected]
     if row.get("chosen") is not None or row.get("rejected") is not None:
         kind, texts = "pair", [_text(row.get("chosen"), path, line, "chosen"),
                                _text(row.get("rejected"), path, line, "rejected")]
