@@ -230,3 +230,17 @@ def test_score_reads_pairs_given_as_whole_conversations(tmp_path, monkeypatch, c
     for row in scored[1:]:
         assert (row["chosen_score"], row["rejected_score"]) == pytest.approx(first, abs=1e-5)
     assert scored[2]["score_chosen"] == 9.0  # other fields kept
+
+
+@pytest.mark.parametrize("row", [
+    {"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 4", "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5"},
+    {"system": "Be brief.", "question": "What is 2+2?", "chosen": "4", "rejected": "5"},
+])
+def test_judge_reads_hh_rlhf_and_orca_pairs(tmp_path, row):
+    """Both were "field 'prompt': missing"."""
+    from posttrain.judge.inputs import read_items
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", [row])
+    ((line, (item,)),) = read_items(path, "pairwise")
+    assert (line, item.response_a, item.response_b) == (1, "4", "5")
+    assert item.prompt[-1] == {"role": "user", "content": "What is 2+2?"} and item.extra["reference_winner"] == "A"

@@ -4,7 +4,8 @@ Pairwise rows (one pair each):
   {"prompt": ..., "response_a": "...", "response_b": "..."}
   {"prompt": ..., "chosen": "...", "rejected": "..."}       # A = chosen; adds reference_winner "A"
 TRL's conversational form also works: `chosen`/`rejected` as message lists ending
-with the assistant turn; without a `prompt`, the prompt is `chosen` minus its last turn.
+with the assistant turn. Without a `prompt` (TRL's implicit prompt, hh-rlhf transcripts,
+orca_dpo_pairs' `question`), the row is read as `posttrain dpo` reads it (data/formats.py).
 
 Pointwise rows (one or more responses each):
   {"prompt": ..., "response": "..."}   or "completion"
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..data.formats import is_transcript, parse_row
 from ..data.readers import read_rows, split_location
 from ..errors import InputError
 from ..records import Message, user_prompt
@@ -53,9 +55,21 @@ def _prompt(row: dict, path: str, line: int, fallback_key: str | None = None) ->
     raise InputError(path, line, "prompt", "missing")
 
 
+def _preference_pair(row: dict, path: str, line: int) -> PairItem:
+    """A chosen/rejected row in any shape `posttrain dpo` reads (hh-rlhf transcripts, TRL's implicit
+    prompt, orca_dpo_pairs' `question`), split into prompt and replies by the data layer."""
+    _, pair = parse_row(row, f"{path}:{line}", kind="preference")
+    extra = {key: value for key, value in row.items() if key not in ("prompt", "chosen", "rejected")}
+    return PairItem(prompt=pair.prompt, response_a=pair.chosen, response_b=pair.rejected,
+                    extra={**extra, "reference_winner": "A"})
+
+
 def pair_item(row: dict, path: str, line: int) -> PairItem:
     if "response_a" in row or "response_b" in row:
         keys, reference = ("response_a", "response_b"), None
+    elif ("chosen" in row or "rejected" in row) and (
+            "prompt" not in row or any(is_transcript(row.get(k)) for k in ("chosen", "rejected"))):
+        return _preference_pair(row, path, line)
     elif "chosen" in row or "rejected" in row:
         keys, reference = ("chosen", "rejected"), "A"
     else:
