@@ -146,3 +146,21 @@ def test_exports_feed_posttrain_ab_and_the_agreement_tool(tmp_path, capsys):
     code, out, err = run(capsys, "data", "agreement", str(annotations))
     assert code == 0, err
     assert "overall" in out
+
+
+def test_a_busy_port_or_unknown_host_is_one_line_before_any_model_loads(tmp_path, capsys):
+    """uvicorn reported it after the models loaded, with its own ERROR line and exit code 3, right
+    after posttrain had printed the URL as if it were serving."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = run(capsys, "serve", "--db", str(tmp_path / "s.db"), "--port", str(port),
+                             "--variants", "A=not-a-model-that-would-load")
+    assert code == 2 and out == ""
+    assert err == (f"posttrain serve: error: cannot listen on 127.0.0.1:{port}: Address already in use "
+                   "(another server is there: choose another --port)\n")
+    code, _, err = run(capsys, "serve", "--db", str(tmp_path / "s.db"), "--host", "no-such-host.invalid")
+    assert code == 2 and err.startswith("posttrain serve: error: config field 'host': cannot listen on no-such-host")

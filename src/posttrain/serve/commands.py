@@ -1,13 +1,15 @@
 """Command-line entry points: `posttrain serve`, `serve token`, `serve import`, `serve export`."""
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import help_field, parse_config
 from ..data.options import DataArgs, read_kwargs
-from ..errors import ConfigError
+from ..errors import ConfigError, PosttrainError
 from ..jsonl import write_jsonl
 from .db import connect, create_user, init_db, open_existing
 from .export import EXPORT_KINDS, export_rows
@@ -32,6 +34,24 @@ class ServeConfig:
     log_level: str = help_field("info", "uvicorn log level", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def check_listen(host: str, port: int) -> None:
+    """PosttrainError when the server could not listen on host:port (the address is taken, or the
+    host is not an address of this machine). uvicorn would report it only after the models load,
+    with its own log line and exit code 3."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError("host", f"cannot listen on {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = " (another server is there: choose another --port)" if exc.errno == errno.EADDRINUSE else ""
+            raise PosttrainError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+
+
 def serve_main(argv: list[str]) -> int:
     cfg = parse_config(ServeConfig, argv, prog="posttrain serve",
                        description="Run the annotation and feedback web app.")
@@ -40,6 +60,7 @@ def serve_main(argv: list[str]) -> int:
     if cfg.lease_minutes <= 0:
         raise ConfigError("lease_minutes", "must be positive")
     variants = parse_variants(cfg.variants)
+    check_listen(cfg.host, cfg.port)  # before any model loads: a busy port or a bad host is one line
     import uvicorn
 
     from .app import create_app
