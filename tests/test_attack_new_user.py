@@ -244,3 +244,10 @@ def test_judge_reads_hh_rlhf_and_orca_pairs(tmp_path, row):
     ((line, (item,)),) = read_items(path, "pairwise")
     assert (line, item.response_a, item.response_b) == (1, "4", "5")
     assert item.prompt[-1] == {"role": "user", "content": "What is 2+2?"} and item.extra["reference_winner"] == "A"
+
+
+def test_a_mapping_flag_naming_a_key_twice_is_refused(capsys):
+    """`--columns prompt=a prompt=b` read the column b, silently."""
+    assert main(["data", "check", "x.jsonl", "--columns", "prompt=a", "prompt=b"]) == 2
+    assert capsys.readouterr().err == ("posttrain data check: error: config field 'columns': 'prompt' is given twice "
+                                       "(prompt=a and prompt=b)\n")

@@ -206,6 +206,8 @@ def _pairs(name: str, items: list[str], typed: bool, source: str | None) -> dict
         key, sep, value = item.rpartition("=")
         if not sep or not key:
             raise ConfigError(name, f"expected KEY=VALUE, got {item!r}", source)
+        if key in pairs:  # `--columns prompt=a prompt=b`: the last one would silently win
+            raise ConfigError(name, f"{key!r} is given twice ({key}={pairs[key]} and {item})", source)
         try:
             pairs[key] = value if typed else yaml.safe_load(value)
         except yaml.YAMLError:
