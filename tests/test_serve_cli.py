@@ -164,3 +164,10 @@ def test_a_busy_port_or_unknown_host_is_one_line_before_any_model_loads(tmp_path
                    "(another server is there: choose another --port)\n")
     code, _, err = run(capsys, "serve", "--db", str(tmp_path / "s.db"), "--host", "no-such-host.invalid")
     assert code == 2 and err.startswith("posttrain serve: error: config field 'host': cannot listen on no-such-host")
+
+
+@pytest.mark.parametrize("name", ["a\tb", "line\nbreak", "x" * 101])
+def test_an_annotator_name_with_control_characters_or_too_long_is_refused(tmp_path, capsys, name):
+    code, out, err = run(capsys, "serve", "token", "--db", str(tmp_path / "s.db"), "--annotator", name)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "config field 'annotator'" in err and "no control characters" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def token_main(argv: list[str]) -> int:
                        description="Create a login token for an annotator (printed once; only its hash is stored).")
     if not cfg.annotator or not cfg.annotator.strip():
         raise ConfigError("annotator", "give a name: posttrain serve token --db DB --annotator NAME")
+    if len(cfg.annotator.strip()) > 100 or any(unicodedata.category(c) in ("Cc", "Cs") for c in cfg.annotator):
+        # the name appears in exports, the admin page and every agreement table
+        raise ConfigError("annotator", f"{cfg.annotator!r}: use at most 100 characters and no control characters")
     init_db(cfg.db)
     conn = connect(cfg.db)
     try:
