@@ -251,3 +251,27 @@ def test_a_mapping_flag_naming_a_key_twice_is_refused(capsys):
     assert main(["data", "check", "x.jsonl", "--columns", "prompt=a", "prompt=b"]) == 2
     assert capsys.readouterr().err == ("posttrain data check: error: config field 'columns': 'prompt' is given twice "
                                        "(prompt=a and prompt=b)\n")
+
+
+# --- openbmb/UltraFeedback as published: "field 'output': missing" (read as an Alpaca row) --------------------------
+
+UF_RAW = {"source": "evol_instruct", "instruction": "Say hi.", "models": ["m1", "m2", "m3"],
+          "completions": [{"model": "m1", "response": "Hi!", "overall_score": 7.5, "annotations": {}},
+                          {"model": "m2", "response": "Go away.", "overall_score": 2.0},
+                          {"model": "m3", "response": "Hello there.", "overall_score": 6}],
+          "correct_answers": [], "incorrect_answers": []}
+
+
+def test_raw_ultrafeedback_rows_are_rankings_by_overall_score(tmp_path, capsys):
+    from posttrain.data import load_records
+    from posttrain.records import Ranked
+
+    (record,) = load_records(write_jsonl(tmp_path / "uf.jsonl", [UF_RAW]))
+    assert isinstance(record, Ranked) and record.prompt == [{"role": "user", "content": "Say hi."}]
+    assert (record.responses, record.scores) == (["Hi!", "Go away.", "Hello there."], [7.5, 2.0, 6.0])
+    assert record.extra["models"] == ["m1", "m2", "m3"] and record.extra["source"] == "evol_instruct"
+    tie = {**UF_RAW, "completions": [{**c, "overall_score": 5} for c in UF_RAW["completions"]]}
+    path = write_jsonl(tmp_path / "tie.jsonl", [UF_RAW, tie])
+    assert main(["data", "check", path]) == 2
+    assert capsys.readouterr().err == (f"posttrain data check: error: {path}:2: field 'completions[].overall_score': "
+                                       "all scores are equal (5): no response is better than another\n")

@@ -9,6 +9,8 @@ preference          [prompt | question | instruction [+ input] |  preference    
                     input], chosen, rejected, [margin]
 ranked              prompt, responses, ranking | scores          ranked        Ranked
 unpaired            prompt, completion, label                    unpaired      Unpaired
+ultrafeedback       instruction, completions (openbmb's raw      ranked        Ranked
+                    UltraFeedback: response + overall_score)
 messages            messages                                     sft           Conversation
 sharegpt            conversations (from/value or role/content)   sft           Conversation
 alpaca              instruction, [input], output                 sft           Conversation
@@ -62,6 +64,7 @@ SHAPES: dict[str, tuple[str, str]] = {
     "preference": ("preference", "[prompt], chosen, rejected, [margin]"),
     "ranked": ("ranked", "prompt, responses, ranking or scores"),
     "unpaired": ("unpaired", "prompt, completion, label"),
+    "ultrafeedback": ("ranked", "instruction, completions (each with response and overall_score)"),
     "messages": ("sft", "messages"),
     "sharegpt": ("sft", "conversations"),
     "alpaca": ("sft", "instruction, [input], output"),
@@ -140,6 +143,7 @@ def _complete_shapes(row: Row) -> list[str]:
         "preference": has("chosen") and has("rejected"),
         "ranked": has("prompt") and has("responses"),
         "unpaired": has("prompt") and has("completion") and "label" in row,
+        "ultrafeedback": has("instruction") and has("completions"),
         "messages": has("messages"),
         "sharegpt": has("conversations"),
         "alpaca": has("instruction") and "output" in row,
@@ -154,7 +158,8 @@ def _complete_shapes(row: Row) -> list[str]:
 # field missing, and gets a "field 'x': missing" error instead of "unknown shape".
 _TELLTALE = (("chosen", "preference"), ("rejected", "preference"), ("responses", "ranked"), ("ranking", "ranked"),
              ("scores", "ranked"), ("label", "unpaired"), ("messages", "messages"), ("conversations", "sharegpt"),
-             ("instruction", "alpaca"), ("output", "alpaca"), ("completion", "prompt_completion"))
+             ("completions", "ultrafeedback"), ("instruction", "alpaca"), ("output", "alpaca"),
+             ("completion", "prompt_completion"))
 # (These leave out `response`, `answer` and `context`: too common as extra fields to name a shape.)
 
 
@@ -501,6 +506,38 @@ def _from_ranked(row: _Row) -> Ranked:
     return Ranked(prompt, responses, ranking, scores, source=row.source, extra=extra)
 
 
+def _from_ultrafeedback(row: _Row) -> Ranked:
+    """openbmb/UltraFeedback as published: `instruction` and `completions`, one per model, each with
+    its `response` and GPT-4's `overall_score`: a ranking of the responses by that score (the rules
+    of the ranked shape apply: distinct responses, finite scores, not all equal)."""
+    instruction = row.text("instruction")
+    completions = row.row.get("completions")
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise row.error("completions", f"expected a list of at least 2 completions, got {_type_name(completions)}"
+                        if not isinstance(completions, list) else f"expected at least 2 completions, got "
+                        f"{len(completions)}")
+    responses, scores = [], []
+    for index, item in enumerate(completions):
+        if not isinstance(item, dict):
+            raise row.error(f"completions[{index}]", f"expected an object, got {_type_name(item)}")
+        responses.append(check_text(row, f"completions[{index}].response", item.get("response")))
+        score = item.get("overall_score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise row.error(f"completions[{index}].overall_score", f"expected a finite number, got {score!r}")
+        scores.append(float(score))
+    models = [item.get("model") for item in completions]
+    extra = {**_extra(row.row, ("instruction", "completions")), "models": models}
+    ranked = _Row({"prompt": instruction, "responses": responses, "scores": scores}, row.source)
+    try:
+        record = _from_ranked(ranked)
+    except InputError as exc:  # name the fields as this file has them
+        field = re.sub(r"^responses\[(\d+)\]$", r"completions[\1].response", exc.field or "")
+        field = "completions[].overall_score" if field == "scores" else field
+        raise row.error(field or None, exc.message.replace("responses[", "completions[")) from None
+    record.extra = extra
+    return record
+
+
 def _from_unpaired(row: _Row) -> Unpaired:
     prompt = _prompt(row)
     completion = _response(row, "completion")
@@ -572,6 +609,7 @@ NORMALISERS: dict[str, Callable[[_Row], Record]] = {
     "preference": _from_preference,
     "ranked": _from_ranked,
     "unpaired": _from_unpaired,
+    "ultrafeedback": _from_ultrafeedback,
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "alpaca": _from_alpaca,
