@@ -275,3 +275,14 @@ def test_raw_ultrafeedback_rows_are_rankings_by_overall_score(tmp_path, capsys):
     assert main(["data", "check", path]) == 2
     assert capsys.readouterr().err == (f"posttrain data check: error: {path}:2: field 'completions[].overall_score': "
                                        "all scores are equal (5): no response is better than another\n")
+
+
+@pytest.mark.parametrize("text, name", [("prompt;completion\na;b\n", "semicolons"),
+                                        ("prompt\tcompletion\na\tb\n", "tabs")])
+def test_a_csv_separated_otherwise_says_so(tmp_path, capsys, text, name):
+    """It was "unknown shape (fields: prompt;completion)"."""
+    path = tmp_path / "export.csv"
+    path.write_text(text)
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:1: the header is one column" in err and f"separated by {name}" in err

@@ -294,6 +294,12 @@ def _read_csv(path: str, limit: int, decode_as: dict[str, str] | None = None) ->
         if header is None:
             return
         header = [name.strip() for name in header]
+        other = next((sep for sep in (";", "\t", "|") if sep != delimiter and len(header) == 1
+                      and sep in header[0]), None)
+        if other is not None:  # a European Excel export (;) or a TSV named .csv
+            name = {";": "semicolons", "\t": "tabs", "|": "'|'"}[other]
+            raise InputError(path, 1, None, f"the header is one column, {header[0]!r}: the file seems separated by "
+                             f"{name}; posttrain reads comma-separated .csv and tab-separated .tsv files")
         repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
         if repeated is not None:  # the later column would silently replace the earlier one
             raise InputError(path, 1, repeated, "this column appears twice in the header (the last one would "
