@@ -286,3 +286,17 @@ def test_a_csv_separated_otherwise_says_so(tmp_path, capsys, text, name):
     assert main(["data", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}:1: the header is one column" in err and f"separated by {name}" in err
+
+
+def test_kto_does_not_print_a_nan_margin_when_the_last_step_has_one_kind(tmp_path, capsys):
+    """`margin nan` read as a divergence; the step simply held desirable examples only."""
+    rows = [{"prompt": f"Q{i}?", "completion": f"good {i}", "label": True} for i in range(2)]
+    rows += [{"prompt": f"Q{i}?", "completion": f"bad {i}", "label": False} for i in range(2)]
+    data = write_jsonl(tmp_path / "kto.jsonl", rows)
+    assert main(["kto", "--model", "tiny-random", "--data", data, "--max-steps", "1", "--batch-size", "2",
+                 "--output-dir", str(tmp_path / "run"), "--no-progress", "--seed", "0"]) == 0
+    out = capsys.readouterr()
+    summary = next(line for line in (out.out + out.err).splitlines() if line.startswith("done:"))
+    assert "nan" not in summary.split("; model in")[0]
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert ("rewards/margins" in last) == ("margin -" not in summary)

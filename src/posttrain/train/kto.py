@@ -205,7 +205,9 @@ def train_kto(cfg: KTOConfig):
     result = run_training(task, cfg, accelerator=accelerator, tokenizer=tokenizer)
     last, evals = result.last_metrics, result.eval_metrics
     say(f"done: {result.steps} steps in {result.seconds:.0f}s; loss {last.get('loss', float('nan')):.4f}, "
-          f"kl {last.get('kl', float('nan')):.4f}, margin {last.get('rewards/margins', float('nan')):.4f}"
+          f"kl {last.get('kl', float('nan')):.4f}, margin "
+          # the last step may hold one kind of example only: no margin, not a NaN
+          + (f"{last['rewards/margins']:.4f}" if "rewards/margins" in last else "- (one kind in the last step)")
           + (f"; eval margin {evals['eval/rewards/margins']:.4f}" if "eval/rewards/margins" in evals else "")
           + f"; model in {result.final_dir}")
     return result
