@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
 
 DEFAULT_ROW_CHUNK = 1024  # rows of logits handled at once inside the softmax kernels
 HEAD_CHUNK_ELEMENTS = 1 << 23  # logits per chunk of the fused head by default (chunk_size="auto")
@@ -280,7 +281,9 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False, **model_kwargs).last_hidden_state
         picked_hidden = hidden[:, :-1][targets_mask]  # (N, H)
-        if chunk_size is not None and isinstance(head, torch.nn.Linear):
+        # The fused head reads the weight without running the head's forward; an FSDP2 unit of its
+        # own (PEFT's wrap policy makes the frozen head one) gathers its weight only in that forward.
+        if chunk_size is not None and isinstance(head, torch.nn.Linear) and not isinstance(head, FSDPModule):
             rows = head_chunk_rows(head.weight.shape[0]) if chunk_size == "auto" else int(chunk_size)
             logprob, entropy, mean = fused_linear_logprobs(picked_hidden, head.weight, head.bias, targets,
                                                            temperature, rows, entropy=return_entropy,
