@@ -56,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--posttrain-flags", default="", help="extra flags for posttrain grpo (a lever to try)")
     p.add_argument("--out", default="runs/benchmarks-rl")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--table-from", nargs="+", default=[], metavar="RESULTS_JSONL",
+                   help="run nothing: print the table of these results files (runs of several invocations)")
+    p.add_argument("--gflops", nargs="+", type=float, default=[],
+                   help="with --table-from: the matmul rates those runs measured (default: measure now)")
     return p.parse_args(argv)
 
 
@@ -164,6 +168,12 @@ def table(results: list[dict], shape: ModelShape, gflops: list[float]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table_from:
+        results = [json.loads(line) for path in args.table_from for line in Path(path).read_text().splitlines()
+                   if line.strip()]
+        rates = args.gflops or [matmul_gflops(args.limit_rows)]
+        print(table(results, model_shape(model_directory(args.model)), rates))
+        return 0
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model_dir = args.model if args.dry_run else model_directory(args.model)
