@@ -300,3 +300,14 @@ def test_kto_does_not_print_a_nan_margin_when_the_last_step_has_one_kind(tmp_pat
     assert "nan" not in summary.split("; model in")[0]
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert ("rewards/margins" in last) == ("margin -" not in summary)
+
+
+def test_an_unclosed_csv_quote_running_past_the_field_limit_names_where_the_row_starts(tmp_path, capsys):
+    """It said "malformed CSV: field larger than field limit (16777216)" at the line where the limit was hit."""
+    path = tmp_path / "unclosed.csv"
+    with path.open("w") as handle:
+        handle.write('prompt,completion\n"a","never closed\n')
+        handle.write(("x" * 63 + "\n") * 270_000)  # 17 MB: past the 16 MiB default limit
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:2: a quoted field runs past line" in err and "unclosed quote?" in err

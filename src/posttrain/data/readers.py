@@ -289,6 +289,7 @@ def _read_csv(path: str, limit: int, decode_as: dict[str, str] | None = None) ->
     csv.field_size_limit(max(csv.field_size_limit(), limit))
     lines = (text for _, text in iter_lines(path, limit))
     reader = csv.reader(lines, delimiter=delimiter)
+    start = 1  # where the row being read starts
     try:
         header = next(reader, None)
         if header is None:
@@ -321,6 +322,10 @@ def _read_csv(path: str, limit: int, decode_as: dict[str, str] | None = None) ->
             yield where, row
             start = reader.line_num + 1
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):  # a quoted field running over many lines
+            raise InputError(path, start, None, f"a quoted field runs past line {reader.line_num} and over the "
+                             f"limit of {csv.field_size_limit():,} bytes (an unclosed quote? raise the limit "
+                             "with --max-line-bytes or POSTTRAIN_MAX_LINE_BYTES)") from None
         raise InputError(path, reader.line_num, None, f"malformed CSV: {exc}") from None
 
 
