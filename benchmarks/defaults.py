@@ -102,7 +102,9 @@ def run_measured(command: list[str], log: Path, timeout: int) -> dict:
                 pid, status, usage = os.wait4(process.pid, 0)
                 break
             time.sleep(0.1)
-    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": usage.ru_maxrss / 1024,
+    # cpu_s (user + system seconds of the child) varies less with the machine's load than wall_s.
+    return {"wall_s": time.perf_counter() - started, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
             "exit": os.waitstatus_to_exitcode(status), "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
