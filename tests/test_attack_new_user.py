@@ -311,3 +311,36 @@ def test_an_unclosed_csv_quote_running_past_the_field_limit_names_where_the_row_
     assert main(["data", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}:2: a quoted field runs past line" in err and "unclosed quote?" in err
+
+
+# --- posttrain serve: a long chat stays within the model's window -----------------------------------------------------
+
+def test_a_long_chat_keeps_its_latest_turns_within_the_model_window(monkeypatch):
+    """A conversation past the window was sent whole (9,963 tokens to a 1,024-position model)."""
+    from posttrain.serve.feedback import ModelBackend
+
+    backend = ModelBackend("tiny-random", max_new_tokens=4, temperature=0)
+    backend.load()
+    seen = []
+
+    def generate(input_ids, attention_mask=None, **kwargs):
+        seen.append(input_ids[0].tolist())
+        return input_ids
+
+    monkeypatch.setattr(backend._model, "generate", generate)
+    limit = backend.context_limit()
+    assert limit == backend._model.config.max_position_embeddings - 4
+    history = [{"role": "system", "content": "Be kind."}]
+    for i in range(6):
+        history += [{"role": "user", "content": f"question {i} " + "hello world " * 15},
+                    {"role": "assistant", "content": f"answer {i} " + "sure thing " * 15}]
+    history.append({"role": "user", "content": "LAST QUESTION, short."})
+    assert len(backend._tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)["input_ids"]) > limit
+    backend.reply(history)
+    text = backend._tokenizer.decode(seen[-1])
+    assert len(seen[-1]) <= limit
+    assert text.count("LAST QUESTION") == 1 and "Be kind." in text and "question 0 " not in text
+    assert "question 5 " in text  # the latest turns stay
+    backend.reply([{"role": "user", "content": "END " + "word " * 3000 + "TAIL"}])  # one turn, too long alone
+    assert len(seen[-1]) == limit and backend._tokenizer.decode(seen[-1]).rstrip().endswith("assistant")

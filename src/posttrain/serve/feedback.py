@@ -79,8 +79,7 @@ class ModelBackend:
         with self._lock:
             self._load()
             tokenizer, model = self._tokenizer, self._model
-            encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True)
+            encoded = self._fitted(messages)
             ids = {name: tensor.to(model.device) for name, tensor in encoded.items()}
             sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {
                 "do_sample": False}
@@ -89,6 +88,35 @@ class ModelBackend:
                                      pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling)
             new_tokens = out[0, ids["input_ids"].shape[1]:]
             return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+    def context_limit(self) -> int | None:
+        """Prompt tokens that fit with the reply in the model's window (None: no known window)."""
+        window = getattr(self._model.config, "max_position_embeddings", None)
+        return max(window - self.max_new_tokens, 1) if isinstance(window, int) and window > 0 else None
+
+    def _fitted(self, messages: list[Message]) -> dict[str, Any]:
+        """The chat-formatted prompt, kept within the model's window: a long conversation loses its
+        oldest turns (a system message stays), and a single over-long turn keeps its end. (It used
+        to be sent whole: past the window a model's replies are garbage, or it fails.)"""
+        tokenizer, limit = self._tokenizer, self.context_limit()
+
+        def encode(turns: list[Message]) -> dict[str, Any]:
+            return tokenizer.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+
+        encoded = encode(messages)
+        turns = list(messages)
+        while limit is not None and encoded["input_ids"].shape[1] > limit:
+            first = 1 if turns and turns[0]["role"] == "system" else 0
+            if len(turns) - first <= 1:  # one turn left: keep its end
+                encoded = {name: tensor[:, -limit:] for name, tensor in encoded.items()}
+                break
+            del turns[first]
+            while len(turns) > first + 1 and turns[first]["role"] != "user":
+                del turns[first]  # start with a user turn again
+            encoded = encode(turns)
+        return encoded
 
 
 def parse_variants(specs: list[str]) -> dict[str, str]:
