@@ -75,6 +75,17 @@ def is_quantized_4bit(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False))
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them (non-reentrant).
+    transformers 5 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`
+    (the old name warns); use whichever the installed version has."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def apply_peft(model, method: str = "lora", r: int = 16, alpha: float = 32, dropout: float = 0.05,
                target_modules: str | list[str] = "all-linear", *, num_virtual_tokens: int = 16,
                modules_to_save: list[str] | None = None, gradient_checkpointing: bool = False):
@@ -96,7 +107,7 @@ def apply_peft(model, method: str = "lora", r: int = 16, alpha: float = 32, drop
                                  "(CUDA GPU and the bitsandbytes package required)")
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input grad
     config = _CONFIG_BUILDERS[method](r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
                                       modules_to_save=modules_to_save, num_virtual_tokens=num_virtual_tokens)

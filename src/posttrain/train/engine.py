@@ -39,6 +39,7 @@ from ..config import validate_ranges
 from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
+from ..models.peft import enable_activation_checkpointing
 from ..models.saving import save_model_files
 from .args import TrainArgs, check_trackers  # (checked when the command line is read, and again here)
 from .checkpoint import (
@@ -262,11 +263,9 @@ def sigint_flag():
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    target = model
-    if hasattr(target, "gradient_checkpointing_enable"):
-        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hasattr(target, "enable_input_require_grads"):
-        target.enable_input_require_grads()
+    enable_activation_checkpointing(model)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
 
 
 def _as_float(value: torch.Tensor | float) -> float:

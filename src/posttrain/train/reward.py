@@ -40,6 +40,7 @@ from ..data.readers import check_sources
 from ..errors import ConfigError, InputError
 from ..jsonl import write_json
 from ..losses.reward import RANKING_LOSSES, bradley_terry_loss, ranking_accuracy_parts, ranking_pairs
+from ..models.peft import enable_activation_checkpointing
 from .args import ModelArgs, TrainArgs
 from .engine import LossOutput, TrainTask, make_accelerator, run_training
 from .micro_batch import plan_micro_batches
@@ -194,7 +195,7 @@ def build_model(cfg: RMConfig):
         raise ConfigError("peft", "prefix tuning cannot run the transformer body on its own; use lora, dora or ia3")
     lm = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.gradient_checkpointing and cfg.peft == "none":
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(lm)
     # No bias: the head is then the `score` layer of a sequence classifier (saved in that format).
     model = ScalarHeadModel.from_causal_lm(lm, seed=cfg.seed, bias=False)
     model.head.requires_grad_(True)
