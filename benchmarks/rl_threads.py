@@ -4,10 +4,13 @@
 
 Times the two halves of a GRPO step on SmolLM2-135M (float32), with each thread count in
 turn (torch.set_num_threads), interleaved so that load changes hit every setting alike:
-- decode: 20 sampled tokens for 16 rows (4 prompts x 4 samples, KV cache), i.e. `generate`'s
+- decode: `--new-tokens` (20) sampled tokens for 16 rows (4 prompts x 4 samples, KV cache), i.e. `generate`'s
   inner loop: many small matmuls, where OpenMP barriers between threads cost the most when the
   cores are shared;
-- update: forward + backward of 8 sequences of 76 tokens (one micro-batch).
+- update: forward + backward of one GRPO micro-batch, 8 samples (2 prompts of 56 tokens x 4
+  samples of 20 tokens), response log-probs through the fused head, in the plain padded layout
+  (`update`) and with each prompt computed once (`shared`: `rl.rollouts.tree_layout`,
+  padding-free).
 Prints medians and the load average before and after.
 """
 from __future__ import annotations
@@ -29,36 +32,45 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--new-tokens", type=int, default=20)
     args = p.parse_args(argv)
 
     import torch
 
     from benchmarks.defaults import model_directory
     from posttrain.models import load_model
+    from posttrain.rl.grpo import policy_logprobs
+    from posttrain.rl.rollouts import Sample, collate, tree_layout
 
     model = load_model(model_directory(args.model), dtype="float32")
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 1000, (16, 56), generator=generator)
-    train_ids = torch.randint(0, 1000, (8, 76), generator=generator)
+    prompts = [torch.randint(0, 1000, (56,), generator=generator).tolist() for _ in range(2)]
+    samples = [Sample(i // 4, i % 4, prompts[i // 4], torch.randint(0, 1000, (20,), generator=generator).tolist(),
+                      "", "length") for i in range(8)]
+    plain = collate(samples, 0)
+    shared = {**plain, **tree_layout(samples, 0, padding_free=True)}
 
     def decode() -> None:
         with torch.no_grad():
             out = model(input_ids=prompt, use_cache=True)
             cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            for _ in range(20):
+            for _ in range(args.new_tokens):
                 out = model(input_ids=token, past_key_values=cache, use_cache=True)
                 cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
 
-    def update() -> None:
+    def update(batch) -> None:
         model.zero_grad(set_to_none=True)
-        model(input_ids=train_ids, labels=train_ids).loss.backward()
+        out = policy_logprobs(model, batch, 1.0, entropy=True)
+        (out.logprobs.sum() + out.entropy.sum()).backward()
 
-    times = {(n, name): [] for n in args.threads for name in ("decode", "update")}
+    steps = (("decode", decode), ("update", lambda: update(plain)), ("shared", lambda: update(shared)))
+    times = {(n, name): [] for n in args.threads for name, _ in steps}
     load_before = os.getloadavg()[0]
     for rep in range(args.reps + 1):
         for n in args.threads:
             torch.set_num_threads(n)
-            for name, fn in (("decode", decode), ("update", update)):
+            for name, fn in steps:
                 started = time.perf_counter()
                 fn()
                 if rep:  # the first round is a warm-up
