@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..config import help_field, parse_config
+from ..config import AT_LEAST_0, help_field, parse_config
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
 from ..rollout.threads import choose_cpu_threads
@@ -109,7 +109,8 @@ class GRPOConfig(RLArgs):
     bc_data: str | None = help_field(None, "expert prompt/completion JSONL for the behaviour-cloning term")
     bc_batch_size: int = help_field(8, "expert rows per optimizer step for the behaviour-cloning term")
     threads: int = help_field(0, "CPU threads for torch (0: one per core that other jobs leave free, from the "
-                                 "load average at start; OMP_NUM_THREADS, when set, is kept)")
+                                 "load average at start; OMP_NUM_THREADS, when set, is kept)",
+                                 range=AT_LEAST_0)
     rollout_layout: str = help_field("auto", "training-forward layout of a micro-batch: padded (each sample "
                                      "its own row, the plain path), shared_prompt (each prompt once for all "
                                      "its samples), shared_prompt_padding_free (and no padding), auto (the "
