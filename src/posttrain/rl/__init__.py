@@ -11,4 +11,6 @@
 - `ppo.py`        `posttrain ppo` (value model, KL-penalised reward, GAE, clipped losses)
 - `best_of_n.py`  `posttrain best-of-n` (rejection sampling -> SFT data, preference pairs,
                   iterated with SFT or DPO)
+- `configs.py`    the config dataclasses of these commands (and `RLArgs`), without torch
+- `commands.py`   their `main(argv)`s: parse with `configs.py`, then import the recipe
 """

@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import help_field, parse_config
-from ..data.options import DataArgs
 from ..distributed.plugins import plan_distributed
 from ..errors import ConfigError
 from ..jsonl import read_jsonl, write_json, write_jsonl
@@ -47,53 +45,8 @@ from ..records import prompt_text
 from ..rollout.progress import progress_logger
 from ..rollout.rewards import call_reward, load_reward_function
 from ..train.args import ModelArgs
+from .configs import BestOfNConfig
 from .rollouts import conversation
-
-
-@dataclass
-class BestOfNConfig(ModelArgs, DataArgs):
-    prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields reach the reward)")
-    task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
-    reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT] (see posttrain grpo --help)")
-    reward_weights: dict[str, float] | None = help_field(None, "more rewards with their weights, added to --reward: "
-                                                         "SPEC=WEIGHT pairs (YAML: a {spec: weight} mapping)")
-    limit: int = help_field(0, "use only the first N prompts (0: all)")
-    output_dir: str = help_field("runs/best-of-n", "run directory: round-K/ data (and models), summary.json")
-    num_samples: int = help_field(8, "samples per prompt (the n of best-of-n)", aliases=["n", "samples"])
-    max_new_tokens: int = help_field(256, "longest response in tokens", aliases=["max_tokens"])
-    temperature: float = help_field(0.8, "sampling temperature")
-    top_p: float = help_field(1.0, "nucleus sampling threshold")
-    top_k: int = help_field(0, "sample from the k most likely tokens (0: off)")
-    stop: list[str] = help_field([], "stop strings")
-    generation_batch_size: int = help_field(32, "prompts per generate() call")
-    seed: int = help_field(0, "sampling and training seed")
-    select: str = help_field("best", "which samples become SFT data", choices=["best", "threshold", "condition"])
-    threshold: float | None = help_field(None, "threshold: keep samples scoring >= this; best: keep the best only if it does")
-    condition: str = help_field("", "condition: module:function(prompt, response, score, **extra) -> bool")
-    dedup: bool = help_field(True, "keep one copy of identical responses to the same prompt")
-    keep_truncated: bool = help_field(False, "let responses cut at max_new_tokens be kept (and chosen in pairs)")
-    pair_min_margin: float = help_field(0.0, "write a best-vs-worst pair only when best - worst exceeds this")
-    iterations: int = help_field(1, "rounds of sample -> select -> train (Llama-2-style rejection sampling)")
-    train: str = help_field("auto", "what each round trains: sft on kept samples, dpo on pairs, none; auto: sft when iterations > 1",
-                            choices=["auto", "sft", "dpo", "none"])
-    accumulate: bool = help_field(False, "train each round on the data of all rounds so far (not only its own)")
-    train_learning_rate: float = help_field(1e-5, "learning rate of each round's training")
-    train_epochs: float = help_field(1.0, "epochs of each round's training")
-    train_batch_size: int = help_field(8, "examples per optimizer step of each round's training, all processes "
-                                          "together (split evenly over them)")
-    train_max_steps: int = help_field(0, "optimizer steps per round (0: from train_epochs)")
-    dpo_beta: float = help_field(0.1, "DPO beta for --train dpo")
-    eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before and after each round")
-    eval_limit: int = help_field(200, "evaluate on at most this many eval prompts (0: all)")
-    eval_max_new_tokens: int = help_field(0, "response length for evaluation (0: max_new_tokens)")
-    resume: bool = help_field(False, "reuse finished rounds found in output_dir")
-    distributed: str = help_field("auto", "how processes share each round's training (sampling is split by prompt "
-                                  "in every mode): auto (what the launcher set up), ddp, fsdp, zero2, zero3; "
-                                  "see docs/distributed.md", choices=["auto", "ddp", "fsdp", "zero2", "zero3"])
-    cpu_offload: bool = help_field(False, "training with fsdp/zero3: keep parameters and optimizer state in CPU memory "
-                                   "(zero2: optimizer state)")
-    progress: bool = help_field(True, "show progress: a line per generation batch while sampling (stderr), bars while training")
-
 
 # --------------------------------------------------------------------------- selection
 
@@ -383,10 +336,3 @@ def check_best_of_n(cfg: BestOfNConfig) -> None:
         raise ConfigError("condition", "select 'condition' needs --condition module:function")
     if cfg.max_length <= cfg.max_new_tokens:
         raise ConfigError("max_length", f"must be larger than max_new_tokens ({cfg.max_new_tokens})")
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_config(BestOfNConfig, argv, prog="posttrain best-of-n",
-                       description="rejection sampling: best of n samples -> SFT data and preference pairs")
-    run_best_of_n(cfg)
-    return 0

@@ -33,26 +33,23 @@ sequence-sum loss (REINFORCE treats a whole response as one action).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
 
-from ..config import AT_LEAST_0, help_field, parse_config
 from ..errors import ConfigError
-from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, REDUCTIONS, aggregate_parts, kl_k1, ppo_clip_losses
+from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, aggregate_parts, kl_k1, ppo_clip_losses
 from ..rollout.threads import choose_cpu_threads
 from ..train.engine import global_sum, reduce_sums
 from ..train.layout_cost import cost_model
 from ..train.reference import Reference, reference_for_policy
 from . import combined
+from .configs import GRPOConfig, RLArgs, RLOOConfig  # noqa: F401  (RLOOConfig re-exported)
 from .loop import (
     OnlineRun,
-    RLArgs,
     check_common,
     disable_dropout,
     gather_rollouts,
-    merge_repeated_flags,
     run_online,
     timer,
     update_passes,
@@ -68,7 +65,6 @@ from .online import (
     sample_metrics,
 )
 from .rollouts import (
-    ROLLOUT_LAYOUTS,
     Sample,
     choose_tree_layout,
     chunks,
@@ -78,54 +74,6 @@ from .rollouts import (
     tree_layout,
     tree_logprobs,
 )
-
-
-@dataclass
-class GRPOConfig(RLArgs):
-    output_dir: str = help_field("runs/grpo", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
-    num_samples: int = help_field(8, "samples per prompt (the group size G)", aliases=["n", "samples"])
-    advantage: str = help_field("grpo", "group baseline: grpo (mean/std), dr_grpo (mean only), rloo (leave-one-out)",
-                                choices=list(GROUP_ADVANTAGES))
-    loss_aggregation: str = help_field("token_mean", "how per-token losses become one number: token_mean (DAPO), "
-                                       "sequence_mean (GRPO paper), sequence_sum (REINFORCE), "
-                                       "sum_over_constant (Dr. GRPO, divides by max_new_tokens)", choices=list(REDUCTIONS))
-    kl_coef: float = help_field(0.04, "KL coefficient beta to the reference model (0: no reference model is loaded)",
-                                aliases=["beta"])
-    kl_estimator: str = help_field("k3", "per-token KL estimator of the loss term", choices=list(KL_ESTIMATORS))
-    kl_in_reward: bool = help_field(False, "subtract kl_coef * sequence KL (sum of k1) from each reward instead of a KL loss term")
-    epsilon: float = help_field(0.2, "clip range below 1 (eps_low)", aliases=["cliprange"])
-    epsilon_high: float | None = help_field(None, "clip range above 1 (eps_high; DAPO's clip-higher uses 0.28); "
-                                            "default: epsilon", aliases=["cliprange_high"])
-    ppo_epochs: int = help_field(1, "passes over each rollout batch (GRPO's mu; > 1 reuses it with the old "
-                                    "log-probs)", aliases=["mu"])
-    num_minibatches: int = help_field(1, "optimizer steps per pass over a rollout batch")
-    entropy_coef: float = help_field(0.0, "entropy bonus coefficient (subtracted from the loss)")
-    missing_eos_penalty: float = help_field(0.0, "subtract this from the reward of responses cut at max_new_tokens")
-    # The combined objective (rl/combined.py): policy_coef * GRPO + dpo_coef * DPO + bc_coef * NLL.
-    policy_coef: float = help_field(1.0, "weight of the GRPO policy loss in the combined objective")
-    dpo_coef: float = help_field(0.0, "weight of a DPO loss on best-vs-worst pairs of each rollout group (0: off)")
-    dpo_beta: float = help_field(0.1, "DPO beta of that term (its reference: pi_ref if kl_coef > 0, else pi_old)")
-    bc_coef: float = help_field(0.0, "weight of a behaviour-cloning NLL on expert data (needs bc_data; 0: off)")
-    bc_data: str | None = help_field(None, "expert prompt/completion JSONL for the behaviour-cloning term")
-    bc_batch_size: int = help_field(8, "expert rows per optimizer step for the behaviour-cloning term")
-    threads: int = help_field(0, "CPU threads for torch (0: one per core that other jobs leave free, from the "
-                                 "load average at start; OMP_NUM_THREADS, when set, is kept)",
-                                 range=AT_LEAST_0)
-    rollout_layout: str = help_field("auto", "training-forward layout of a micro-batch: padded (each sample "
-                                     "its own row, the plain path), shared_prompt (each prompt once for all "
-                                     "its samples), shared_prompt_padding_free (and no padding), auto (the "
-                                     "cheapest per micro-batch)", choices=list(ROLLOUT_LAYOUTS))
-
-
-@dataclass
-class RLOOConfig(GRPOConfig):
-    output_dir: str = help_field("runs/rloo", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
-    num_samples: int = help_field(4, "samples per prompt (k)", aliases=["n", "samples"])
-    advantage: str = help_field("rloo", "group baseline: rloo (leave-one-out), grpo, dr_grpo", choices=list(GROUP_ADVANTAGES))
-    loss_aggregation: str = help_field("sequence_sum", "per-token loss reduction (sequence_sum: REINFORCE on whole responses)",
-                                       choices=list(REDUCTIONS))
-    kl_coef: float = help_field(0.05, "KL coefficient beta (0: no reference model is loaded)", aliases=["beta"])
-    kl_in_reward: bool = help_field(True, "subtract kl_coef * sequence KL from each reward (RLOO paper) instead of a KL loss term")
 
 
 def check_grpo(cfg: GRPOConfig) -> None:
@@ -394,17 +342,3 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
 
     summary = run_online(run, cfg, step_fn, evaluate, lambda: {}, tokenizer)
     return RLResult(**summary)
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_config(GRPOConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain grpo",
-                       description="GRPO: group-relative policy optimisation with verifiable or learned rewards")
-    train_grpo(cfg)
-    return 0
-
-
-def rloo_main(argv: list[str]) -> int:
-    cfg = parse_config(RLOOConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain rloo",
-                       description="RLOO: REINFORCE with a leave-one-out baseline")
-    train_grpo(cfg, name="rloo")
-    return 0

@@ -7,7 +7,8 @@ recipe files own the middle (advantages and losses); the training core
 health-checked optimizer steps, checkpoints, SIGINT, metrics and progress, as it does for
 the offline recipes; this module owns the online loop around it:
 
-- `RLArgs`: the options every online recipe has (prompts, rewards, sampling, optimisation).
+- `RLArgs`: the options every online recipe has (prompts, rewards, sampling, optimisation);
+  defined in `configs.py` (a module without torch, for a fast `--help`), re-exported here.
 - `step_prompt_indices`: this step's prompts, a function of (seed, step) only, so a resumed
   run samples exactly what an uninterrupted one would have.
 - `OnlineRun`: the core for an online run (the policy inside a bigger module, rollouts.jsonl,
@@ -37,7 +38,6 @@ from typing import Any, Sequence
 import torch
 from accelerate.utils import gather_object
 
-from ..config import help_field
 from ..data.options import read_kwargs
 from ..data.prompts import load_prompts
 from ..distributed.plugins import launcher_mode
@@ -47,46 +47,10 @@ from ..jsonl import append_jsonl
 from ..models.saving import save_model_files
 from ..rollout.generation import SamplingParams
 from ..rollout.rewards import TASKS, task_file
-from ..train.args import ModelArgs, RunArgs
 from ..train.engine import TrainingCore, epoch_order
 from ..train.setup import say
+from .configs import RLArgs, merge_repeated_flags  # noqa: F401  (merge_repeated_flags re-exported)
 from .rollouts import chunks, render_prompt_ids, split_even
-
-
-@dataclass
-class RLArgs(ModelArgs, RunArgs):
-    # ----- prompts and rewards
-    prompts: str = help_field("", "prompts file (prompt / messages / question rows; other fields such as 'answer' reach the reward)")
-    task: str = help_field("", "a shipped verifiable task (arithmetic, sorting, code): sets prompts, eval_prompts and reward unless given")
-    reward: list[str] = help_field([], "reward functions, each SPEC[:WEIGHT]: a built-in (math, sort, exact, regex, "
-                                       "json_schema, code, answer_format), module:function, file.py:function, "
-                                       "or rm:DIR (a reward model)")
-    reward_weights: dict[str, float] | None = help_field(None, "more rewards with their weights, added to --reward: "
-                                                         "SPEC=WEIGHT pairs (YAML: a {spec: weight} mapping)")
-    limit: int = help_field(0, "use only the first N prompts (0: all)")
-    eval_prompts: str = help_field("", "held-out prompts: greedy mean reward before training, every eval_every steps, "
-                                   "and at the end ('none': no evaluation, also with --task)")
-    eval_limit: int = help_field(200, "evaluate on at most this many eval prompts (0: all)")
-    eval_every: int = help_field(0, "evaluate every N steps (0: only before and after training)")
-    eval_max_new_tokens: int = help_field(0, "response length for evaluation (0: max_new_tokens)")
-    # ----- sampling
-    prompts_per_step: int = help_field(8, "prompts sampled per step (per process)")
-    max_new_tokens: int = help_field(128, "longest response in tokens", aliases=["max_tokens"])
-    temperature: float = help_field(1.0, "sampling temperature; log-probs for the loss use the same temperature")
-    top_p: float = help_field(1.0, "nucleus sampling threshold")
-    top_k: int = help_field(0, "sample from the k most likely tokens (0: off)")
-    stop: list[str] = help_field([], "stop strings (the response is cut after them)")
-    generation_batch_size: int = help_field(32, "prompts per generate() call")
-    micro_batch_size: int = help_field(8, "sequences per forward/backward pass (gradient accumulation below that)")
-    save_rollouts: bool = help_field(True, "append every sampled response with its reward to rollouts.jsonl")
-    disable_dropout: bool = help_field(True, "turn dropout off (incl. LoRA dropout), so the training forward scores tokens as sampling did")
-    # ----- optimisation, checkpoints, logging, --distributed: `RunArgs`, as in every training
-    # command; only the defaults that differ for online RL are set again here.
-    output_dir: str = help_field("runs/rl", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
-    learning_rate: float = help_field(1e-6, "peak learning rate (RL wants small ones; LoRA ~1e-5)")
-    lr_scheduler: str = help_field("constant", "learning-rate schedule after warmup", choices=["cosine", "linear", "constant"])
-    max_steps: int = help_field(100, "rollout steps to run (each: sample, score, update)")
-
 
 # --------------------------------------------------------------------------- set-up
 
@@ -398,24 +362,3 @@ def gather_rollouts(accelerator, rows: list[dict[str, Any]]) -> list[dict[str, A
 
 def timer() -> float:
     return time.perf_counter()
-
-
-
-
-def merge_repeated_flags(argv: list[str], flag: str) -> list[str]:
-    """`--reward a --reward b:0.1` -> `--reward a b:0.1` (argparse keeps only the last list flag)."""
-    values, rest, i = [], [], 0
-    argv = list(argv)
-    while i < len(argv):
-        if argv[i] == flag:
-            i += 1
-            while i < len(argv) and not argv[i].startswith("--"):
-                values.append(argv[i])
-                i += 1
-        elif argv[i].startswith(flag + "="):
-            values.append(argv[i].split("=", 1)[1])
-            i += 1
-        else:
-            rest.append(argv[i])
-            i += 1
-    return rest + ([flag, *values] if values else [])

@@ -28,19 +28,16 @@ linear head on the policy's own last hidden states (one forward pass for both).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from ..config import AT_LEAST_0, AT_LEAST_1, help_field, parse_config
 from ..errors import ConfigError
 from ..losses import (
     KL_CONTROLLERS,
     KL_ESTIMATORS,
-    REDUCTIONS,
     aggregate_parts,
     approx_kl,
     clipped_value_losses,
@@ -55,13 +52,12 @@ from ..models.peft import apply_peft, merge_adapter
 from ..train.engine import global_sum, reduce_sums
 from ..train.reference import Reference, reference_for_policy
 from . import combined
+from .configs import PPOConfig
 from .loop import (
     OnlineRun,
-    RLArgs,
     check_common,
     disable_dropout,
     gather_rollouts,
-    merge_repeated_flags,
     run_online,
     timer,
     update_passes,
@@ -76,46 +72,6 @@ from .online import (
     sample_metrics,
 )
 from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
-
-
-@dataclass
-class PPOConfig(RLArgs):
-    output_dir: str = help_field("runs/ppo", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/, value_model/")
-    num_samples: int = help_field(1, "samples per prompt", aliases=["n", "samples"])
-    value_model: str = help_field("separate", "value model: a separate copy with a scalar head, or a head on the policy's backbone",
-                                  choices=["separate", "shared"])
-    value_model_path: str = help_field("", "initialise the separate value model from this model or reward-model directory (default: the policy)")
-    value_learning_rate: float = help_field(0.0, "learning rate of the value model (0: learning_rate)")
-    vf_coef: float = help_field(0.1, "weight of the value loss")
-    epsilon: float = help_field(0.2, "policy ratio clip range below 1 (eps_low)", aliases=["cliprange"])
-    epsilon_high: float | None = help_field(None, "clip range above 1 (eps_high, clip-higher); default: epsilon",
-                                            aliases=["cliprange_high"])
-    cliprange_value: float = help_field(0.2, "value clip around the rollout values (0: no clipping)")
-    gamma: float = help_field(1.0, "discount")
-    lam: float = help_field(0.95, "GAE lambda")
-    kl_coef: float = help_field(0.05, "KL penalty coefficient beta (the start value for the adaptive controller)",
-                                aliases=["beta"])
-    kl_estimator: str = help_field("k1", "per-token KL in the reward: k1 = log π - log π_ref (unbiased), k3 (>= 0, lower variance)",
-                                   choices=list(KL_ESTIMATORS))
-    kl_controller: str = help_field("fixed", "fixed beta, or adaptive toward kl_target", choices=list(KL_CONTROLLERS))
-    kl_target: float = help_field(6.0, "adaptive controller: target KL per sequence (nats)")
-    kl_horizon: int = help_field(10000, "adaptive controller: horizon in samples")
-    whiten_advantages: bool = help_field(True, "normalise advantages to mean 0, variance 1 over the batch")
-    whiten_rewards: bool = help_field(False, "scale per-token rewards to unit variance before GAE")
-    ppo_epochs: int = help_field(4, "passes over each rollout batch", aliases=["mu"])
-    num_minibatches: int = help_field(1, "optimizer steps per pass")
-    loss_aggregation: str = help_field("token_mean", "how per-token losses become one number", choices=list(REDUCTIONS))
-    entropy_coef: float = help_field(0.0, "entropy bonus coefficient")
-    missing_eos_penalty: float = help_field(0.0, "subtract this from the score of responses cut at max_new_tokens")
-    value_warmup_steps: int = help_field(0, "rollout steps at the start that train only the value model "
-                                            "(the policy loss is off while the critic learns a baseline)")
-    # InstructGPT's PPO-ptx: + ptx_coef * (token-mean NLL of ptx_batch_size rows of ptx_data) in every optimizer step.
-    ptx_coef: float = help_field(0.0, "PPO-ptx: weight of an NLL term on ptx_data in every PPO optimizer step (0: off)",
-                                range=AT_LEAST_0)
-    ptx_data: str | None = help_field(None, "PPO-ptx data: prompt/completion rows (SFT data: NLL on the completion) "
-                                            "or text rows (pre-training data: NLL on every token)")
-    ptx_batch_size: int = help_field(8, "PPO-ptx rows per optimizer step", range=AT_LEAST_1)
-
 
 # --------------------------------------------------------------------------- actor + critic
 
@@ -466,10 +422,3 @@ def save_value_model(run: OnlineRun, cfg: PPOConfig) -> None:
         head = run.sub_state("value_head") or module.value_head.state_dict()
         torch.save({k: v.detach().cpu() for k, v in head.items()}, Path(cfg.output_dir) / "value_head.pt")
     run.final_state = None  # release the gathered copy
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_config(PPOConfig, merge_repeated_flags(argv, "--reward"), prog="posttrain ppo",
-                       description="PPO with a value model, KL-penalised rewards and GAE")
-    train_ppo(cfg)
-    return 0

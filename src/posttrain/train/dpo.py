@@ -23,53 +23,20 @@ engine; the same with an eval/ prefix on the held-out split.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..config import help_field, parse_config
 from ..data import get_template
 from ..data.readers import check_sources
 from ..errors import ConfigError
-from ..losses import PREFERENCE_LOSSES, PairLogps, mixed_preference_loss, needs_reference, preference_loss
-from .args import ModelArgs, TrainArgs
+from ..losses import PairLogps, mixed_preference_loss, needs_reference, preference_loss
+from .configs import DPOConfig
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
 from .memory import trim
 from .micro_batch import plan_micro_batches
-from .preference_batch import LAYOUT_CHOICES, BatchLayout, check_layout, resolve_layout, sequence_logps
-from .preference_data import INVALID_POLICIES, data_paths, load_data, load_pairs, write_report
-from .reference import STRATEGIES, build_reference, describe, model_identity, resolve_strategy, summary_line
+from .preference_batch import BatchLayout, check_layout, resolve_layout, sequence_logps
+from .preference_data import data_paths, load_data, load_pairs, write_report
+from .reference import build_reference, describe, model_identity, resolve_strategy, summary_line
 from .setup import load_trainable_model, prepare_run_dir, say
-
-
-@dataclass
-class DPOConfig(ModelArgs, TrainArgs):
-    output_dir: str = help_field("runs/dpo", "run directory: config, metrics.jsonl, checkpoints/, final/")
-    learning_rate: float = help_field(1e-6, "peak learning rate (LoRA usually wants 5e-6 to 5e-5)")
-    data: list[str] = help_field([], "preference data (prompt, chosen, rejected): one or more files, dataset "
-                                     "directories or hub ids (concatenated)")
-    eval_data: str | None = help_field(None, "validation pairs (default: eval_fraction of the training data)")
-    limit: int = help_field(0, "use only the first N rows of each file (0: all)")
-    loss: list[str] = help_field(["sigmoid"], "loss, or several to mix (see docs/dpo.md)", choices=list(PREFERENCE_LOSSES))
-    loss_weights: list[float] = help_field([], "one weight per --loss when mixing (default: 1 each)")
-    beta: float | None = help_field(None, "temperature of the implicit reward (default: 0.1; 2.0 for simpo)")
-    label_smoothing: float = help_field(0.1, "cdpo/robust: assumed rate of flipped labels")
-    simpo_gamma: float = help_field(1.0, "simpo: target reward margin")
-    orpo_lambda: float = help_field(0.1, "orpo: weight of the odds-ratio term")
-    rpo_alpha: float = help_field(1.0, "rpo: weight of the NLL term on chosen")
-    reference: str = help_field("auto", "reference log-probs: auto, copy, adapter, cached (see docs/dpo.md)",
-                                choices=list(STRATEGIES))
-    ref_model: str | None = help_field(None, "reference model (default: the starting model)")
-    layout: str = help_field("auto", "batch layout: auto (the cheapest the attention kernel allows, estimated from "
-                             "the data and logged), padded (the plain path: one row per sequence), padding_free, "
-                             "shared_prompt (the prompt once for chosen and rejected), shared_prompt_padding_free; "
-                             "all give the same loss (see docs/dpo.md)", choices=LAYOUT_CHOICES)
-    prefix_sharing: bool = help_field(False, "older flag: --layout shared_prompt (with --padding-free: "
-                                             "shared_prompt_padding_free)")
-    padding_free: bool = help_field(False, "older flag: --layout padding_free")
-    invalid_rows: str = help_field("error", "rows that cannot be trained on (chosen == rejected, empty "
-                                   "response, ...): stop, or drop and count them", choices=list(INVALID_POLICIES))
-
 
 # --------------------------------------------------------------------------- the loss
 
@@ -199,9 +166,3 @@ def train_dpo(cfg: DPOConfig):
           + (f"; eval margin {evals['eval/rewards/margins']:.4f}, eval accuracy {evals['eval/rewards/accuracies']:.3f}"
              if "eval/rewards/margins" in evals else "") + f"; model in {result.final_dir}")
     return result
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_config(DPOConfig, argv, prog="posttrain dpo", description=__doc__.splitlines()[0])
-    train_dpo(cfg)
-    return 0

@@ -28,41 +28,20 @@ difference), logps/chosen, logps/rejected, logits/chosen, logits/rejected
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..config import help_field, parse_config
 from ..data import get_template
 from ..data.formats import check_both_labels
 from ..data.readers import check_sources
 from ..errors import ConfigError
-from .args import ModelArgs, TrainArgs
+from .configs import KTOConfig
 from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
 from .preference_batch import BatchLayout, check_layout
-from .preference_data import INVALID_POLICIES, data_paths, load_data, load_unpaired, write_report
-from .reference import STRATEGIES, build_reference, describe, eval_mode, model_identity, resolve_strategy, summary_line
+from .preference_data import data_paths, load_data, load_unpaired, write_report
+from .reference import build_reference, describe, eval_mode, model_identity, resolve_strategy, summary_line
 from .setup import load_trainable_model, prepare_run_dir, say
-
-
-@dataclass
-class KTOConfig(ModelArgs, TrainArgs):
-    output_dir: str = help_field("runs/kto", "run directory: config, metrics.jsonl, checkpoints/, final/")
-    learning_rate: float = help_field(1e-6, "peak learning rate (LoRA usually wants 5e-6 to 5e-5)")
-    data: list[str] = help_field([], "unpaired rows (prompt, completion, label) or preference pairs: one or more "
-                                     "files, dataset directories or hub ids (concatenated)")
-    eval_data: str | None = help_field(None, "validation data (default: eval_fraction of the training data)")
-    limit: int = help_field(0, "use only the first N rows of each file (0: all)")
-    beta: float = help_field(0.1, "temperature of the implicit reward")
-    desirable_weight: float = help_field(1.0, "lambda_D, weight of desirable examples")
-    undesirable_weight: float = help_field(1.0, "lambda_U, weight of undesirable examples")
-    reference: str = help_field("auto", "reference log-probs: auto, copy, adapter, cached (see docs/kto.md)",
-                                choices=list(STRATEGIES))
-    ref_model: str | None = help_field(None, "reference model (default: the starting model)")
-    padding_free: bool = help_field(False, "all sequences of a micro-batch in one row, no padding")
-    invalid_rows: str = help_field("error", "rows that cannot be trained on: stop, or drop and count them",
-                                   choices=list(INVALID_POLICIES))
 
 
 def mismatched_sum(model, reference, examples: list, layout, device) -> torch.Tensor:
@@ -211,9 +190,3 @@ def train_kto(cfg: KTOConfig):
           + (f"; eval margin {evals['eval/rewards/margins']:.4f}" if "eval/rewards/margins" in evals else "")
           + f"; model in {result.final_dir}")
     return result
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_config(KTOConfig, argv, prog="posttrain kto", description=__doc__.splitlines()[0])
-    train_kto(cfg)
-    return 0

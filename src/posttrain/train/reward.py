@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import help_field, parse_config
 from ..data import LengthStats, get_template, iter_records
 from ..data.options import read_kwargs
 from ..data.readers import check_sources
@@ -41,11 +39,10 @@ from ..errors import ConfigError, InputError
 from ..jsonl import write_json
 from ..losses.reward import RANKING_LOSSES, bradley_terry_loss, ranking_accuracy_parts, ranking_pairs
 from ..models.peft import enable_activation_checkpointing
-from .args import ModelArgs, TrainArgs
+from .configs import RMConfig
 from .engine import LossOutput, TrainTask, make_accelerator, run_training
 from .micro_batch import plan_micro_batches
 from .reward_batch import (
-    LAYOUTS,
     RewardGroup,
     collate_groups,
     forward_rewards,
@@ -56,25 +53,6 @@ from .reward_batch import (
 from .setup import is_main_process, load_trainable_model, prepare_run_dir, say
 
 SETTINGS_FILE = "reward_model.json"  # how the model tokenises: read back by RewardScorer
-
-
-@dataclass
-class RMConfig(ModelArgs, TrainArgs):
-    output_dir: str = help_field("runs/rm", "run directory: config, metrics.jsonl, rm_summary.json, final/")
-    learning_rate: float = help_field(1e-5, "peak learning rate (LoRA usually wants 1e-4 to 3e-4)")
-    batch_size: int = help_field(8, "prompt groups (a pair or a ranking each) per micro-batch per process")
-    eval_fraction: float = help_field(0.1, "hold out this fraction of the prompt groups when no eval_data is given")
-    early_stopping_mode: str = help_field("min", "whether lower or higher is better (use max for eval/accuracy)",
-                                          choices=["min", "max"])
-    data: list[str] = help_field([], "training data: preference pairs and/or rankings (files, dataset dirs, hub ids)")
-    eval_data: str | None = help_field(None, "held-out data (default: eval_fraction of the training data)")
-    loss: str = help_field("pairwise", "ranking loss: pairwise = mean Bradley-Terry over each prompt's pairs "
-                                       "(InstructGPT); plackett_luce = listwise likelihood", choices=list(RANKING_LOSSES))
-    use_margin: bool = help_field(False, "subtract each pair's `margin` field inside the Bradley-Terry loss (Llama 2)")
-    layout: str = help_field("auto", "batch layout: shared_prompt (prompt once per group, block mask), padded, "
-                                     "or auto (shared_prompt when the attention kernel allows)", choices=list(LAYOUTS))
-    eval_at_start: bool = help_field(True, "also measure the held-out metrics before training (in rm_summary.json)")
-    limit: int = help_field(0, "use only the first N rows of each dataset (0: all)")
 
 
 # --------------------------------------------------------------------------- data
@@ -282,9 +260,3 @@ def train_reward_model(cfg: RMConfig):
         say("no held-out split (eval_fraction 0 and no eval_data): no held-out accuracy")
     say(f"done: {result.steps} steps in {result.seconds:.0f}s; reward model in {result.final_dir}")
     return result
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_config(RMConfig, argv, prog="posttrain rm", description=__doc__.splitlines()[0])
-    train_reward_model(cfg)
-    return 0
