@@ -30,7 +30,7 @@ from ..data.readers import read_rows
 from ..data.tokenize import encode
 from ..errors import ConfigError, InputError
 from ..losses.combined import dpo_sequence_coefficients, group_best_worst_pairs
-from .rollouts import Sample, chunks, collate
+from .rollouts import Sample, chunks, collate, scoring_batches
 
 
 def check_combined(cfg: Any) -> None:
@@ -108,17 +108,11 @@ def sequence_logps(run, samples: Sequence[Sample], pad_id: int, micro_batch_size
 
     if field is not None:
         return torch.tensor([float(s.tokens[field].double().sum()) for s in samples], dtype=torch.float64)
-    model = run.model
-    was_training = model.training
-    model.eval()
     out = []
-    with torch.no_grad():
-        for micro in chunks(list(samples), micro_batch_size):
-            batch = {k: v.to(run.device) for k, v in collate(micro, pad_id).items()}
-            with run.accelerator.autocast():
-                logps = batch_logprobs(model, batch, temperature).logprobs
-            out.append(torch.where(batch["response_mask"], logps, 0.0).double().sum(-1).cpu())
-    model.train(was_training)
+    for _, batch in scoring_batches(run, samples, micro_batch_size, lambda micro: collate(micro, pad_id)):
+        with run.accelerator.autocast():
+            logps = batch_logprobs(run.model, batch, temperature).logprobs
+        out.append(torch.where(batch["response_mask"], logps, 0.0).double().sum(-1).cpu())
     return torch.cat(out)
 
 

@@ -67,9 +67,9 @@ from .online import (
 from .rollouts import (
     Sample,
     choose_tree_layout,
-    chunks,
     collate,
     rollout_records,
+    scoring_batches,
     store_tokens,
     tree_layout,
     tree_logprobs,
@@ -133,20 +133,13 @@ def rollout_logprobs(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: RL
                      need_old: bool) -> None:
     """π_old and π_ref log-probs of every sample (no gradients), stored as sample tokens."""
     temperature = logprob_temperature(cfg)
-    model = run.model
-    was_training = model.training
-    model.eval()
-    collate_micro = rollout_collate(run, cfg, pad_id)
-    with torch.no_grad():
-        for micro in chunks(samples, cfg.micro_batch_size):
-            batch = {k: v.to(run.device) for k, v in collate_micro(micro).items()}
-            if need_old:
-                with run.accelerator.autocast():
-                    store_tokens(micro, "old_logps", policy_logprobs(model, batch, temperature).logprobs,
-                                 batch["response_mask"])
-            if reference is not None:
-                store_tokens(micro, "ref_logps", reference.token_logprobs(batch, temperature), batch["response_mask"])
-    model.train(was_training)
+    for micro, batch in scoring_batches(run, samples, cfg.micro_batch_size, rollout_collate(run, cfg, pad_id)):
+        if need_old:
+            with run.accelerator.autocast():
+                store_tokens(micro, "old_logps", policy_logprobs(run.model, batch, temperature).logprobs,
+                             batch["response_mask"])
+        if reference is not None:
+            store_tokens(micro, "ref_logps", reference.token_logprobs(batch, temperature), batch["response_mask"])
 
 
 def group_advantages(samples: list[Sample], n: int, estimator: str, beta_in_reward: float) -> dict[str, float]:

@@ -71,7 +71,7 @@ from .online import (
     sample_and_score,
     sample_metrics,
 )
-from .rollouts import Sample, chunks, collate, rollout_records, store_tokens
+from .rollouts import Sample, collate, rollout_records, scoring_batches, store_tokens
 
 # --------------------------------------------------------------------------- actor + critic
 
@@ -183,22 +183,18 @@ def check_ppo(cfg: PPOConfig) -> None:
 # --------------------------------------------------------------------------- one step
 
 
-@torch.no_grad()
 def rollout_pass(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig,
                  reference: Reference | None) -> None:
     """π_old, π_ref log-probs and V_old of every sample, stored as sample tokens. Without a
     reference (kl_coef 0: the penalty is 0 whatever it says) π_ref is taken as π_old (KL 0)."""
     temperature = logprob_temperature(cfg)
-    run.model.eval()
-    for micro in chunks(samples, cfg.micro_batch_size):
-        batch = {k: v.to(run.device) for k, v in collate(micro, pad_id).items()}
+    for micro, batch in scoring_batches(run, samples, cfg.micro_batch_size, lambda micro: collate(micro, pad_id)):
         with run.accelerator.autocast():
             logps, _, values = run.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)
         store_tokens(micro, "old_logps", logps, batch["response_mask"])
         store_tokens(micro, "old_values", values, batch["response_mask"])
         ref_logps = reference.token_logprobs(batch, temperature) if reference is not None else logps
         store_tokens(micro, "ref_logps", ref_logps, batch["response_mask"])
-    run.model.train()
 
 
 def compute_advantages(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:

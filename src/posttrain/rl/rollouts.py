@@ -28,7 +28,7 @@ layouts (`train.layout_cost`) per micro-batch and takes the cheapest.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -169,6 +169,26 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
     """Consecutive pieces of at most `size` items."""
     size = max(int(size), 1)
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def scoring_batches(run: Any, samples: Sequence[Sample], micro_batch_size: int,
+                    collate_micro: Callable[[list[Sample]], dict[str, torch.Tensor]]) -> Iterator[tuple[list[Sample], dict]]:
+    """(micro, batch on `run.device`) over `samples`, with the model in eval mode and no gradients.
+
+    The one loop of the no-grad passes that score a rollout batch before its update (pi_old,
+    pi_ref, V_old, DPO sequence sums): eval mode so dropout does not perturb log-probs that the
+    update compares against. The model's train/eval mode is restored when the loop ends, also
+    when the caller leaves it early (the generator's `finally`); gradients stay off for the whole
+    loop, the body included, because `torch.no_grad()` is entered once around all the yields."""
+    model = run.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for micro in chunks(samples, micro_batch_size):
+                yield micro, {k: v.to(run.device) for k, v in collate_micro(micro).items()}
+    finally:
+        model.train(was_training)
 
 
 def split_even(items: Sequence[Any], parts: int) -> list[list[Any]]:
