@@ -114,7 +114,10 @@ def test_a_damaged_cache_file_is_recomputed(tmp_path, preference_file):
     torch.testing.assert_close(again.table, first.table)
 
 
-def test_rerun_of_dpo_reads_the_cache_and_trains_identically(tmp_path, preference_file):
+def test_rerun_of_dpo_reads_the_cache_and_trains_identically(tmp_path, preference_file, monkeypatch):
+    # A cache of its own: another test that trained on the same rows (same key) must not
+    # make the first run here a hit.
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
     data = preference_file(8)
     results = []
     for name in ("a", "b"):
