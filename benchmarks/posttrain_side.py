@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from posttrain.train.micro_batch import plan_micro_batches
+
 from .data import pair_tokens, sft_tokens
 from .measure import StepClock, TokenLog, counting_collator
 
@@ -48,6 +50,7 @@ def run_sft(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     else:
         lengths_of = lambda example: [len(example)]  # noqa: E731
     model = load_trainable_model(cfg, seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing, quiet=True)
+    cfg = plan_micro_batches(cfg, model, train, len).apply(cfg)  # the recipe's default split (auto)
     padding_free, _ = sft.resolve_layout(cfg, model, train)  # --sft-padding-free, or the recipe's auto rule
     dtype = next(model.parameters()).dtype
     collate = sft.collate_fn(tokenizer, cfg.packing, padding_free, cfg.attn_implementation, dtype)
@@ -72,6 +75,7 @@ def run_rm(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepClo
     accelerator = make_accelerator(cfg)
     model = reward.build_model(cfg)
     layout = resolve_layout(cfg.layout, cfg.attn_implementation, model)
+    cfg = plan_micro_batches(cfg, model, groups, lambda group: group.num_tokens(layout)).apply(cfg)
     pad_id = tokenizer.pad_token_id
 
     def lengths_of(group: RewardGroup) -> list[int]:
@@ -106,13 +110,15 @@ def run_dpo(spec: dict[str, Any], rows: list[dict], workdir: Path, clock: StepCl
     train = [PairExample(r["prompt"], r["chosen"], r["rejected"], index=i) for i, r in enumerate(rows)]
     model = load_trainable_model_quiet(cfg)
     dtype = next(model.parameters()).dtype
+    cfg = plan_micro_batches(cfg, model, train, lambda e: 2 * len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids),
+                             device=accelerator.device).apply(cfg)
     padding_free, prefix_sharing, _ = resolve_layout(cfg, model, train)
     layout = BatchLayout(tokenizer.pad_token_id, padding_free=padding_free, prefix_sharing=prefix_sharing,
                          mask_style=mask_style, mask_dtype=dtype)
 
     def score(live, chunk):  # [B, 2] reference log-probs of (chosen, rejected), as train_dpo does
         batch = to_device(layout.pairs(chunk), accelerator.device)
-        return live.logps(model, batch, (0, 1)).view(2, -1).T
+        return live.sequence_logps(batch, (0, 1)).view(2, -1).T
 
     key_parts = {"recipe": "dpo", "reference": model_identity(cfg.model, cfg.seed), "dtype": str(dtype),
                  "mixed_precision": accelerator.mixed_precision, "max_length": cfg.max_length}
