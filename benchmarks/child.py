@@ -28,7 +28,11 @@ def main(argv: list[str]) -> int:
 
     rows, _ = load_rows(Path(spec["data_path"]))
     workdir = Path(spec["workdir"])
-    clock, log = StepClock(), TokenLog()
+    log = TokenLog()
+    # posttrain marks each step's start before collating its micro-batches, so the clock can
+    # count them per step; TRL's data loader may fetch ahead, so its steps stay one batch each
+    # (its benchmark runs use no accumulation).
+    clock = StepClock(log if spec["framework"] == "posttrain" else None)
     if spec["framework"] == "posttrain":
         from .posttrain_side import RUNNERS
     else:

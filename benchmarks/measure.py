@@ -24,14 +24,27 @@ from typing import Any, Callable
 
 
 class StepClock:
-    def __init__(self) -> None:
+    def __init__(self, log: "TokenLog | None" = None) -> None:
         self.marks: list[float] = []
         self.rss_at_start_mb: float | None = None
+        # With a log: how many micro-batches had been collated at each mark, so a step that
+        # accumulates several micro-batches counts all their tokens (posttrain splits each
+        # step by default). Without one, each step is taken to be one collated batch.
+        self.log = log
+        self.batches_at_mark: list[int] = []
 
     def mark(self, *_: Any, **__: Any) -> None:
         if not self.marks:
             self.rss_at_start_mb = current_rss_mb()
         self.marks.append(time.perf_counter())
+        if self.log is not None:
+            self.batches_at_mark.append(len(self.log.lengths))
+
+    def batch_range(self, first_step: int, end_step: int) -> range:
+        """Indices of the collated batches of steps first_step .. end_step - 1."""
+        if self.batches_at_mark:
+            return range(self.batches_at_mark[first_step], self.batches_at_mark[end_step])
+        return range(first_step, end_step)
 
     def step_seconds(self) -> list[float]:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
@@ -79,16 +92,17 @@ def summarise(clock: StepClock, tokens: TokenLog, warmup: int, steps: int, shape
     if len(tokens.per_batch) < warmup + steps:
         raise RuntimeError(f"only {len(tokens.per_batch)} batches counted, need {warmup + steps}")
     seconds = clock.marks[warmup + steps] - clock.marks[warmup]
-    timed_tokens = sum(tokens.per_batch[warmup:warmup + steps])
+    timed = clock.batch_range(warmup, warmup + steps)
+    timed_tokens = sum(tokens.per_batch[i] for i in timed)
     out: dict[str, Any] = {
         "seconds": seconds, "tokens": timed_tokens, "tokens_per_s": timed_tokens / seconds,
-        "step_seconds": [round(s, 4) for s in clock.step_seconds()], "batch_tokens": tokens.per_batch[:warmup + steps],
+        "step_seconds": [round(s, 4) for s in clock.step_seconds()], "batch_tokens": tokens.per_batch[:clock.batch_range(0, warmup + steps).stop],
         "peak_rss_mb": peak_rss_mb(), "rss_at_train_start_mb": clock.rss_at_start_mb,
     }
     if shape is not None:
         from .flops import training_flops
 
-        out["flops"] = sum(training_flops(shape, lengths) for lengths in tokens.lengths[warmup:warmup + steps])
+        out["flops"] = sum(training_flops(shape, lengths) for lengths in tokens.lengths[timed.start:timed.stop])
     try:
         import torch
 
