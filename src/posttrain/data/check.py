@@ -18,15 +18,15 @@ checked one at a time and only their lengths are kept.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..config import help_field, parse_config
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..records import Conversation, PreferencePair, Prompt, Ranked, Record, Text, Unpaired
-from .formats import KINDS, check_both_labels, iter_records
+from .formats import KINDS, check_both_labels, iter_records, skipped_text
 from .options import DataArgs, read_kwargs
 from .templates import TEMPLATE_NAMES, get_template
 from .tokenize import encode, tokenize_conversation, tokenize_prompt_response, tokenize_text, too_long_error
@@ -55,6 +55,7 @@ class CheckResult:
     kinds: Counter
     chars: list[int]
     tokens: list[int] | None
+    skipped: Counter = field(default_factory=Counter)  # rows with no preference (ties), by reason
 
     def over(self, max_length: int) -> int:
         return sum(1 for n in self.tokens or [] if n > max_length)
@@ -112,7 +113,8 @@ def check_data(source: str, kind: str | None = None, split: str | None = None, t
     tokens: list[int] | None = [] if tokenizer is not None else None
     chosen_template = get_template(template, tokenizer) if tokenizer is not None else None
     labels: Counter = Counter()
-    for shape, record in iter_records(source, kind, split, columns, max_line_bytes):
+    skipped: Counter = Counter()  # as the training commands skip them
+    for shape, record in iter_records(source, kind, split, columns, max_line_bytes, skipped):
         shapes[shape] += 1
         if isinstance(record, Unpaired):
             labels[record.label] += 1
@@ -124,9 +126,11 @@ def check_data(source: str, kind: str | None = None, split: str | None = None, t
                 field = "messages" if isinstance(record, Conversation) else "prompt"
                 raise too_long_error(record.source, field, length, max_length)
             tokens.append(length)
+    if skipped and not shapes:
+        raise InputError(source, None, None, f"no row left to check: {skipped_text(skipped)}")
     if labels and sum(labels.values()) == sum(shapes.values()):
         check_both_labels(source, labels[True], labels[False])
-    return CheckResult(sum(shapes.values()), shapes, kinds, chars, tokens)
+    return CheckResult(sum(shapes.values()), shapes, kinds, chars, tokens, skipped)
 
 
 def describe(values: Sequence[int]) -> str:
@@ -139,6 +143,8 @@ def describe(values: Sequence[int]) -> str:
 
 def format_report(source: str, result: CheckResult, cfg: DataCheckConfig, template_name: str | None) -> str:
     lines = [f"{source}: {result.rows} rows, all valid"]
+    if result.skipped:
+        lines.append(f"  {skipped_text(result.skipped)}")
     lines.append("  shapes: " + ", ".join(f"{shape} {n}" for shape, n in result.shapes.most_common()))
     lines.append("  kinds: " + ", ".join(f"{kind} {n}" for kind, n in result.kinds.most_common()))
     lines.append("  characters (prompt + longest response): " + describe(result.chars))

@@ -11,6 +11,12 @@ ranked              prompt, responses, ranking | scores          ranked        R
 unpaired            prompt, completion, label                    unpaired      Unpaired
 ultrafeedback       instruction, completions (openbmb's raw      ranked        Ranked
                     UltraFeedback: response + overall_score)
+shp                 history, human_ref_A, human_ref_B, labels    preference    PreferencePair
+                    (stanfordnlp/SHP, SHP-2)
+arena               conversation_a, conversation_b, winner       preference    PreferencePair
+                    (lmsys/chatbot_arena_conversations)
+pku_saferlhf        prompt, response_0, response_1,              preference    PreferencePair
+                    better_response_id (PKU-Alignment/PKU-SafeRLHF)
 messages            messages                                     sft           Conversation
 sharegpt            conversations (from/value or role/content)   sft           Conversation
 alpaca              instruction, [input], output                 sft           Conversation
@@ -41,13 +47,17 @@ alternate user/assistant; chosen and rejected differ (also after stripping
 whitespace); ranked responses differ and their scores are finite and not all
 equal; a row gives its prompt once (not both `prompt` and `question`).
 
-Every problem is an `InputError`: `FILE:LINE: field 'x': what is wrong`.
+Every problem is an `InputError`: `FILE:LINE: field 'x': what is wrong`. A
+well-formed row whose own label prefers neither response (a chatbot-arena tie)
+raises its subclass `NoPreference`; `iter_records(..., skipped=Counter())` counts
+such rows instead, which is what `dpo`, `rm`, `kto` and `data check` do.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 from ..errors import InputError
@@ -65,6 +75,9 @@ SHAPES: dict[str, tuple[str, str]] = {
     "ranked": ("ranked", "prompt, responses, ranking or scores"),
     "unpaired": ("unpaired", "prompt, completion, label"),
     "ultrafeedback": ("ranked", "instruction, completions (each with response and overall_score)"),
+    "shp": ("preference", "history, human_ref_A, human_ref_B, labels"),
+    "arena": ("preference", "conversation_a, conversation_b, winner"),
+    "pku_saferlhf": ("preference", "prompt, response_0, response_1, better_response_id"),
     "messages": ("sft", "messages"),
     "sharegpt": ("sft", "conversations"),
     "alpaca": ("sft", "instruction, [input], output"),
@@ -76,6 +89,16 @@ SHAPES: dict[str, tuple[str, str]] = {
 }
 KINDS = ("sft", "preference", "ranked", "unpaired", "prompt", "text")
 PROMPT_ONLY_FIELDS = ("prompt", "question", "problem")
+
+
+class NoPreference(InputError):
+    """A well-formed preference row that holds no pair to learn from: its own label prefers neither
+    response (chatbot arena's ties), or it judges whole multi-turn conversations rather than one
+    reply to one prompt. `reason` ("tie", "multi-turn") is what the skip counts are keyed by."""
+
+    def __init__(self, path: str | None, line: int | None, field: str | None, message: str, reason: str):
+        super().__init__(path, line, field, message)
+        self.reason = reason
 
 
 class _Row:
@@ -144,6 +167,9 @@ def _complete_shapes(row: Row) -> list[str]:
         "ranked": has("prompt") and has("responses"),
         "unpaired": has("prompt") and has("completion") and "label" in row,
         "ultrafeedback": has("instruction") and has("completions"),
+        "shp": has("history") and has("human_ref_A") and has("human_ref_B"),
+        "arena": has("conversation_a") and has("conversation_b"),
+        "pku_saferlhf": has("prompt") and has("response_0") and has("response_1"),
         "messages": has("messages"),
         "sharegpt": has("conversations"),
         "alpaca": has("instruction") and "output" in row,
@@ -158,7 +184,9 @@ def _complete_shapes(row: Row) -> list[str]:
 # field missing, and gets a "field 'x': missing" error instead of "unknown shape".
 _TELLTALE = (("chosen", "preference"), ("rejected", "preference"), ("responses", "ranked"), ("ranking", "ranked"),
              ("scores", "ranked"), ("label", "unpaired"), ("messages", "messages"), ("conversations", "sharegpt"),
-             ("completions", "ultrafeedback"), ("instruction", "alpaca"), ("output", "alpaca"),
+             ("completions", "ultrafeedback"), ("human_ref_A", "shp"), ("human_ref_B", "shp"),
+             ("conversation_a", "arena"), ("conversation_b", "arena"), ("response_0", "pku_saferlhf"),
+             ("response_1", "pku_saferlhf"), ("instruction", "alpaca"), ("output", "alpaca"),
              ("completion", "prompt_completion"))
 # (These leave out `response`, `answer` and `context`: too common as extra fields to name a shape.)
 
@@ -382,15 +410,17 @@ def _conversation_value(row: _Row, name: str) -> list[Message] | None:
     return check_turn_order(row, name, check_messages(row, name, value))
 
 
-def _implicit_prompt(row: _Row, chosen_messages: list[Message], rejected_messages: list[Message]
-                     ) -> tuple[list[Message], str, str]:
-    """Split two full conversations into their shared prompt and the two final replies."""
+def _implicit_prompt(row: _Row, chosen_messages: list[Message], rejected_messages: list[Message],
+                     names: tuple[str, str] = ("chosen", "rejected")) -> tuple[list[Message], str, str]:
+    """Split two full conversations into their shared prompt and the two final replies; `names`:
+    the fields the two conversations came from, for the errors."""
     if chosen_messages == rejected_messages:
-        raise row.error("rejected", "is identical to 'chosen'")
+        raise row.error(names[1], f"is identical to '{names[0]}'")
     shared = _shared_prefix(chosen_messages, rejected_messages)
     if shared == 0:
-        raise row.error("prompt", "missing, and chosen/rejected share no leading messages to use as the prompt")
-    for name, messages in (("chosen", chosen_messages), ("rejected", rejected_messages)):
+        raise row.error("prompt", f"missing, and {names[0]}/{names[1]} share no leading messages to use as the "
+                                  "prompt")
+    for name, messages in zip(names, (chosen_messages, rejected_messages)):
         rest = messages[shared:]
         if len(rest) != 1 or rest[0]["role"] != "assistant":
             raise row.error(name, "after the prompt it shares with the other response, expected one assistant "
@@ -433,6 +463,14 @@ def _preference_prompt(row: _Row) -> tuple[list[Message], str]:
     return user_prompt(alpaca_user_text(row.text("instruction"), input_text), system or None), field
 
 
+def check_distinct(row: _Row, chosen: str, rejected: str, names: tuple[str, str] = ("chosen", "rejected")) -> None:
+    """The two replies of a pair must differ, also after stripping whitespace (a tie teaches nothing)."""
+    if chosen == rejected:
+        raise row.error(names[1], f"is identical to '{names[0]}'")
+    if chosen.strip() == rejected.strip():
+        raise row.error(names[1], f"is identical to '{names[0]}' apart from leading/trailing whitespace")
+
+
 def _from_preference(row: _Row) -> PreferencePair:
     prompt_field = "prompt"
     chosen_messages, rejected_messages = _conversation_value(row, "chosen"), _conversation_value(row, "rejected")
@@ -449,10 +487,7 @@ def _from_preference(row: _Row) -> PreferencePair:
     else:
         prompt, prompt_field = _preference_prompt(row)
         chosen, rejected = _response(row, "chosen"), _response(row, "rejected")
-    if chosen == rejected:
-        raise row.error("rejected", "is identical to 'chosen'")
-    if chosen.strip() == rejected.strip():
-        raise row.error("rejected", "is identical to 'chosen' apart from leading/trailing whitespace")
+    check_distinct(row, chosen, rejected)
     margin = row.row.get("margin")
     is_number = isinstance(margin, (int, float)) and not isinstance(margin, bool)
     if margin is not None and not (is_number and math.isfinite(margin)):
@@ -538,6 +573,75 @@ def _from_ultrafeedback(row: _Row) -> Ranked:
     return record
 
 
+# --- public preference sets with columns of their own: one pair per row, label fields kept in `extra` ---
+
+
+def _binary_choice(row: _Row, name: str) -> int:
+    """A 0/1 label naming one of two responses (SHP's `labels`, PKU-SafeRLHF's `*_response_id`)."""
+    value = row.row.get(name)
+    if value is None:
+        raise row.error(name, f"missing (if the file names it otherwise: --columns {name}=COLUMN)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
+        raise row.error(name, f"expected 0 or 1, got {value!r}")
+    return int(value)
+
+
+def _pair_of_texts(row: _Row, prompt: list[Message], fields: tuple[str, str], used: tuple[str, ...]
+                   ) -> PreferencePair:
+    """A pair from two text fields, the preferred one first; `used` fields leave `extra`."""
+    chosen, rejected = row.text(fields[0]), row.text(fields[1])
+    check_distinct(row, chosen, rejected, fields)
+    return PreferencePair(prompt, chosen, rejected, source=row.source, extra=_extra(row.row, used))
+
+
+def _from_shp(row: _Row) -> PreferencePair:
+    """stanfordnlp/SHP and SHP-2: a post (`history`) and two replies to it; `labels` 1 means
+    human_ref_A is preferred, 0 human_ref_B. Scores, ids, domain and timestamps stay in `extra`."""
+    prompt = user_prompt(row.text("history"))
+    fields = ("human_ref_A", "human_ref_B") if _binary_choice(row, "labels") == 1 else ("human_ref_B", "human_ref_A")
+    return _pair_of_texts(row, prompt, fields, ("history", "human_ref_A", "human_ref_B"))
+
+
+def _from_pku_saferlhf(row: _Row) -> PreferencePair:
+    """PKU-Alignment/PKU-SafeRLHF: `prompt`, `response_0`, `response_1`; `better_response_id`
+    (helpfulness) names the chosen one. Its other label, `safer_response_id`, is read instead with
+    `--columns better_response_id=safer_response_id`; safety flags and harm categories stay in `extra`."""
+    prompt = _prompt(row)
+    better = _binary_choice(row, "better_response_id")
+    fields = ("response_0", "response_1") if better == 0 else ("response_1", "response_0")
+    return _pair_of_texts(row, prompt, fields, ("prompt", "system", "response_0", "response_1"))
+
+
+# lmsys/chatbot_arena_conversations: `winner` names the conversation voted better.
+ARENA_WINNERS = {"model_a": ("conversation_a", "conversation_b"), "model_b": ("conversation_b", "conversation_a")}
+ARENA_TIES = ("tie", "tie (bothbad)")
+SKIPPED_BY = "dpo, rm, kto and data check skip such rows and count them"
+
+
+def _from_arena(row: _Row) -> PreferencePair:
+    """lmsys/chatbot_arena_conversations: two conversations (user turns shared, one model's replies
+    each) and the vote. The shared user turn is the prompt. A tie, or a vote on a multi-turn
+    conversation (it judges several replies, each after its own model's earlier ones), is no pair:
+    `NoPreference`, which dpo/rm/data check count and skip. Models, judge, language, ... stay in `extra`."""
+    winner = row.row.get("winner")
+    if not isinstance(winner, str) or (winner not in ARENA_WINNERS and winner not in ARENA_TIES):
+        raise row.error("winner", "missing" if winner is None else
+                        f"expected one of {', '.join(map(repr, [*ARENA_WINNERS, *ARENA_TIES]))}, got {winner!r}")
+    names = ARENA_WINNERS.get(winner, ("conversation_a", "conversation_b"))
+    chosen, rejected = (check_turn_order(row, name, check_messages(row, name, row.row.get(name))) for name in names)
+    if winner in ARENA_TIES:
+        raise NoPreference(row.path, row.line, "winner", f"is {winner!r}: the vote prefers neither conversation "
+                           f"({SKIPPED_BY})", reason="tie")
+    replies = max(sum(m["role"] == "assistant" for m in messages) for messages in (chosen, rejected))
+    if replies > 1:
+        raise NoPreference(row.path, row.line, names[0], f"holds {replies} replies: the vote judges the whole "
+                           f"multi-turn conversation, not one reply to one prompt ({SKIPPED_BY})", reason="multi-turn")
+    prompt, chosen_text, rejected_text = _implicit_prompt(row, chosen, rejected, names)
+    check_distinct(row, chosen_text, rejected_text, names)
+    return PreferencePair(prompt, chosen_text, rejected_text, source=row.source,
+                          extra=_extra(row.row, ("conversation_a", "conversation_b")))
+
+
 def _from_unpaired(row: _Row) -> Unpaired:
     prompt = _prompt(row)
     completion = _response(row, "completion")
@@ -610,6 +714,9 @@ NORMALISERS: dict[str, Callable[[_Row], Record]] = {
     "ranked": _from_ranked,
     "unpaired": _from_unpaired,
     "ultrafeedback": _from_ultrafeedback,
+    "shp": _from_shp,
+    "arena": _from_arena,
+    "pku_saferlhf": _from_pku_saferlhf,
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "alpaca": _from_alpaca,
@@ -646,11 +753,29 @@ def parse_row(row: Row, source: str | None = None, kind: str | tuple[str, ...] |
 
 
 def iter_records(source: str | os.PathLike, kind: str | tuple[str, ...] | None = None, split: str | None = None,
-                 columns: dict[str, str] | None = None, max_line_bytes: int | None = None
-                 ) -> Iterator[tuple[str, Record]]:
-    """Yield `(shape, record)` for each row of `source` (see `read_rows` for split, columns, max_line_bytes)."""
+                 columns: dict[str, str] | None = None, max_line_bytes: int | None = None,
+                 skipped: Counter | None = None) -> Iterator[tuple[str, Record]]:
+    """Yield `(shape, record)` for each row of `source` (see `read_rows` for split, columns, max_line_bytes).
+
+    With `skipped`, a row that holds no preference (`NoPreference`: a tie) is counted there by its
+    reason and left out; without it, such a row raises like any other bad row."""
     for where, row in read_rows(source, split=split, columns=columns, max_line_bytes=max_line_bytes):
-        yield parse_row(row, where, kind)
+        try:
+            parsed = parse_row(row, where, kind)
+        except NoPreference as exc:
+            if skipped is None:
+                raise
+            skipped[exc.reason] += 1
+            continue
+        yield parsed
+
+
+def skipped_text(skipped: Counter) -> str:
+    """`3 rows skipped as holding no preference pair (tie 2, multi-turn 1)`; "" when none were."""
+    if not skipped:
+        return ""
+    reasons = ", ".join(f"{reason} {count}" for reason, count in skipped.most_common())
+    return f"{sum(skipped.values())} rows skipped as holding no preference pair ({reasons})"
 
 
 def load_records(source: str | os.PathLike, kind: str | tuple[str, ...] | None = None, split: str | None = None,
