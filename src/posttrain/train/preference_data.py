@@ -11,10 +11,17 @@ counted in a `DataReport`, printed and written to the run directory:
   pairs whose chosen and rejected become the same tokens once cut to
   max_length. "error" stops at the first one with `FILE:LINE: field 'x': ...`;
   "drop" skips it and keeps its message (the first few are printed).
+- rows whose own label prefers neither response (chatbot arena's ties, see
+  `formats.NoPreference`) are no error under either policy: they are skipped and
+  counted by reason.
 - `length_policy` (error | drop | truncate), for sequences longer than
   max_length (the prompt plus the longer response): see
   `posttrain.data.tokenize.apply_length_policy`. Chosen and rejected share one
   prompt, so they are cut consistently.
+
+Ranked rows (`responses` with `scores` or `ranking`, openbmb/UltraFeedback's
+`completions`) give DPO one pair: the best response against the worst
+(`best_versus_worst`), the pair with the clearest preference.
 
 Examples keep `index`, their position among the kept examples of their file:
 it is the row of the on-disk reference cache (`reference.py`), which belongs to
@@ -32,16 +39,17 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.formats import parse_row
+from ..data.formats import NoPreference, parse_row, skipped_text
 from ..data.options import read_kwargs
 from ..data.readers import read_rows, split_location
 from ..data.tokenize import LengthStats, apply_length_policy, tokenize_prompt_response
 from ..errors import ConfigError, InputError
 from ..jsonl import write_json
-from ..records import PreferencePair, Unpaired
+from ..records import PreferencePair, Ranked, Unpaired
 from .setup import say
 
 INVALID_POLICIES = ("error", "drop")
@@ -84,11 +92,14 @@ class DataReport:
     lengths: LengthStats = field(default_factory=LengthStats)
     invalid: list[str] = field(default_factory=list)  # one message per dropped invalid row
     examples: int = 0
+    skipped: Counter = field(default_factory=Counter)  # rows with no preference (ties), by reason
 
     def summary(self, shown: int = 3) -> str:
         text = (f"{self.path}: {self.rows} rows -> {self.examples} examples; longest {self.lengths.longest} tokens, "
                 f"{self.lengths.truncated} truncated, {self.lengths.dropped} dropped as too long, "
                 f"{len(self.invalid)} dropped as invalid")
+        if self.skipped:
+            text += f", {skipped_text(self.skipped)}"
         for message in self.invalid[:shown]:
             text += f"\n  dropped: {message}"
         if len(self.invalid) > shown:
@@ -97,7 +108,7 @@ class DataReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "rows": self.rows, "examples": self.examples, **self.lengths.to_dict(),
-                "dropped_invalid": len(self.invalid), "invalid": self.invalid}
+                "dropped_invalid": len(self.invalid), "invalid": self.invalid, "skipped": dict(self.skipped)}
 
 
 def check_policies(length_policy: str, invalid_rows: str) -> None:
@@ -117,6 +128,9 @@ def _records(path: str, kind: str | None, invalid_rows: str, report: DataReport,
         report.rows += 1
         try:
             _, record = parse_row(row, where, kind)
+        except NoPreference as exc:  # well formed, nothing to learn: counted whatever invalid_rows says
+            report.skipped[exc.reason] += 1
+            continue
         except InputError as exc:
             if invalid_rows == "error":
                 raise
@@ -154,6 +168,14 @@ def tokenize_pair(pair: PreferencePair, tokenizer, template, max_length: int | N
     return PairExample(prompt, chosen, rejected, pair.source)
 
 
+def best_versus_worst(record: Ranked) -> PreferencePair:
+    """A ranked row as one preference pair: its best response chosen, its worst rejected (the data
+    layer refused rankings whose scores are all equal, so the two differ in score)."""
+    order = record.order()
+    return PreferencePair(record.prompt, record.responses[order[0]], record.responses[order[-1]],
+                          source=record.source, extra=record.extra)
+
+
 def load_pairs(path: str, tokenizer, template, *, max_length: int | None, length_policy: str,
                invalid_rows: str = "error", limit: int | None = None, read: dict[str, Any] | None = None
                ) -> tuple[list[PairExample], DataReport]:
@@ -161,7 +183,8 @@ def load_pairs(path: str, tokenizer, template, *, max_length: int | None, length
     check_policies(length_policy, invalid_rows)
     report = DataReport(str(path))
     examples: list[PairExample] = []
-    for pair in _records(path, "preference", invalid_rows, report, limit, read):
+    for record in _records(path, ("preference", "ranked"), invalid_rows, report, limit, read):
+        pair = best_versus_worst(record) if isinstance(record, Ranked) else record
         try:
             example = tokenize_pair(pair, tokenizer, template, max_length, length_policy, report.lengths)
         except InvalidExample as exc:

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import LengthStats, get_template, iter_records
+from ..data.formats import skipped_text
 from ..data.options import read_kwargs
 from ..data.readers import check_sources
 from ..errors import ConfigError, InputError
@@ -61,9 +63,10 @@ def load_groups(path: str, tokenizer, template, cfg: RMConfig) -> list[RewardGro
     """Read pairs/rankings from `path` and tokenise them; bad rows are one-line InputErrors."""
 
     stats, groups, skipped = LengthStats(), [], 0
+    no_preference: Counter = Counter()  # ties: well-formed rows with no pair, counted and left out
     # --split picks the training data's split; eval data names its own as PATH:SPLIT.
     read = read_kwargs(cfg, split=path != cfg.eval_data)
-    for count, (_, record) in enumerate(iter_records(path, **read), start=1):
+    for count, (_, record) in enumerate(iter_records(path, **read, skipped=no_preference), start=1):
         group = training_group(record, tokenizer, template, cfg.max_length, cfg.length_policy, stats)
         if group is None:
             skipped += 1
@@ -73,7 +76,8 @@ def load_groups(path: str, tokenizer, template, cfg: RMConfig) -> list[RewardGro
             break
     identical = skipped - stats.dropped
     say(f"{path}: {len(groups)} prompt groups ({sum(len(g.response_ids) for g in groups)} responses); {stats.summary()}"
-        + (f"; {identical} left out because truncation made two responses identical" if identical else ""))
+        + (f"; {identical} left out because truncation made two responses identical" if identical else "")
+        + (f"; {skipped_text(no_preference)}" if no_preference else ""))
     if not groups:
         raise InputError(path, None, None, f"no prompt group is left to train on ({stats.summary()})")
     return groups
