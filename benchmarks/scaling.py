@@ -76,7 +76,7 @@ def plot(rows: list[dict], image: Path) -> None:
             axes[row][col].set_xscale("log", base=2)
             axes[row][col].grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M, LoRA, CPU: posttrain defaults vs TRL")
+    fig.suptitle("SmolLM2-135M, LoRA, CPU, one timed step per point: posttrain defaults vs TRL (gradient checkpointing off)")
     fig.tight_layout()
     image.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(image, dpi=90)
