@@ -4,6 +4,7 @@ and the SFT sets alpaca-cleaned, OpenOrca, no_robots, ultrachat_200k, oasst_top1
 with each dataset's column names and value types (from the dataset cards); nothing is downloaded."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -166,6 +167,21 @@ def test_pku_saferlhf_reads_better_response_id_and_safer_through_columns(tmp_pat
     assert [p.chosen for p in safer] == [PKU[0]["response_0"], PKU[1]["response_0"]]
     code, out, err = check(capsys, path, "--columns", "better_response_id=safer_response_id")
     assert code == 0 and "shapes: pku_saferlhf 2" in out, err
+
+
+def test_csv_copies_of_shp_and_pku_read_their_labels(tmp_path):
+    """A CSV copy (pandas' to_csv, or csv.DictWriter) writes the 0/1 labels as text."""
+    for name, rows in (("shp", SHP), ("pku", PKU)):
+        path = tmp_path / f"{name}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        from_csv = load_records(path, kind="preference")
+        from_jsonl = load_records(write_jsonl(tmp_path / f"{name}.jsonl", rows), kind="preference")
+        assert [(p.chosen, p.rejected) for p in from_csv] == [(p.chosen, p.rejected) for p in from_jsonl]
+    safer = load_records(tmp_path / "pku.csv", kind="preference", columns={"better_response_id": "safer_response_id"})
+    assert [p.chosen for p in safer] == [PKU[0]["response_0"], PKU[1]["response_0"]]
 
 
 # --- one-line errors on malformed rows -------------------------------------------------------------

@@ -61,7 +61,8 @@ FILE_SUFFIXES = JSONL_SUFFIXES + (".json", ".csv", ".tsv", ".parquet", ".gz")
 # know, so a cell that is JSON of the right kind is decoded (see `_csv_cell`).
 CSV_JSON_COLUMNS = {"messages", "conversations", "prompt", "completion", "chosen", "rejected",
                     "responses", "ranking", "scores"}
-CSV_NUMBER_COLUMNS = {"margin", "score"}
+# The 0/1 labels of SHP (`labels`) and PKU-SafeRLHF (`*_response_id`) arrive as "1" from a CSV copy.
+CSV_NUMBER_COLUMNS = {"margin", "score", "labels", "better_response_id", "safer_response_id"}
 CSV_BOOL_COLUMNS = {"label"}
 
 
