@@ -89,6 +89,15 @@ def test_grpo_run_with_shared_prompts_equals_the_padded_run(tmp_path, peft):
             assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
 
 
+def test_busy_cores_reads_proc_stat_deltas():
+    from posttrain.rollout.threads import busy_cores, cpu_times
+
+    assert busy_cores((100, 1000), (150, 1100), 2) == pytest.approx(1.0)  # half the jiffies busy on 2 cores
+    assert busy_cores((100, 1000), (100, 1000), 2) == 0.0
+    reading = cpu_times()
+    assert reading is None or 0 <= reading[0] <= reading[1]
+
+
 def test_thread_policy_leaves_busy_cores_alone(monkeypatch):
     from posttrain.rollout.threads import choose_cpu_threads, threads_for_load
 
@@ -96,8 +105,17 @@ def test_thread_policy_leaves_busy_cores_alone(monkeypatch):
     assert threads_for_load(16, 4.3) == 12 and threads_for_load(1, 0.0) == 1
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.getloadavg", lambda: (50.0, 0.0, 0.0))
+    monkeypatch.setattr("posttrain.rollout.threads.busy_cores_now", lambda cores: 2.0)
     with rl_toy.torch_threads(2):
         assert choose_cpu_threads()[0] == 1 and torch.get_num_threads() == 1
+    # A load average left by a job that just ended, with the cores idle now: both threads.
+    monkeypatch.setattr("posttrain.rollout.threads.busy_cores_now", lambda cores: 0.1)
+    with rl_toy.torch_threads(2):
+        assert choose_cpu_threads()[0] == 2
+    # Off Linux (no /proc/stat) the load average alone decides.
+    monkeypatch.setattr("posttrain.rollout.threads.busy_cores_now", lambda cores: None)
+    with rl_toy.torch_threads(2):
+        assert choose_cpu_threads()[0] == 1
     with rl_toy.torch_threads(1):  # never raised above what the caller set
         monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
         assert choose_cpu_threads()[0] == 1
