@@ -92,7 +92,7 @@ class GRPOConfig(RLArgs):
     bc_data: str | None = help_field(None, "expert prompt/completion JSONL for the behaviour-cloning term")
     bc_batch_size: int = help_field(8, "expert rows per optimizer step for the behaviour-cloning term")
     threads: int = help_field(0, "CPU threads for torch (0: one per core that other jobs leave free, from the "
-                                 "load average at start; OMP_NUM_THREADS, when set, is kept)",
+                                 "load average and the cores busy at start; OMP_NUM_THREADS, when set, is kept)",
                                  range=AT_LEAST_0)
     rollout_layout: str = help_field("auto", "training-forward layout of a micro-batch: padded (each sample "
                                      "its own row, the plain path), shared_prompt (each prompt once for all "
