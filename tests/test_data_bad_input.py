@@ -14,6 +14,7 @@ import tracemalloc
 
 import pytest
 
+from data_files import write_jsonl
 from posttrain.cli import main
 from posttrain.data import read_rows
 from posttrain.data.formats import parse_row
@@ -22,11 +23,6 @@ from posttrain.data.tokenize import ENCODE_CHUNK_CHARS, encode
 from posttrain.errors import InputError
 
 CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def error_of(function, *args, **kwargs) -> str:

@@ -7,27 +7,16 @@ import sys
 
 import pytest
 
-from posttrain.cli import main
+from data_files import data_check, write_jsonl
 
 GOOD = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]},
         {"instruction": "Add.", "input": "2 and 3", "output": "5"},
         {"instruction": "Name a colour.", "output": "Blue"}]
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main(["data", "check", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_report_counts_shapes_and_lengths(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", GOOD)
-    code, out, err = run(capsys, path)
+    code, out, err = data_check(capsys, path)
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == f"{path}: 3 rows, all valid"
@@ -39,7 +28,7 @@ def test_report_counts_shapes_and_lengths(tmp_path, capsys):
 
 def test_report_tokens_with_tokenizer_and_max_length(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", GOOD[:1])
-    code, out, _ = run(capsys, path, "--tokenizer", "tiny-random", "--template", "basic", "--max-length", "10")
+    code, out, _ = data_check(capsys, path, "--tokenizer", "tiny-random", "--template", "basic", "--max-length", "10")
     assert code == 0
     # basic template, byte tokenizer: "Hi\n" (3) + "Hello there<|im_end|>" (11 + 1) = 15 tokens
     assert "  tokens (tiny-random, template basic): min 15  mean 15.0  p50 15  p95 15  max 15" in out
@@ -48,7 +37,7 @@ def test_report_tokens_with_tokenizer_and_max_length(tmp_path, capsys):
 
 def test_kind_filter_and_prompt_files(tmp_path, capsys):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is 2+2?", "answer": "4"}])
-    code, out, _ = run(capsys, path)
+    code, out, _ = data_check(capsys, path)
     assert code == 0 and "shapes: prompt 1" in out and "kinds: prompt 1" in out
 
 
@@ -87,7 +76,7 @@ CASES = {
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     name, text, flags, expected = CASES[case]
     path = bad(tmp_path, name, text)
-    code, out, err = run(capsys, path, *flags)
+    code, out, err = data_check(capsys, path, *flags)
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -95,17 +84,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
 
 
 def test_missing_file_exits_2(tmp_path, capsys):
-    code, _, err = run(capsys, tmp_path / "nope.jsonl")
+    code, _, err = data_check(capsys, tmp_path / "nope.jsonl")
     assert code == 2
     assert err == f"posttrain data check: error: {tmp_path / 'nope.jsonl'}: file not found\n"
 
 
 def test_bad_flag_names_the_field(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", GOOD)
-    code, _, err = run(capsys, path, "--kind", "chat")
+    code, _, err = data_check(capsys, path, "--kind", "chat")
     assert code == 2
     assert err == "posttrain data check: error: config field 'kind': 'chat' is not one of sft, preference, ranked, unpaired, prompt, text\n"
-    code, _, err = run(capsys, path, "--max-length", "10")
+    code, _, err = data_check(capsys, path, "--max-length", "10")
     assert code == 2 and "config field 'max_length': counting rows over a max length needs --tokenizer" in err
 
 

@@ -5,10 +5,10 @@ with each dataset's column names and value types (from the dataset cards); nothi
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 
+from data_files import data_check, write_jsonl
 from posttrain.cli import main
 from posttrain.data import load_records
 from posttrain.data.formats import NoPreference, parse_row
@@ -92,17 +92,6 @@ ARGILLA = {"source": "evol_instruct", "prompt": "Name a prime number above 10.",
            "rejected-rating": 1.0, "rejected-model": "alpaca-7b"}
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def check(capsys, *argv) -> tuple[int, str, str]:
-    code = main(["data", "check", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # --- SHP -----------------------------------------------------------------------------------------
 
 
@@ -139,7 +128,7 @@ def test_arena_rows_take_the_shared_user_turn_as_prompt_and_the_winner_as_chosen
 
 def test_arena_ties_and_multi_turn_votes_are_skipped_and_counted_by_data_check(tmp_path, capsys):
     path = write_jsonl(tmp_path / "arena.jsonl", ARENA)
-    code, out, err = check(capsys, path)
+    code, out, err = data_check(capsys, path)
     assert code == 0, err
     assert out.splitlines()[:3] == [f"{path}: 2 rows, all valid",
                                     "  3 rows skipped as holding no preference pair (tie 2, multi-turn 1)",
@@ -149,7 +138,7 @@ def test_arena_ties_and_multi_turn_votes_are_skipped_and_counted_by_data_check(t
                                            r"conversation \(dpo, rm, kto and data check skip such rows"):
         load_records(path, kind="preference")
     ties = write_jsonl(tmp_path / "ties.jsonl", ARENA[2:4])
-    code, _, err = check(capsys, ties)
+    code, _, err = data_check(capsys, ties)
     assert code == 2 and err == (f"posttrain data check: error: {ties}: no row left to check: 2 rows skipped as "
                                  "holding no preference pair (tie 2)\n")
 
@@ -165,7 +154,7 @@ def test_pku_saferlhf_reads_better_response_id_and_safer_through_columns(tmp_pat
     assert better[1].extra["is_response_1_safe"] is False and "response_0" not in better[1].extra
     safer = load_records(path, kind="preference", columns={"better_response_id": "safer_response_id"})
     assert [p.chosen for p in safer] == [PKU[0]["response_0"], PKU[1]["response_0"]]
-    code, out, err = check(capsys, path, "--columns", "better_response_id=safer_response_id")
+    code, out, err = data_check(capsys, path, "--columns", "better_response_id=safer_response_id")
     assert code == 0 and "shapes: pku_saferlhf 2" in out, err
 
 
@@ -209,7 +198,7 @@ def test_csv_copies_of_shp_and_pku_read_their_labels(tmp_path):
         "arena empty reply", "arena same replies", "pku label", "pku response", "ultrafeedback score"])
 def test_a_malformed_row_is_one_line_naming_file_line_and_field(tmp_path, capsys, good, bad, message):
     path = write_jsonl(tmp_path / "d.jsonl", [good, bad])
-    code, _, err = check(capsys, path)
+    code, _, err = data_check(capsys, path)
     assert code == 2 and err == f"posttrain data check: error: {path}:2: {message}\n"
 
 

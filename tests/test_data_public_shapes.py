@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from data_files import data_check, write_jsonl
 from posttrain.cli import main
 from posttrain.data import load_records, read_rows
 from posttrain.data.formats import parse_row
@@ -62,17 +63,6 @@ GSM8K = [
 
 TEXT = [{"text": "The mitochondrion is the powerhouse of the cell. It makes ATP.", "meta": {"source": "wiki"}},
         {"text": "Once upon a time there was a small village by the sea."}]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def check(capsys, *argv) -> tuple[int, str, str]:
-    code = main(["data", "check", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- hh-rlhf -----------------------------------------------------------------------------------
@@ -188,9 +178,9 @@ def test_h4_parquet_files_named_by_split_in_a_directory(tmp_path):
 
 def test_cli_data_check_and_dpo_take_split(tmp_path, capsys):
     save_h4_dataset_dict(tmp_path / "uf")
-    code, out, _ = check(capsys, tmp_path / "uf", "--split", "test_prefs")
+    code, out, _ = data_check(capsys, tmp_path / "uf", "--split", "test_prefs")
     assert code == 0 and out.startswith(f"{tmp_path / 'uf'}: 1 rows, all valid")
-    code, _, err = check(capsys, tmp_path / "uf", "--split", "dev")
+    code, _, err = data_check(capsys, tmp_path / "uf", "--split", "dev")
     assert code == 2 and err.endswith("split 'dev' not found (splits: train_prefs, test_prefs); choose one with "
                                       f"--split NAME or {tmp_path / 'uf'}:NAME\n")
     # Training commands accept --split (the old error message suggested a flag they rejected).
@@ -325,9 +315,9 @@ def test_a_mapped_column_the_row_lacks_is_named(tmp_path):
 
 def test_cli_columns_flag_on_data_check_and_yaml_on_sft(tmp_path, capsys):
     path = write_jsonl(tmp_path / "odd.jsonl", ODD)
-    code, out, _ = check(capsys, path, "--columns", "prompt=question", "chosen=better", "rejected=worse")
+    code, out, _ = data_check(capsys, path, "--columns", "prompt=question", "chosen=better", "rejected=worse")
     assert code == 0 and "shapes: preference 2" in out
-    code, _, err = check(capsys, path, "--kind", "preference")
+    code, _, err = data_check(capsys, path, "--kind", "preference")
     assert code == 2 and err.startswith(f"posttrain data check: error: {path}:1: row has the prompt shape (prompt "
                                         "data), but preference data is needed: ")
     assert err.endswith("or map your columns onto one with --columns FIELD=COLUMN (e.g. --columns prompt=question)\n")
