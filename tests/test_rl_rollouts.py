@@ -9,7 +9,7 @@ import torch
 from posttrain.errors import ConfigError, InputError
 from posttrain.rl.loop import merge_repeated_flags, step_prompt_indices
 from posttrain.rl.rewards import RewardScorerSet, RewardSpec, parse_reward_spec, parse_reward_specs, scorer_reward
-from posttrain.rl.rollouts import Sample, collate, split_even, store_tokens
+from posttrain.rl.rollouts import Sample, collate, scoring_batches, split_even, store_tokens
 from rl_toy import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,6 +48,27 @@ def test_store_tokens_is_the_inverse_of_collate():
     assert samples[1].tokens["v"].tolist() == [6.0]
     again = collate(samples, pad_id=0, token_fields=["v"])
     assert torch.equal(again["v"], torch.where(batch["response_mask"], values, 0.0))
+
+
+def test_scoring_batches_run_in_eval_mode_without_gradients_and_restore_the_mode():
+    class Run:  # the two attributes scoring_batches reads
+        model = torch.nn.Dropout(0.5)
+        device = torch.device("cpu")
+
+    run = Run()
+    samples = [_sample([1, 2], [3]), _sample([4], [5, 6]), _sample([7], [8])]
+    seen = []
+    for micro, batch in scoring_batches(run, samples, 2, lambda micro: collate(micro, pad_id=0)):
+        assert not run.model.training and not torch.is_grad_enabled()
+        seen.append((len(micro), tuple(batch["input_ids"].shape)))
+    assert seen == [(2, (2, 3)), (1, (1, 2))]
+    assert run.model.training and torch.is_grad_enabled()
+    for _ in scoring_batches(run, samples, 1, lambda micro: collate(micro, pad_id=0)):
+        break  # leaving early restores the mode too
+    assert run.model.training and torch.is_grad_enabled()
+    run.model.eval()
+    list(scoring_batches(run, samples, 2, lambda micro: collate(micro, pad_id=0)))
+    assert not run.model.training  # an eval-mode model stays in eval mode
 
 
 def test_training_logprobs_line_up_with_the_sampled_tokens():
