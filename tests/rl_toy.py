@@ -20,6 +20,11 @@ def lowercase(prompt: str, response: str, **extra) -> float:
     return sum("a" <= c <= "z" for c in response) / len(response)
 
 
+def lowercase_even(prompt: str, response: str, id: int = 0, **extra) -> float:
+    """`lowercase` for prompts with an even id, 0 for the others: half the groups carry no signal."""
+    return lowercase(prompt, response) if int(id) % 2 == 0 else 0.0
+
+
 def short(prompt: str, response: str) -> float:
     """1 for responses of at most 4 characters (a second reward for weighted sums)."""
     return float(len(response) <= 4)

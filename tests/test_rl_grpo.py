@@ -184,8 +184,8 @@ from posttrain.rl.grpo import GRPOConfig, train_grpo
 from posttrain.rl.ppo import PPOConfig, train_ppo
 common = dict(model="tiny-random", prompts={str(prompts)!r}, prompts_per_step=2, max_new_tokens=8, learning_rate=1e-2,
               max_steps=3, micro_batch_size=3, progress=False, save_every=2, eval_prompts={str(prompts)!r}, eval_limit=5)
-train_grpo(GRPOConfig(**common, output_dir={str(tmp_path / 'grpo')!r}, num_samples=4, ppo_epochs=2, num_minibatches=2),
-           {{"lowercase": rl_toy.lowercase}})
+train_grpo(GRPOConfig(**common, output_dir={str(tmp_path / 'grpo')!r}, num_samples=4, ppo_epochs=2, num_minibatches=2,
+                      dynamic_sampling=2), {{"lowercase": rl_toy.lowercase_even}})
 train_ppo(PPOConfig(**common, output_dir={str(tmp_path / 'ppo')!r}, num_samples=2, ppo_epochs=2, num_minibatches=2),
           {{"lowercase": rl_toy.lowercase}})
 """)
@@ -197,7 +197,13 @@ train_ppo(PPOConfig(**common, output_dir={str(tmp_path / 'ppo')!r}, num_samples=
         rows = read_metrics(tmp_path / name / "metrics.jsonl")
         assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
         assert "eval/reward" in rows[0] and "eval/reward" in rows[-1]
-        assert len((tmp_path / name / "rollouts.jsonl").read_text().splitlines()) == 3 * per_step
+        rollouts = [json.loads(line) for line in (tmp_path / name / "rollouts.jsonl").read_text().splitlines()]
+        trained = [r for r in rollouts if "advantage" in r] if name == "grpo" else rollouts
+        assert len(trained) == 3 * per_step  # GRPO's extra sampling rounds add rows without an advantage
+    # GRPO ran dynamic sampling: extra rounds on both processes replaced the odd-id (reward 0) groups
+    grpo_rows = [r for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl") if "loss" in r]
+    assert max(r["dynamic/rounds"] for r in grpo_rows) >= 1
+    assert min(r["dynamic/uniform_in_batch"] for r in grpo_rows) < 0.5
         assert (tmp_path / name / "checkpoints" / "step-00000002").is_dir()
 
 

@@ -84,6 +84,9 @@ class GRPOConfig(RLArgs):
     num_minibatches: int = help_field(1, "optimizer steps per pass over a rollout batch")
     entropy_coef: float = help_field(0.0, "entropy bonus coefficient (subtracted from the loss)")
     missing_eos_penalty: float = help_field(0.0, "subtract this from the reward of responses cut at max_new_tokens")
+    dynamic_sampling: int = help_field(0, "dynamic sampling (DAPO): replace groups whose samples all got the same "
+                                          "reward (no learning signal) by groups of further prompts, sampled in up "
+                                          "to this many extra rounds per step (0: off)", range=AT_LEAST_0)
     # The combined objective (rl/combined.py): policy_coef * GRPO + dpo_coef * DPO + bc_coef * NLL.
     policy_coef: float = help_field(1.0, "weight of the GRPO policy loss in the combined objective")
     dpo_coef: float = help_field(0.0, "weight of a DPO loss on best-vs-worst pairs of each rollout group (0: off)")

@@ -27,6 +27,12 @@ happens at π_old itself, so the ratio is exactly 1 and the clip never binds (th
 is REINFORCE with the group baseline); `mu > 1` reuses the batch mu times, with π_old's
 log-probs computed once before the first update. `beta = 0` loads no reference model.
 
+Dynamic sampling (`dynamic_sampling` R > 0, DAPO): a group whose G rewards are all equal has
+zero advantage everywhere and teaches nothing, which after a warm-up is most groups (the
+policy is nearly deterministic: every sample right, or every one wrong). Such groups are
+replaced by groups of further prompts, sampled in up to R extra rounds per step; if the rounds
+run out, uniform groups fill the batch, so every step still trains on `prompts_per_step` groups.
+
 RLOO (`posttrain rloo`) is this recipe with other defaults: the leave-one-out baseline,
 the KL folded into the reward (r_i - beta * sum_t (log π_old - log π_ref)), and the
 sequence-sum loss (REINFORCE treats a whole response as one action).
@@ -39,6 +45,7 @@ import torch
 
 from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, aggregate_parts, kl_k1, ppo_clip_losses
+from ..rollout.rewards import BatchScores
 from ..rollout.threads import choose_cpu_threads
 from ..train.engine import global_sum, reduce_sums
 from ..train.layout_cost import cost_model
@@ -57,6 +64,7 @@ from .loop import (
 from .online import (
     RLResult,
     add_sum,
+    global_max,
     batch_logprobs,
     logprob_temperature,
     prepare_online_inputs,
@@ -67,6 +75,7 @@ from .online import (
 from .rollouts import (
     Sample,
     choose_tree_layout,
+    chunks,
     collate,
     rollout_records,
     scoring_batches,
@@ -140,6 +149,45 @@ def rollout_logprobs(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: RL
                              batch["response_mask"])
         if reference is not None:
             store_tokens(micro, "ref_logps", reference.token_logprobs(batch, temperature), batch["response_mask"])
+
+
+def uniform_group(group: list[Sample]) -> bool:
+    """All samples of the group scored the same: every advantage is 0, no learning signal."""
+    return all(sample.score == group[0].score for sample in group)
+
+
+def sample_groups(run: OnlineRun, cfg: GRPOConfig, tokenizer, prompt_set, scorer, step: int):
+    """This step's rollout groups (see "Dynamic sampling" above).
+
+    Returns (batch, sampled, scores, timing, metrics): `batch` the `prompts_per_step` groups to
+    train on (prompt-major, G each), `sampled` every sample of every round with its `scores`
+    (for the reward metrics and rollouts.jsonl), summed timings, and the dynamic-sampling metrics.
+    Every process runs the same number of rounds (a round gathers FSDP weights on all of them)."""
+    n, wanted = cfg.num_samples, cfg.prompts_per_step
+    sampled, scores, timing = sample_and_score(run, cfg, n, tokenizer, prompt_set, scorer, step, cfg.missing_eos_penalty)
+    if cfg.dynamic_sampling == 0:
+        return sampled, sampled, scores, timing, {}
+    first = chunks(sampled, n)
+    informative = [group for group in first if not uniform_group(group)]
+    parts, rounds = [scores], 0
+    while rounds < cfg.dynamic_sampling and global_max(run.accelerator, wanted - len(informative)) > 0:
+        rounds += 1
+        seen = frozenset(sample.prompt_index for sample in sampled)
+        more, more_scores, more_timing = sample_and_score(run, cfg, n, tokenizer, prompt_set, scorer, step,
+                                                          cfg.missing_eos_penalty, extra_round=rounds, skip=seen)
+        sampled += more
+        parts += [more_scores] if more_scores is not None else []
+        timing = {key: timing[key] + more_timing[key] for key in timing}
+        informative += [group for group in chunks(more, n) if not uniform_group(group)]
+    kept = informative[:wanted]
+    kept += [group for group in first if uniform_group(group)][:wanted - len(kept)]
+    sums = reduce_sums(run.accelerator, {"sampled": len(sampled) / n, "informative": float(len(informative)),
+                                         "uniform_kept": float(sum(uniform_group(g) for g in kept)),
+                                         "kept": float(len(kept))})
+    metrics = {"dynamic/rounds": float(rounds), "dynamic/groups_sampled": sums["sampled"],
+               "dynamic/informative_fraction": sums["informative"] / max(sums["sampled"], 1.0),
+               "dynamic/uniform_in_batch": sums["uniform_kept"] / max(sums["kept"], 1.0)}
+    return [s for group in kept for s in group], sampled, BatchScores.concat(parts), timing, metrics
 
 
 def group_advantages(samples: list[Sample], n: int, estimator: str, beta_in_reward: float) -> dict[str, float]:
@@ -316,9 +364,9 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
     has_old = cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or (cfg.kl_in_reward and has_ref)
 
     def step_fn(step: int):
-        samples, scores, timing = sample_and_score(run, cfg, cfg.num_samples, tokenizer, train_set, scorer, step,
-                                                   cfg.missing_eos_penalty)
-        row = sample_metrics(run, samples, scores, timing["time/generate"])
+        samples, sampled, scores, timing, dynamic = sample_groups(run, cfg, tokenizer, train_set, scorer, step)
+        row = sample_metrics(run, sampled, scores, timing["time/generate"])
+        row.update(dynamic)
         rollout_logprobs(run, samples, pad_id, cfg, reference, has_old)
         stats = group_advantages(samples, cfg.num_samples, cfg.advantage, cfg.kl_coef if cfg.kl_in_reward else 0.0)
         row.update(global_group_stats(run, stats, len(samples) // cfg.num_samples))
@@ -328,7 +376,7 @@ def train_grpo(cfg: GRPOConfig, reward_functions: Mapping[str, Callable] | None 
         row["time/train"] = timer() - trained
         tokens = int(global_sum(run.accelerator, sum(len(s.prompt_ids) + s.length for s in samples)))
         row["rollout_tokens"] = tokens  # prompt + response of every sample (for update throughput)
-        records = gather_rollouts(run.accelerator, rollout_records(samples, train_set.prompts, step + 1, scores.scores))
+        records = gather_rollouts(run.accelerator, rollout_records(sampled, train_set.prompts, step + 1, scores.scores))
         return row, tokens, records
 
     evaluate = run_evaluator(run, cfg, tokenizer, eval_set, scorer)

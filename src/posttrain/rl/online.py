@@ -37,6 +37,10 @@ from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
 from .rollouts import Sample, reward_rows, samples_from_generations
 
 
+# Extra sampling rounds of a step shuffle the prompts with seed + round x this (any large odd number).
+EXTRA_ROUND_SEED_STRIDE = 1_000_033
+
+
 @dataclass
 class RLResult:
     steps: int
@@ -55,19 +59,26 @@ def build_scorer(cfg: RLArgs, functions: Mapping[str, Callable] | None = None) -
 
 
 def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set, scorer: RewardScorerSet,
-                     step: int, missing_eos_penalty: float = 0.0) -> tuple[list[Sample], Any, dict[str, float]]:
+                     step: int, missing_eos_penalty: float = 0.0, extra_round: int = 0,
+                     skip: frozenset[int] = frozenset()) -> tuple[list[Sample], Any, dict[str, float]]:
     """Generate n responses for this step's prompts and score them. Returns the samples
-    (prompt-major, `sample.score` set), the `BatchScores` and timings."""
+    (prompt-major, `sample.score` set), the `BatchScores` (None when no prompt was left) and timings.
 
-    indices = step_prompt_indices(len(prompt_set.ids), cfg.prompts_per_step, run.world, run.rank, cfg.seed, step)
+    `extra_round` > 0 draws the prompts of that extra sampling round of the step (dynamic
+    sampling): another shuffled order, still a function of (seed, step, round) only, leaving
+    out the prompt indices in `skip` (those already sampled at this step)."""
+
+    seed = cfg.seed + extra_round * EXTRA_ROUND_SEED_STRIDE
+    indices = step_prompt_indices(len(prompt_set.ids), cfg.prompts_per_step, run.world, run.rank, seed, step)
+    indices = [i for i in indices if i not in skip]
     started = timer()
-    with run.full_parameters():
+    with run.full_parameters():  # entered by every process (FSDP gathers), even one with no prompts left
         generations = generate(run.unwrapped_policy(), tokenizer, [prompt_set.ids[i] for i in indices],
                                sampling_params(cfg, n), batch_size=cfg.generation_batch_size, share_prompt=True,
-                               prompt_seeds=prompt_seeds(cfg.seed, step, indices))
+                               prompt_seeds=prompt_seeds(seed, step, indices)) if indices else []
     samples = samples_from_generations(generations, indices)
     generated = timer()
-    scores = scorer.score(reward_rows(samples, prompt_set.prompts))
+    scores = scorer.score(reward_rows(samples, prompt_set.prompts)) if samples else None
     for sample, value in zip(samples, scores.total):
         penalty = missing_eos_penalty if sample.finish_reason == "length" else 0.0
         sample.score = float(value) - penalty

@@ -218,6 +218,17 @@ class BatchScores:
     # Rows where the code sandbox blocked an escape or forgery attempt; None when no code reward ran.
     sandbox_violations: int | None = None
 
+    @classmethod
+    def concat(cls, parts: Sequence[BatchScores]) -> BatchScores:
+        """The scores of several batches as one, rows in order (e.g. a step's sampling rounds)."""
+        first = parts[0]
+        violations = [p.sandbox_violations for p in parts if p.sandbox_violations is not None]
+        return cls(total=[v for p in parts for v in p.total],
+                   scores={name: [v for p in parts for v in p.scores[name]] for name in first.scores},
+                   reasons={name: [r for p in parts for r in p.reasons[name]] for name in first.reasons},
+                   seconds={name: sum(p.seconds[name] for p in parts) for name in first.seconds},
+                   weights=dict(first.weights), sandbox_violations=sum(violations) if violations else None)
+
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
         """Means and timings, ready for metrics.jsonl."""
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
