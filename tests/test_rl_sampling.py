@@ -2,6 +2,9 @@
 online RL on N processes sample what one process samples."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,3 +49,19 @@ def test_seeded_sampler_samples_the_warped_distribution():
     # The same seeds draw the same tokens; other seeds other tokens.
     again = SeededSampler(range(rows), temperature=temperature, top_k=top_k)
     assert torch.equal(again(torch.zeros((rows, 1), dtype=torch.long), logits.expand(rows, -1).clone()).argmax(-1), picks)
+
+
+
+def test_shared_prompt_generation_uses_the_current_cache_name():
+    """transformers 5.2x renamed `past_key_values` to `cache` and logs a deprecation line for the
+    old name; a run should not print it (users read it as our bug). A fresh process: the line is
+    logged once per process, and pytest's own capture hides the library's handler."""
+    script = ("from posttrain.models import load_model, load_tokenizer\n"
+              "from posttrain.rollout.generation import SamplingParams, generate\n"
+              "m = load_model('tiny-random', seed=1); t = load_tokenizer('tiny-random', padding_side='left')\n"
+              "out = generate(m, t, [t.encode('Say something')], SamplingParams(max_new_tokens=4, n=2),\n"
+              "               share_prompt=True, prompt_seeds=[1])\n"
+              "assert len(out) == 2\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "deprecated" not in done.stderr, done.stderr[-2000:]

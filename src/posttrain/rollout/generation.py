@@ -7,11 +7,16 @@ possible; results come back in the original order.
 """
 from __future__ import annotations
 
-import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# The KV cache's keyword: `cache` from transformers 5.2x on (the old `past_key_values` still
+# works there but logs a deprecation warning), `past_key_values` before.
+CACHE_KWARG = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 @dataclass
@@ -92,7 +97,7 @@ def shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, n: int):
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
                 use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "past_key_values", None)
+    cache = out.get(CACHE_KWARG)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
     cache.batch_repeat_interleave(n)
@@ -151,15 +156,11 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
                 cache = shared_prompt_cache(model, ids, mask, params.n)
                 if cache is not None:
                     ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
-                    kwargs.update(past_key_values=cache, num_return_sequences=1)
+                    kwargs.update({CACHE_KWARG: cache, "num_return_sequences": 1})
             if seeded and kwargs["num_return_sequences"] > 1:  # greedy mode takes one sequence per row
                 ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
                 kwargs.update(num_return_sequences=1)
-            with warnings.catch_warnings():
-                # transformers 5 renames generate's `past_key_values` (our shared prompt cache) to
-                # `cache` and warns on every call; the old name still works through version 5.
-                warnings.filterwarnings("ignore", message=".*`past_key_values` is deprecated.*", category=FutureWarning)
-                out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new_tokens = out.sequences[:, ids.shape[1]:].tolist()
             token_logprobs = None
             if return_logprobs:
