@@ -92,10 +92,19 @@ def test_rounds_that_run_out_fill_the_batch_with_uniform_groups(tmp_path):
     assert len(rollouts) == 3 * 2 * 4  # three rounds of two prompts
 
 
-def _odd_prompts(directory: Path) -> Path:
-    path = directory / "odd.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Say {i}", "id": 2 * i + 1}) + "\n" for i in range(8)))
+def _odd_prompts(directory: Path, count: int = 8) -> Path:
+    path = directory / f"odd{count}.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say {i}", "id": 2 * i + 1}) + "\n" for i in range(count)))
     return path
+
+
+def test_a_round_with_every_prompt_already_sampled_is_empty(tmp_path):
+    """Two prompts, both sampled in the first round: every extra round finds nothing new and
+    samples nothing (a process whose round is empty still takes part in it)."""
+    rows, rollouts = _run(tmp_path, "two", dynamic_sampling=3, max_steps=1, prompts=str(_odd_prompts(tmp_path, 2)))
+    step = [r for r in rows if "loss" in r][0]
+    assert step["dynamic/rounds"] == 3.0 and step["dynamic/groups_sampled"] == 2.0
+    assert len(rollouts) == 2 * 4
 
 
 def test_dynamic_sampling_flag_from_the_cli_is_range_checked(tmp_path, capsys):

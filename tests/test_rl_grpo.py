@@ -200,11 +200,11 @@ train_ppo(PPOConfig(**common, output_dir={str(tmp_path / 'ppo')!r}, num_samples=
         rollouts = [json.loads(line) for line in (tmp_path / name / "rollouts.jsonl").read_text().splitlines()]
         trained = [r for r in rollouts if "advantage" in r] if name == "grpo" else rollouts
         assert len(trained) == 3 * per_step  # GRPO's extra sampling rounds add rows without an advantage
+        assert (tmp_path / name / "checkpoints" / "step-00000002").is_dir()
     # GRPO ran dynamic sampling: extra rounds on both processes replaced the odd-id (reward 0) groups
     grpo_rows = [r for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl") if "loss" in r]
     assert max(r["dynamic/rounds"] for r in grpo_rows) >= 1
     assert min(r["dynamic/uniform_in_batch"] for r in grpo_rows) < 0.5
-        assert (tmp_path / name / "checkpoints" / "step-00000002").is_dir()
 
 
 def test_rewards_from_yaml_mapping_and_flags(tmp_path):

@@ -64,8 +64,8 @@ from .loop import (
 from .online import (
     RLResult,
     add_sum,
-    global_max,
     batch_logprobs,
+    global_max,
     logprob_temperature,
     prepare_online_inputs,
     run_evaluator,

@@ -36,7 +36,6 @@ from .loop import (
 from .rewards import RewardScorerSet, RewardSpec, parse_reward_specs
 from .rollouts import Sample, reward_rows, samples_from_generations
 
-
 # Extra sampling rounds of a step shuffle the prompts with seed + round x this (any large odd number).
 EXTRA_ROUND_SEED_STRIDE = 1_000_033
 
@@ -79,7 +78,7 @@ def sample_and_score(run: OnlineRun, cfg: RLArgs, n: int, tokenizer, prompt_set,
     samples = samples_from_generations(generations, indices)
     generated = timer()
     scores = scorer.score(reward_rows(samples, prompt_set.prompts)) if samples else None
-    for sample, value in zip(samples, scores.total):
+    for sample, value in zip(samples, scores.total if scores is not None else []):
         penalty = missing_eos_penalty if sample.finish_reason == "length" else 0.0
         sample.score = float(value) - penalty
     return samples, scores, {"time/generate": generated - started, "time/reward": timer() - generated}
