@@ -33,8 +33,8 @@ def test_a_prompts_samples_do_not_depend_on_its_batch(tiny):
 
 
 def test_seeded_sampler_samples_the_warped_distribution():
-    """argmax(log p + Gumbel noise) ~ p: token frequencies over many seeded rows match
-    softmax(logits / T) after top-k (chi-square, 5 degrees of freedom)."""
+    """The processor's pick ~ p: token frequencies over many seeded rows match softmax(logits / T)
+    after top-k (chi-square, 5 degrees of freedom)."""
     from scipy.stats import chisquare
 
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -0.5, 3.0, -4.0])
@@ -49,6 +49,17 @@ def test_seeded_sampler_samples_the_warped_distribution():
     # The same seeds draw the same tokens; other seeds other tokens.
     again = SeededSampler(range(rows), temperature=temperature, top_k=top_k)
     assert torch.equal(again(torch.zeros((rows, 1), dtype=torch.long), logits.expand(rows, -1).clone()).argmax(-1), picks)
+
+
+def test_seeded_sampler_with_top_p_never_picks_a_filtered_token():
+    """top-p leaves a few tokens; every pick is one of them, also for the uniforms closest to 1."""
+    logits = torch.tensor([5.0, 4.0, -3.0, -3.0, -6.0, -8.0])
+    rows = 5_000
+    sampler = SeededSampler(range(rows), temperature=1.0, top_p=0.9)
+    out = sampler(torch.zeros((rows, 1), dtype=torch.long), logits.expand(rows, -1).clone())
+    picks = out.argmax(-1)
+    assert set(picks.tolist()) <= {0, 1}
+    assert torch.isinf(out).sum(-1).eq(len(logits) - 1).all()  # exactly one finite entry per row
 
 
 

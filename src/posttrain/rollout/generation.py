@@ -146,7 +146,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
                 kwargs.update(stop_strings=params.stop, tokenizer=tokenizer)
             ids, mask = ids.to(device), mask.to(device)
             seeded = prompt_seeds is not None and not greedy
-            if seeded:  # greedy decoding over row-seeded Gumbel noise = sampling (rollout/seeded.py)
+            if seeded:  # greedy decoding of a row-seeded sample = sampling (rollout/seeded.py)
                 from .seeded import SeededSampler, sample_seed
 
                 rows = [sample_seed(prompt_seeds[i], s) for i in chunk for s in range(params.n)]
