@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .decode import TokenPicker, can_decode, decode
+
 # The KV cache's keyword: `cache` from transformers 5.2x on (the old `past_key_values` still
 # works there but logs a deprecation warning), `past_key_values` before.
 CACHE_KWARG = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
@@ -108,8 +110,12 @@ def shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, n: int):
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams,
              batch_size: int = 8, return_logprobs: bool = False, share_prompt: bool = False,
              prompt_seeds: Sequence[int] | None = None,
-             on_batch: Callable[[int, list[Generation]], None] | None = None) -> list[Generation]:
+             on_batch: Callable[[int, list[Generation]], None] | None = None,
+             engine: str = "auto") -> list[Generation]:
     """Sample `params.n` responses for each prompt (token ids). Returns prompt-major order.
+
+    `engine`: "posttrain" decodes with `rollout.decode` (finished rows leave the batch),
+    "transformers" with `model.generate`; "auto" (default) takes the first when `can_decode`.
 
     `on_batch(prompts_done, generations_of_the_batch)` is called after each batch, for
     progress display (`rollout.progress.progress_logger`).
@@ -125,6 +131,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = eos_token_ids(model, tokenizer)
     greedy = params.temperature <= 0
+    own = engine == "posttrain" or (engine == "auto" and can_decode(model))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[tuple[int, int], Generation] = {}
     was_training = model.training
@@ -157,16 +164,18 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
                 if cache is not None:
                     ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
                     kwargs.update({CACHE_KWARG: cache, "num_return_sequences": 1})
-            if seeded and kwargs["num_return_sequences"] > 1:  # greedy mode takes one sequence per row
+            if (seeded or own) and kwargs["num_return_sequences"] > 1:  # one sequence per row
                 ids, mask = ids.repeat_interleave(params.n, 0), mask.repeat_interleave(params.n, 0)
                 kwargs.update(num_return_sequences=1)
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            new_tokens = out.sequences[:, ids.shape[1]:].tolist()
-            token_logprobs = None
-            if return_logprobs:
-                logits = torch.stack(out.logits, dim=1).float()  # [B*n, new, V]
-                chosen = out.sequences[:, ids.shape[1]:].unsqueeze(-1)
-                token_logprobs = (logits.gather(-1, chosen).squeeze(-1) - torch.logsumexp(logits, dim=-1)).tolist()
+            if own:
+                processor = kwargs["logits_processor"][0] if seeded else None
+                picker = TokenPicker(processor, 0.0 if greedy else params.temperature, params.top_p, params.top_k)
+                new_tokens, token_logprobs = decode(
+                    model, ids, mask, params.max_new_tokens, eos, picker, cache=kwargs.get(CACHE_KWARG),
+                    cache_kwarg=CACHE_KWARG, return_logprobs=return_logprobs, stop=params.stop,
+                    decode_text=lambda t: tokenizer.decode(t, skip_special_tokens=True))
+            else:
+                new_tokens, token_logprobs = _generate_with_transformers(model, ids, mask, kwargs, return_logprobs)
             batch = []
             for row, tokens in enumerate(new_tokens):
                 prompt_index, sample_index = chunk[row // params.n], row % params.n
@@ -180,6 +189,18 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
     return [results[(p, s)] for p in range(len(prompts)) for s in range(params.n)]
+
+
+def _generate_with_transformers(model, ids: torch.Tensor, mask: torch.Tensor, kwargs: dict,
+                                return_logprobs: bool) -> tuple[list[list[int]], list[list[float]] | None]:
+    """`model.generate` on the prepared batch -> (new tokens per row, log-probs per row or None)."""
+    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    new_tokens = out.sequences[:, ids.shape[1]:].tolist()
+    if not return_logprobs:
+        return new_tokens, None
+    logits = torch.stack(out.logits, dim=1).float()  # [B*n, new, V]
+    chosen = out.sequences[:, ids.shape[1]:].unsqueeze(-1)
+    return new_tokens, (logits.gather(-1, chosen).squeeze(-1) - torch.logsumexp(logits, dim=-1)).tolist()
 
 
 def _finish(prompt_index, sample_index, prompt_ids, tokens, tokenizer, eos, pad_id, params, logprobs) -> Generation:

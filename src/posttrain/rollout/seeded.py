@@ -56,14 +56,21 @@ class SeededSampler:
         self.warpers = LogitsProcessorList(warpers)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The processor interface: every row of the batch, in order."""
+        return self.pick_rows(input_ids, scores, None)
+
+    def pick_rows(self, input_ids: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The same for a subset of the rows (`rows`: their indices among the seeds), as
+        `rollout.decode` asks once finished rows have left the batch."""
         if self.generators is None:
             if len(self.seeds) != scores.shape[0]:
                 raise ValueError(f"{len(self.seeds)} seeds for a batch of {scores.shape[0]} sequences")
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        generators = self.generators if rows is None else [self.generators[r] for r in rows.tolist()]
         probs = torch.softmax(self.warpers(input_ids, scores.float()), dim=-1)
         cdf = probs.double().cumsum(-1)  # float64: 49k float32 terms would drift
         uniform = torch.cat([torch.rand(1, generator=g, device=scores.device, dtype=torch.float64)
-                             for g in self.generators])
+                             for g in generators])
         vocab = probs.shape[-1]
         picks = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1), right=True).clamp_(max=vocab - 1)
         stray = probs.gather(-1, picks) == 0  # u * c_V rounded up to c_V: the pick ran past the last kept token
