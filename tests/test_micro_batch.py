@@ -140,3 +140,19 @@ def test_rm_split_run_equals_one_micro_batch(tmp_path, preference_file):
         train_reward_model(RMConfig(**COMMON, data=[data], output_dir=str(tmp_path / name), micro_batch_tokens=budget,
                                     eval_fraction=0.0))
     assert_same_runs(tmp_path / "whole", tmp_path / "split", 3)
+
+
+def test_trim_memory_trims_after_every_micro_batch_and_trains_the_same(tmp_path, monkeypatch):
+    """`--trim-memory` gives freed pages back after each micro-batch's backward (the peak it saves
+    is measured in docs/benchmarks.md, not here): one trim per micro-batch, the same run."""
+    from posttrain.train import engine
+    from posttrain.train.sft import SFTConfig, train_sft
+
+    calls = []
+    monkeypatch.setattr(engine, "trim_heap", lambda: calls.append(1))
+    data = str(chat_file(tmp_path))
+    for trim, name in ((False, "plain"), (True, "trimmed")):
+        train_sft(SFTConfig(**{**COMMON, "max_length": 256}, data=[data], output_dir=str(tmp_path / name),
+                            micro_batch_tokens=1, layout="padded", trim_memory=trim))
+        assert len(calls) == (3 * 4 if trim else 0)  # 3 steps x 4 micro-batches of one example
+    assert_same_runs(tmp_path / "plain", tmp_path / "trimmed", 3)

@@ -59,6 +59,7 @@ from .health import (
     weights_problem,
     where_to_restart,
 )
+from .memory import trim as trim_heap
 from .metrics import MetricsLog, Progress, truncate_metrics
 from .optim import build_optimizer, build_scheduler
 from .setup import is_main_process
@@ -421,6 +422,9 @@ class TrainingCore:
             with self.micro_batch(last=last_syncs and j == len(micro_batches) - 1):
                 backpropagated, keep = objective(batch)
                 self.accelerator.backward(backpropagated)
+            del batch, backpropagated
+            if self.args.trim_memory:  # the freed activations' pages, else kept by the fragmented heap
+                trim_heap()
             kept.append(keep)
         return kept
 
