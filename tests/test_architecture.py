@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "posttrain"
 # ARCHITECTURE.md "Layers", top to bottom. Units on one row share a layer; a tuple inside a row
 # is an order within the layer (quality < synth < judge < evaluate < ab < safety).
 LAYERS: list[tuple[str, ...]] = [
-    ("__init__", "errors", "jsonl", "records", "config", "trl_names", "cache", "resources"),
+    ("__init__", "errors", "jsonl", "records", "config", "trl_names", "cache", "resources", "allocator"),
     ("models",),
     ("data",),
     ("losses",),

@@ -12,6 +12,7 @@ import os
 import sys
 
 from . import __version__
+from .allocator import reexecute_with_allocator
 from .errors import STORAGE_ERRNOS, PosttrainError
 
 # command words -> ("module:function", one-line help). Two-word commands are groups.
@@ -64,6 +65,12 @@ def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
         if len(argv) >= words and name in COMMANDS:
             return name, argv[words:]
     return None
+
+
+def entry() -> int:
+    """The `posttrain` command: `main`, under jemalloc when the machine has it (`allocator`)."""
+    reexecute_with_allocator(sys.argv[1:])
+    return main()
 
 
 def main(argv: list[str] | None = None) -> int:

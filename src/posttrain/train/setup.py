@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..allocator import REEXECUTED as ALLOCATOR_SET
 from ..config import save_config, to_mapping
 from ..errors import ConfigError
 from ..models.peft import apply_peft, is_peft_model, merge_adapter, trainable_parameter_summary
@@ -173,4 +174,6 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
     model.train()
     if not quiet:
         say(f"model {cfg.model}: {trainable_parameter_summary(model)['text']}")
+        if os.environ.get(ALLOCATOR_SET):
+            say(f"allocator: {os.environ[ALLOCATOR_SET]} (POSTTRAIN_ALLOCATOR=system: glibc malloc)")
     return model
