@@ -103,3 +103,18 @@ def test_auto_falls_back_to_generate_for_processors_it_lacks(tiny, monkeypatch):
     monkeypatch.setattr("posttrain.rollout.generation.decode", refuse)
     out = generate(model, tokenizer, _prompts(tokenizer)[:2], SamplingParams(max_new_tokens=4, temperature=0.0))
     assert len(out) == 2
+
+
+def test_a_cache_that_cannot_drop_rows_keeps_them_and_ignores_their_tokens(tiny, many_eos, monkeypatch):
+    """Some cache classes have no `batch_select_indices`: finished rows then stay in the batch (as
+    in `generate`) and what they write after their end is not recorded."""
+    from transformers import DynamicCache
+
+    model, tokenizer = tiny
+    params = SamplingParams(max_new_tokens=10, temperature=0.9, n=3)
+    theirs = generate(model, tokenizer, _prompts(tokenizer), params, engine="transformers", prompt_seeds=[1, 2, 3, 4, 5])
+    owner = next(c for c in DynamicCache.__mro__ if "batch_select_indices" in vars(c))
+    monkeypatch.delattr(owner, "batch_select_indices")
+    ours = generate(model, tokenizer, _prompts(tokenizer), params, engine="posttrain", prompt_seeds=[1, 2, 3, 4, 5])
+    _same(ours, theirs)
+    assert len({len(g.response_ids) for g in ours}) > 1

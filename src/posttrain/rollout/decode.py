@@ -97,6 +97,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eo
     else:
         step_ids = ids
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=ids.device)
+    done = torch.zeros(rows_total, dtype=torch.bool, device=ids.device)  # rows kept only because the cache cannot drop them
     for _ in range(max_new_tokens):
         positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
         kwargs = {cache_kwarg: cache} if cache is not None else {}
@@ -107,8 +108,10 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eo
         tokens = picker(history, logits, active)
         if out_logps is not None:
             logps = (logits.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)).tolist()
-        finished = torch.isin(tokens, eos)
+        finished = torch.isin(tokens, eos) | done
         for j, (row, token) in enumerate(zip(active.tolist(), tokens.tolist())):
+            if done[j]:  # (a cache that cannot drop rows: this row ended earlier, its token is ignored)
+                continue
             out_tokens[row].append(token)
             if out_logps is not None:
                 out_logps[row].append(logps[j])
@@ -118,10 +121,13 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eo
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
         if bool(finished.all()):
             break
-        if bool(finished.any()):
+        if not hasattr(cache, "batch_select_indices"):
+            done = finished
+        elif bool(finished.any()):
             keep = (~finished).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             active, history, attention, tokens = active[keep], history[keep], attention[keep], tokens[keep]
+            done = done[keep]
         step_ids = tokens[:, None]
     return out_tokens, out_logps
 
