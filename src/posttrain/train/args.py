@@ -46,8 +46,8 @@ class RunArgs(DataArgs):
     mixed_precision: str = help_field("auto", "auto: bf16 on GPUs that support it, none on CPU", choices=["auto", "no", "bf16", "fp16"])
     gradient_checkpointing: bool = help_field(False, "recompute activations in backward to save memory")
     trim_memory: bool = help_field(False, "give the heap's free pages back to the system after every micro-batch "
-                                   "(glibc malloc_trim; CPU runs): measured ~35% lower peak memory for ~15% more "
-                                   "time (docs/benchmarks.md)")
+                                   "(glibc malloc_trim; CPU runs): measured a third lower peak memory for a sixth "
+                                   "more time (docs/benchmarks.md); jemalloc, when installed, needs no flag")
     save_every: int = help_field(0, "write a checkpoint every N steps (0: only on interrupt)", range=AT_LEAST_0)
     keep_last: int = help_field(2, "checkpoints kept (older ones are deleted)", range=AT_LEAST_1)
     resume: bool = help_field(False, "continue from the newest checkpoint in output_dir")
