@@ -62,3 +62,16 @@ def test_a_training_command_runs_under_jemalloc_and_keeps_its_exit_status(tmp_pa
     missing = _posttrain(["sft", "--data", str(tmp_path / "nope.jsonl"), "--model", "tiny-random"], tmp_path)
     assert missing.returncode == 2 and "nope.jsonl" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1  # still one line
+
+
+def test_a_wrong_allocator_path_is_one_line_for_model_commands_only(capsys, monkeypatch):
+    from posttrain.allocator import reexecute_with_allocator
+
+    monkeypatch.setenv("POSTTRAIN_ALLOCATOR", "/nowhere/libmalloc.so")
+    monkeypatch.delenv(REEXECUTED, raising=False)
+    reexecute_with_allocator(["sft", "--data", "x"])  # nothing to preload: returns, no exec
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/nowhere/libmalloc.so" in err and "system allocator" in err
+    reexecute_with_allocator(["--help"])
+    reexecute_with_allocator(["data", "check", "x"])
+    assert capsys.readouterr().err == ""

@@ -118,3 +118,9 @@ def test_a_cache_that_cannot_drop_rows_keeps_them_and_ignores_their_tokens(tiny,
     ours = generate(model, tokenizer, _prompts(tokenizer), params, engine="posttrain", prompt_seeds=[1, 2, 3, 4, 5])
     _same(ours, theirs)
     assert len({len(g.response_ids) for g in ours}) > 1
+
+
+def test_an_unknown_engine_is_refused(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="engine 'vllm'"):
+        generate(model, tokenizer, _prompts(tokenizer)[:1], SamplingParams(max_new_tokens=2), engine="vllm")

@@ -57,7 +57,8 @@ def reexecute_with_allocator(argv: Sequence[str]) -> None:
     library = library_to_preload(argv, os.environ)
     if library is None:
         choice = os.environ.get(ENV, "auto")
-        if choice not in ("auto", "system", "") and not os.path.exists(choice) and REEXECUTED not in os.environ:
+        heavy = bool(argv) and argv[0] in PRELOADED_COMMANDS and REEXECUTED not in os.environ
+        if heavy and choice not in ("auto", "system", "") and not os.path.exists(choice):
             print(f"posttrain: {ENV}={choice}: no such file; running with the system allocator", file=sys.stderr)
         return
     env = dict(os.environ)
@@ -65,4 +66,7 @@ def reexecute_with_allocator(argv: Sequence[str]) -> None:
     env[REEXECUTED] = library
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "posttrain", *argv], env)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "posttrain", *argv], env)
+    except OSError:  # no usable interpreter path (an embedded Python): run as we are
+        return

@@ -2,19 +2,21 @@
 
 `transformers`' `generate` keeps every row of a batch in every decoding step until the
 longest one ends: a row that wrote its eos token after 12 of 32 tokens still pays for 20
-more forward passes. In RL the lengths of a step's samples spread widely (arithmetic
-answers: 10-25 tokens, cut at 32), so a third or more of generate's row-steps computed
-tokens that were thrown away. This loop drops each finished row from the batch and from the
-KV cache (`Cache.batch_select_indices`) before the next step, and otherwise does what
-`generate` does for the settings posttrain uses: greedy decoding, or sampling through one
-logits processor (`rollout.seeded.SeededSampler`: the row-seeded sampler; RL always
-samples with it) or with temperature/top-k/top-p and `torch.multinomial`; eos ids; stop
-strings; the raw logits' log-probabilities. tests/test_rollout_decode.py checks that greedy
-and seeded sampling give the same tokens as `generate`, and the same log-probabilities.
+more forward passes. This loop drops each finished row from the batch and from the KV cache
+(`Cache.batch_select_indices`) before the next step. What that saves depends on how much the
+lengths of a batch spread: nothing measurable on the arithmetic warm-up model's answers
+(15.5 tokens on average, the longest 17-19; docs/benchmarks.md), more where a few long
+answers hold many short ones. Otherwise it does what `generate` does for the settings
+posttrain uses: greedy decoding, or sampling through one logits processor
+(`rollout.seeded.SeededSampler`: the row-seeded sampler; RL always samples with it) or with
+temperature/top-k/top-p and `torch.multinomial`; eos ids; stop strings; the raw logits'
+log-probabilities. tests/test_rollout_decode.py checks that greedy and seeded sampling give
+the same tokens and log-probabilities as `generate`.
 
-`can_decode` says when it applies: a model whose cache can drop rows, and a generation
-config without the processors this loop does not implement (repetition penalty, n-gram
-blocking, suppressed or forced tokens, a minimum length). Otherwise `generate` runs.
+`can_decode` says when it applies: a generation config without the processors this loop does
+not implement (repetition penalty, n-gram blocking, suppressed or forced tokens, a minimum
+length). Otherwise `generate` runs. A cache that cannot drop rows keeps them, as `generate`
+does, and their tokens after the end are ignored.
 """
 from __future__ import annotations
 

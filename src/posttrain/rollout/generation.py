@@ -18,6 +18,7 @@ from .decode import TokenPicker, can_decode, decode
 
 # The KV cache's keyword: `cache` from transformers 5.2x on (the old `past_key_values` still
 # works there but logs a deprecation warning), `past_key_values` before.
+ENGINES = ("auto", "posttrain", "transformers")
 CACHE_KWARG = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
@@ -131,6 +132,8 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = eos_token_ids(model, tokenizer)
     greedy = params.temperature <= 0
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
     own = engine == "posttrain" or (engine == "auto" and can_decode(model))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[tuple[int, int], Generation] = {}
