@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--timeout", type=int, default=3600)
     p.add_argument("--out", default="runs/benchmarks-defaults")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: both sides in bf16 autocast on the CPU (posttrain --mixed-precision bf16; TRL use_cpu=True, "
+                        "its bf16 default); fp32 (default): both in float32, posttrain's CPU default")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return p.parse_args(argv)
 
@@ -75,13 +78,16 @@ def posttrain_command(method: str, mode: str, data: Path, model: str, args, run_
         command += ["--peft", "lora"]
     if method == "rm":
         command += ["--eval-fraction", "0"]  # same examples as TRL (posttrain's RM holds out 10% by default)
+    if args.precision == "bf16":
+        command += ["--mixed-precision", "bf16"]
     return command
 
 
 def trl_command(method: str, mode: str, data: Path, model_dir: str, args, run_dir: Path) -> list[str]:
     return [sys.executable, str(ROOT / "benchmarks" / "trl_defaults.py"), method, mode, str(data), model_dir,
             str(run_dir / "result.json"), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-            "--learning-rate", str(LEARNING_RATES[method]), "--output-dir", str(run_dir)]
+            "--learning-rate", str(LEARNING_RATES[method]), "--output-dir", str(run_dir),
+            *(["--bf16"] if args.precision == "bf16" else [])]
 
 
 def run_measured(command: list[str], log: Path, timeout: int) -> dict:

@@ -5,8 +5,10 @@
 TRL's defaults are kept (gradient checkpointing on, a live reference forward for DPO
 through the disabled adapter or a reference copy, padding, full-vocabulary logits, its
 data preparation), except where the comparison needs the same work:
-- `bf16=False`: the same precision as posttrain on the CPU (TRL's default is bf16 autocast);
-  the model is loaded in float32 for the same reason;
+- `bf16=False`: the same precision as posttrain's default on the CPU; the model is loaded in
+  float32 for the same reason. TRL's own default, bf16 autocast, stops on a CPU ("You need to
+  assign use_cpu"); `--bf16` does what that message asks (`use_cpu=True`, TRL's bf16 default
+  kept), the other side of `posttrain ... --mixed-precision bf16`;
 - batch size, `max_steps` and learning rate: the same examples, steps and update as posttrain's run;
 - `logging_steps=1`: to report the final step's loss (posttrain logs every step);
 - `report_to="none"`, `save_strategy="no"` (no checkpoint in either); the final model is saved
@@ -32,6 +34,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--learning-rate", type=float, required=True)
     p.add_argument("--output-dir", required=True)
+    p.add_argument("--bf16", action="store_true", help="TRL's bf16 autocast default on the CPU (use_cpu=True)")
     args = p.parse_args()
 
     import torch
@@ -42,7 +45,8 @@ def main() -> None:
     dataset = load_dataset("json", data_files=args.data, split="train")
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     common = dict(output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-                  learning_rate=args.learning_rate, bf16=False, logging_steps=1, report_to="none", save_strategy="no")
+                  learning_rate=args.learning_rate, logging_steps=1, report_to="none", save_strategy="no",
+                  **({"use_cpu": True} if args.bf16 else {"bf16": False}))
     task = "SEQ_CLS" if args.method == "rm" else "CAUSAL_LM"
     peft = (LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type=task)
             if args.mode == "lora" else None)

@@ -152,3 +152,23 @@ def test_global_batch_larger_than_data_trains_on_all_of_it_with_a_warning(tmp_pa
     assert capsys.readouterr().err.splitlines() == [
         "WARNING: the training set (3 examples) is smaller than one global batch (4 x 1 accumulation x 1 "
         "processes = 4); each step uses 3 of them (batch size 3 x 1 accumulation)"]
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_fp16_is_refused(tmp_path):
+    from posttrain.errors import ConfigError
+    from posttrain.train.engine import make_accelerator
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU path")
+    accelerator = make_accelerator(args_for(tmp_path, mixed_precision="bf16"))
+    layer = torch.nn.Linear(8, 8)
+    with accelerator.autocast():
+        assert layer(torch.randn(2, 8)).dtype == torch.bfloat16
+    assert layer(torch.randn(2, 8)).dtype == torch.float32  # only inside the step's autocast
+    with accelerator.autocast():  # `auto` keeps the CPU in float32
+        pass
+    plain = make_accelerator(args_for(tmp_path, mixed_precision="auto"))
+    with plain.autocast():
+        assert layer(torch.randn(2, 8)).dtype == torch.float32
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        make_accelerator(args_for(tmp_path, mixed_precision="fp16"))

@@ -112,6 +112,24 @@ def test_a_trl_command_line_trains(tmp_path):
     assert Path(out / "final" / "config.json").is_file()
 
 
+def test_trl_bf16_on_a_cpu_trains_under_bf16_autocast(tmp_path):
+    """TRL (with use_cpu) trains in bf16 autocast on a CPU; `--bf16 true` must do the same here,
+    not stop with "needs a GPU". The loss differs from float32's (autocast is really on) but
+    only in the digits bf16 rounds."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i} b{i}"}) + "\n" for i in range(8)))
+    losses = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        assert main(["sft", "--model_name_or_path", "tiny-random", "--dataset_name", str(data), "--output_dir", str(out),
+                     "--per_device_train_batch_size", "4", "--max_steps", "2", "--bf16", flag, "--no_progress"]) == 0
+        losses[flag] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                        if "loss" in json.loads(line)]
+    assert len(losses["true"]) == len(losses["false"]) == 2
+    assert losses["true"] != losses["false"]
+    assert losses["true"] == pytest.approx(losses["false"], rel=0.02)
+
+
 def test_docs_coming_from_trl_lists_every_name():
     from posttrain import trl_names
 

@@ -43,7 +43,8 @@ class RunArgs(DataArgs):
     weight_decay: float = help_field(0.0, "AdamW weight decay", range=AT_LEAST_0)
     optimizer: str = help_field("adamw", "optimizer; adamw_8bit needs bitsandbytes", choices=["adamw", "adamw_8bit"])
     max_grad_norm: float = help_field(1.0, "clip the gradient norm to this (0: no clipping)", range=AT_LEAST_0)
-    mixed_precision: str = help_field("auto", "auto: bf16 on GPUs that support it, none on CPU", choices=["auto", "no", "bf16", "fp16"])
+    mixed_precision: str = help_field("auto", "auto: bf16 on GPUs that support it, none on CPU; bf16 also on CPU "
+                                       "(faster with AMX, more memory); fp16 needs a GPU", choices=["auto", "no", "bf16", "fp16"])
     gradient_checkpointing: bool = help_field(False, "recompute activations in backward to save memory")
     trim_memory: bool = help_field(False, "give the heap's free pages back to the system after every micro-batch "
                                    "(glibc malloc_trim; CPU runs): measured a third lower peak memory for a sixth "

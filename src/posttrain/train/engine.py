@@ -115,9 +115,13 @@ def make_accelerator(args: TrainArgs, project_name: str = "posttrain"):
     mixed = args.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if mixed != "no" and not torch.cuda.is_available():
-        raise ConfigError("mixed_precision", f"{mixed} needs a GPU; use 'no' or 'auto' on CPU")
+    # bf16 autocast also runs on the CPU (as TRL does with use_cpu): it pays where the CPU has
+    # bf16 matrix units (AMX) and costs memory for the bf16 weight copies (docs/benchmarks.md,
+    # "bf16 on the CPU"), so `auto` leaves the CPU in float32. fp16 autocast is a GPU feature.
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision", "fp16 needs a GPU; use 'bf16', 'no' or 'auto' on CPU")
     check_trackers(args.report_to)
+    forget_other_precision(mixed)
     plan = plan_distributed(args)  # --distributed: DDP, FSDP or DeepSpeed plugin (docs/distributed.md)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed,
                               log_with=args.report_to or None, project_dir=args.output_dir, **plan.kwargs)
@@ -125,6 +129,17 @@ def make_accelerator(args: TrainArgs, project_name: str = "posttrain"):
     if args.report_to:
         accelerator.init_trackers(project_name)
     return accelerator
+
+
+def forget_other_precision(mixed: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed precision; a pipeline (or a test) that runs a float32 stage after a bf16 one in the
+    same process needs it. The process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") not in (None, mixed):
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:

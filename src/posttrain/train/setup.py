@@ -175,5 +175,5 @@ def load_trainable_model(cfg: ModelArgs, *, seed: int = 0, gradient_checkpointin
     if not quiet:
         say(f"model {cfg.model}: {trainable_parameter_summary(model)['text']}")
         if os.environ.get(ALLOCATOR_SET):
-            say(f"allocator: {os.environ[ALLOCATOR_SET]} (POSTTRAIN_ALLOCATOR=system: glibc malloc)")
+            say(f"allocator: {os.environ[ALLOCATOR_SET]} (POSTTRAIN_ALLOCATOR=system runs with glibc malloc)")
     return model
