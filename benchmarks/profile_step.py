@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every decoder layer (regional compilation; the first pass compiles)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast around the forward (--mixed-precision bf16)")
+    p.add_argument("--weights-bf16", action="store_true", help="frozen weights stored in bf16 (LoRA's base)")
     args = p.parse_args(argv)
     if args.layout not in LAYOUTS[args.method]:
         p.error(f"--layout for {args.method}: one of {', '.join(LAYOUTS[args.method])}")
@@ -116,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         model = load_trainable_model(cfg, gradient_checkpointing=args.gradient_checkpointing, quiet=True)
         if args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+    if args.weights_bf16:
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
     if args.compile:
         for module in model.modules():
             if type(module).__name__.endswith("DecoderLayer"):
@@ -127,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def step():
         model.zero_grad(set_to_none=True)
-        compute(model).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):  # as the engine's step does
+            loss = compute(model)
+        loss.backward()
 
     times = []
     for _ in range(args.repeat):

@@ -114,10 +114,12 @@ def test_sft_split_run_equals_one_micro_batch(tmp_path, capsys):
     from posttrain.train.sft import SFTConfig, train_sft
 
     data = str(chat_file(tmp_path))
-    for budget, name in ((0, "whole"), (1, "split")):
-        train_sft(SFTConfig(**COMMON, data=[data], output_dir=str(tmp_path / name), micro_batch_tokens=budget,
-                            layout="padded"))
-    assert "micro-batches: 1 examples each, 4 per step" in capsys.readouterr().out
+    for budget, name in ((0, "whole"), (1, "split")):  # rows reach 232 tokens: all 12 kept, of mixed lengths
+        train_sft(SFTConfig(**{**COMMON, "max_length": 256}, data=[data], output_dir=str(tmp_path / name),
+                            micro_batch_tokens=budget, layout="padded"))
+    out = capsys.readouterr().out
+    assert "micro-batches: 1 examples each, 4 per step" in out
+    assert "12 examples, longest 232 tokens; 0 truncated, 0 dropped" in out
     assert_same_runs(tmp_path / "whole", tmp_path / "split", 3)
 
 
