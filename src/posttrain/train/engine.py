@@ -115,9 +115,10 @@ def make_accelerator(args: TrainArgs, project_name: str = "posttrain"):
     mixed = args.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # bf16 autocast also runs on the CPU (as TRL does with use_cpu): it pays where the CPU has
-    # bf16 matrix units (AMX) and costs memory for the bf16 weight copies (docs/benchmarks.md,
-    # "bf16 on the CPU"), so `auto` leaves the CPU in float32. fp16 autocast is a GPU feature.
+    # bf16 autocast also runs on the CPU (as TRL does with use_cpu). Measured on a CPU with AMX it
+    # saved only 7-15% of the time for 0.3-0.6 GB more memory (autocast re-casts the weights on
+    # every forward; docs/benchmarks.md, "Another machine, and bf16 on the CPU"), so `auto` leaves
+    # the CPU in float32. fp16 autocast is a GPU feature.
     if mixed == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision", "fp16 needs a GPU; use 'bf16', 'no' or 'auto' on CPU")
     check_trackers(args.report_to)
