@@ -10,8 +10,8 @@ import torch
 
 from posttrain.errors import ConfigError
 from posttrain.train import reference as ref_module
+from posttrain.train.accelerator import make_accelerator
 from posttrain.train.dpo import DPOConfig, train_dpo
-from posttrain.train.engine import make_accelerator
 from posttrain.train.preference_batch import BatchLayout
 from posttrain.train.preference_data import load_pairs
 from posttrain.train.reference import (

@@ -156,7 +156,7 @@ def test_global_batch_larger_than_data_trains_on_all_of_it_with_a_warning(tmp_pa
 
 def test_bf16_autocast_runs_on_the_cpu_and_fp16_is_refused(tmp_path):
     from posttrain.errors import ConfigError
-    from posttrain.train.engine import make_accelerator
+    from posttrain.train.accelerator import make_accelerator
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU path")

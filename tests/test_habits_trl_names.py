@@ -130,6 +130,20 @@ def test_trl_bf16_on_a_cpu_trains_under_bf16_autocast(tmp_path):
     assert losses["true"] == pytest.approx(losses["false"], rel=0.02)
 
 
+def test_fp16_on_a_cpu_is_one_line_before_anything_is_loaded_or_written(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU path")
+    out = tmp_path / "run"
+    assert main(["sft", "--model_name_or_path", "tiny-random", "--dataset_name", str(tmp_path / "absent.jsonl"),
+                 "--output_dir", str(out), "--fp16"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("posttrain sft: error: config field 'mixed_precision': fp16 needs a GPU; "
+                           "use 'bf16', 'no' or 'auto' on CPU")
+    assert not out.exists()
+
+
 def test_docs_coming_from_trl_lists_every_name():
     from posttrain import trl_names
 

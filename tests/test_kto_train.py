@@ -9,7 +9,7 @@ import torch
 
 from posttrain.cli import main
 from posttrain.losses import kto_loss
-from posttrain.train.engine import make_accelerator
+from posttrain.train.accelerator import make_accelerator
 from posttrain.train.kto import KTOConfig, make_loss, make_prepare_step, train_kto
 from posttrain.train.metrics import read_metrics
 from posttrain.train.preference_batch import BatchLayout, sequence_logps

@@ -47,7 +47,7 @@ from ..errors import ConfigError
 from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, aggregate_parts, kl_k1, ppo_clip_losses
 from ..rollout.rewards import BatchScores
 from ..rollout.threads import choose_cpu_threads
-from ..train.engine import global_sum, reduce_sums
+from ..train.accelerator import global_sum, reduce_sums
 from ..train.layout_cost import cost_model
 from ..train.reference import Reference, reference_for_policy
 from . import combined

@@ -49,7 +49,7 @@ from ..losses import (
     whiten,
 )
 from ..models.peft import apply_peft, merge_adapter
-from ..train.engine import global_sum, reduce_sums
+from ..train.accelerator import global_sum, reduce_sums
 from ..train.reference import Reference, reference_for_policy
 from . import combined
 from .configs import PPOConfig

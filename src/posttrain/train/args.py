@@ -28,6 +28,16 @@ def check_trackers(names: list[str]) -> None:
             raise ConfigError("report_to", f"{name} is not installed ({install})")
 
 
+def check_mixed_precision(mode: str) -> None:
+    """fp16 autocast is a GPU feature (bf16 also runs on a CPU): checked when the command line is
+    read, so the run stops before any data or model is loaded and nothing is written."""
+    if mode == "fp16":
+        import torch  # here, not at the top: `posttrain --help` stays fast
+
+        if not torch.cuda.is_available():
+            raise ConfigError("mixed_precision", "fp16 needs a GPU; use 'bf16', 'no' or 'auto' on CPU")
+
+
 @dataclass
 class RunArgs(DataArgs):
     """What every training command has, offline (sft, dpo, ...) or online (grpo, ppo, ...): the run
@@ -44,7 +54,8 @@ class RunArgs(DataArgs):
     optimizer: str = help_field("adamw", "optimizer; adamw_8bit needs bitsandbytes", choices=["adamw", "adamw_8bit"])
     max_grad_norm: float = help_field(1.0, "clip the gradient norm to this (0: no clipping)", range=AT_LEAST_0)
     mixed_precision: str = help_field("auto", "auto: bf16 on GPUs that support it, none on CPU; bf16 also on CPU "
-                                       "(faster with AMX, more memory); fp16 needs a GPU", choices=["auto", "no", "bf16", "fp16"])
+                                       "(faster with AMX, more memory); fp16 needs a GPU", choices=["auto", "no", "bf16", "fp16"],
+                                       check=check_mixed_precision)
     gradient_checkpointing: bool = help_field(False, "recompute activations in backward to save memory")
     trim_memory: bool = help_field(False, "give the heap's free pages back to the system after every micro-batch "
                                    "(glibc malloc_trim; CPU runs): measured a third lower peak memory for a sixth "

@@ -29,8 +29,9 @@ from ..data import get_template
 from ..data.readers import check_sources
 from ..errors import ConfigError
 from ..losses import PairLogps, mixed_preference_loss, needs_reference, preference_loss
+from .accelerator import make_accelerator
 from .configs import DPOConfig
-from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
+from .engine import LossOutput, TrainTask, run_training, to_device
 from .memory import trim
 from .micro_batch import plan_micro_batches
 from .preference_batch import BatchLayout, check_layout, resolve_layout, sequence_logps

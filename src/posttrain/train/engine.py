@@ -36,12 +36,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..config import validate_ranges
-from ..distributed.plugins import plan_distributed
 from ..distributed.training import gradient_norm, micro_batch_sync, settle_sharded_model
 from ..errors import ConfigError, PosttrainError, TrainingError, storage_errors
 from ..models.peft import enable_activation_checkpointing
 from ..models.saving import save_model_files
-from .args import TrainArgs, check_trackers  # (checked when the command line is read, and again here)
+from .accelerator import any_process, global_sum, make_accelerator, reduce_sums
+from .args import TrainArgs
 from .checkpoint import (
     checkpoint_model_files,
     checkpoint_root,
@@ -107,40 +107,6 @@ class Interrupted(PosttrainError):
     """SIGINT: a checkpoint was saved and the run can be resumed."""
 
     exit_code = 130
-
-
-def make_accelerator(args: TrainArgs, project_name: str = "posttrain"):
-    from accelerate import Accelerator
-
-    mixed = args.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # bf16 autocast also runs on the CPU (as TRL does with use_cpu). Measured on a CPU with AMX it
-    # saved only 7-15% of the time for 0.3-0.6 GB more memory (autocast re-casts the weights on
-    # every forward; docs/benchmarks.md, "Another machine, and bf16 on the CPU"), so `auto` leaves
-    # the CPU in float32. fp16 autocast is a GPU feature.
-    if mixed == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("mixed_precision", "fp16 needs a GPU; use 'bf16', 'no' or 'auto' on CPU")
-    check_trackers(args.report_to)
-    forget_other_precision(mixed)
-    plan = plan_distributed(args)  # --distributed: DDP, FSDP or DeepSpeed plugin (docs/distributed.md)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed,
-                              log_with=args.report_to or None, project_dir=args.output_dir, **plan.kwargs)
-    plan.finish(accelerator)
-    if args.report_to:
-        accelerator.init_trackers(project_name)
-    return accelerator
-
-
-def forget_other_precision(mixed: str) -> None:
-    """accelerate keeps one process-wide state and refuses a second Accelerator with another
-    mixed precision; a pipeline (or a test) that runs a float32 stage after a bf16 one in the
-    same process needs it. The process group (PartialState) is kept."""
-    from accelerate.state import AcceleratorState
-
-    shared = AcceleratorState._shared_state
-    if shared and shared.get("_mixed_precision") not in (None, mixed):
-        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
@@ -287,31 +253,6 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
 def _as_float(value: torch.Tensor | float) -> float:
     return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
-
-
-def reduce_sums(accelerator, sums: dict[str, float]) -> dict[str, float]:
-    """Sum a dict of floats over processes (one collective for all keys)."""
-    if accelerator.num_processes == 1 or not sums:
-        return sums
-    keys = sorted(sums)
-    tensor = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    tensor = accelerator.reduce(tensor, reduction="sum")
-    return dict(zip(keys, tensor.tolist()))
-
-
-def global_sum(accelerator, value: float) -> float:
-    """A number summed over processes."""
-    if accelerator.num_processes == 1:
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(tensor, reduction="sum").item())
-
-
-def any_process(accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
 
 
 def improved(value: float, best: float | None, mode: str) -> bool:

@@ -36,8 +36,9 @@ from ..data import get_template
 from ..data.formats import check_both_labels
 from ..data.readers import check_sources
 from ..errors import ConfigError
+from .accelerator import make_accelerator
 from .configs import KTOConfig
-from .engine import LossOutput, TrainTask, make_accelerator, run_training, to_device
+from .engine import LossOutput, TrainTask, run_training, to_device
 from .preference_batch import BatchLayout, check_layout
 from .preference_data import data_paths, load_data, load_unpaired, write_report
 from .reference import build_reference, describe, eval_mode, model_identity, resolve_strategy, summary_line

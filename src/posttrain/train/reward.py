@@ -41,8 +41,9 @@ from ..errors import ConfigError, InputError
 from ..jsonl import write_json
 from ..losses.reward import RANKING_LOSSES, bradley_terry_loss, ranking_accuracy_parts, ranking_pairs
 from ..models.peft import enable_activation_checkpointing
+from .accelerator import make_accelerator
 from .configs import RMConfig
-from .engine import LossOutput, TrainTask, make_accelerator, run_training
+from .engine import LossOutput, TrainTask, run_training
 from .micro_batch import plan_micro_batches
 from .reward_batch import (
     RewardGroup,
