@@ -61,7 +61,7 @@ def test_values_are_those_of_the_state_before_each_token():
     critic = ScalarHeadModel.from_causal_lm(load_model("tiny-random", seed=1))
     separate = ActorCritic(load_model("tiny-random"), critic=critic)
     with torch.no_grad():
-        logps, entropy, values = separate(ids, mask, response)
+        logps, entropy, values = separate({"input_ids": ids, "attention_mask": mask, "response_mask": response})
         state_values = critic(ids, mask)
     assert torch.allclose(values[:, 1:], state_values[:, :-1])  # V(s_t) is read at position t - 1
     assert values[0, 0] == 0
@@ -70,7 +70,7 @@ def test_values_are_those_of_the_state_before_each_token():
     head = torch.nn.Linear(64, 1)
     shared = ActorCritic(policy, value_head=head)
     with torch.no_grad():
-        _, _, values = shared(ids, mask, response)
+        _, _, values = shared({"input_ids": ids, "attention_mask": mask, "response_mask": response})
         hidden = policy.model(input_ids=ids, attention_mask=mask).last_hidden_state
     assert torch.allclose(values[:, 1:], head(hidden).squeeze(-1)[:, :-1], atol=1e-6)
 

@@ -89,6 +89,103 @@ def test_grpo_run_with_shared_prompts_equals_the_padded_run(tmp_path, peft):
             assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_ppo_actor_critic_on_the_shared_prompt_layout_equals_the_plain_path(value_model):
+    """PPO's forward (log-probs, entropies and V of the state before each token) over the
+    shared-prompt layout gives the plain padded forward's values and gradients, for a value head
+    on the policy's backbone and for a separate critic."""
+    from posttrain.models import load_model, load_tokenizer
+    from posttrain.models.heads import ScalarHeadModel
+    from posttrain.rl.ppo import ActorCritic
+    from posttrain.rl.rollouts import tree_layout
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("tiny-random", padding_side="left")
+    policy = load_model("tiny-random")
+    if value_model == "shared":
+        model = ActorCritic(policy, value_head=torch.nn.Linear(64, 1))
+    else:
+        model = ActorCritic(policy, critic=ScalarHeadModel.from_causal_lm(load_model("tiny-random", seed=1)))
+    samples = _tree_samples(tokenizer)
+    batch = collate(samples, tokenizer.pad_token_id)
+    mask = batch["response_mask"]
+    weights = torch.randn(3, *mask.shape) * mask  # the losses read response tokens only
+    results = []
+    for padding_free in (None, False, True):
+        layout = {} if padding_free is None else tree_layout(samples, tokenizer.pad_token_id, padding_free)
+        model.zero_grad(set_to_none=True)
+        outputs = model({**batch, **layout}, 0.7)
+        sum((out * w).sum() for out, w in zip(outputs, weights)).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append(([out.detach() for out in outputs], grads))
+    (plain, plain_grads), *trees = results
+    for outputs, grads in trees:
+        for got, want in zip(outputs, plain):
+            assert torch.allclose(got[mask], want[mask], atol=1e-5)
+        assert grads.keys() == plain_grads.keys()
+        for name in plain_grads:
+            assert torch.allclose(grads[name], plain_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_ppo_run_with_shared_prompts_equals_the_padded_run(tmp_path, monkeypatch):
+    """Whole PPO runs (G samples a prompt, two epochs, two minibatches drawn by whole groups): the
+    shared-prompt layout takes the plain layout's updates (same metrics step by step)."""
+    import posttrain.rl.ppo as ppo
+    from posttrain.rl.ppo import PPOConfig, train_ppo
+
+    tree_forwards = []
+    original = ppo.tree_to_plain
+    monkeypatch.setattr(ppo, "tree_to_plain", lambda batch: tree_forwards.append(1) or original(batch))
+    rows, calls = {}, {}
+    for layout in ("padded", "shared_prompt_padding_free"):
+        cfg = PPOConfig(model="tiny-random", prompts=str(rl_toy.write_prompts(tmp_path)), num_samples=4,
+                        prompts_per_step=4, max_new_tokens=8, learning_rate=1e-3, max_steps=3, micro_batch_size=6,
+                        kl_coef=0.1, value_model="shared", ppo_epochs=2, num_minibatches=2, rollout_layout=layout,
+                        output_dir=str(tmp_path / layout), progress=False)
+        train_ppo(cfg, {"lowercase": rl_toy.lowercase})
+        rows[layout] = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if "loss" in r]
+        calls[layout] = len(tree_forwards)
+    # 16 samples a step: 3 micro-batches of 6 in the rollout pass, 2 epochs x 2 minibatches of 8 x 2
+    # micro-batches in the update; 3 steps: every forward of the second run went through the tree layout
+    assert calls == {"padded": 0, "shared_prompt_padding_free": 3 * (3 + 2 * 2 * 2)}
+    assert len(rows["padded"]) == 3
+    for plain, shared in zip(rows["padded"], rows["shared_prompt_padding_free"]):
+        assert shared["reward"] == pytest.approx(plain["reward"], abs=1e-6)
+        for key in ("loss", "policy_loss", "value_loss", "kl", "entropy", "grad_norm", "explained_variance"):
+            assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+
+
+def test_minibatches_keep_a_prompts_samples_together():
+    """`update_passes` shuffles whole groups, so every minibatch holds complete groups (the
+    shared-prompt layout then computes each prompt once); with group size 1 it is the plain shuffle."""
+    import random
+    from types import SimpleNamespace
+
+    from posttrain.rl.loop import update_passes
+
+    seen = []
+    run = SimpleNamespace(model=SimpleNamespace(train=lambda: None), scale=lambda d: 1.0, global_sum=lambda x: x,
+                          backward_micro_batches=lambda collated, objective, last_syncs: [0.0],
+                          optimizer_step=lambda step, loss: 0.0)
+    samples = [(prompt, k) for prompt in range(6) for k in range(4)]
+    for group_size in (4, 1):
+        seen.clear()
+        update_passes(run, samples, 3, epochs=2, minibatches=3, micro_batch_size=5, seed=0,
+                      collate_micro=lambda micro: micro, denominator=lambda b: len(b),
+                      micro_objective=None, group_size=group_size,
+                      before_step=lambda plan: seen.append(plan.samples))
+        assert len(seen) == 6 and all(len(m) == 8 for m in seen)
+        if group_size == 4:
+            for minibatch in seen:
+                prompts = {p for p, _ in minibatch}
+                assert len(prompts) == 2 and sorted(minibatch) == [(p, k) for p in sorted(prompts) for k in range(4)]
+        else:  # the order of the old per-sample shuffle
+            rng = random.Random(0 * 7_919 + 3)
+            first = list(samples)
+            rng.shuffle(first)
+            assert seen[0] + seen[1] + seen[2] == first
+
+
 def test_busy_cores_reads_proc_stat_deltas():
     from posttrain.rollout.threads import busy_cores, cpu_times
 

@@ -55,6 +55,10 @@ class RLArgs(ModelArgs, RunArgs):
     micro_batch_size: int = help_field(8, "sequences per forward/backward pass (gradient accumulation below that)")
     save_rollouts: bool = help_field(True, "append every sampled response with its reward to rollouts.jsonl")
     disable_dropout: bool = help_field(True, "turn dropout off (incl. LoRA dropout), so the training forward scores tokens as sampling did")
+    rollout_layout: str = help_field("auto", "training-forward layout of a micro-batch: padded (each sample "
+                                     "its own row, the plain path), shared_prompt (each prompt once for all "
+                                     "its samples), shared_prompt_padding_free (and no padding), auto (the "
+                                     "cheapest per micro-batch)", choices=list(ROLLOUT_LAYOUT_CHOICES))
     # ----- optimisation, checkpoints, logging, --distributed: `RunArgs`, as in every training
     # command; only the defaults that differ for online RL are set again here.
     output_dir: str = help_field("runs/rl", "run directory: config, metrics.jsonl, rollouts.jsonl, checkpoints/, final/")
@@ -97,10 +101,6 @@ class GRPOConfig(RLArgs):
     threads: int = help_field(0, "CPU threads for torch (0: one per core that other jobs leave free, from the "
                                  "load average and the cores busy at start; OMP_NUM_THREADS, when set, is kept)",
                                  range=AT_LEAST_0)
-    rollout_layout: str = help_field("auto", "training-forward layout of a micro-batch: padded (each sample "
-                                     "its own row, the plain path), shared_prompt (each prompt once for all "
-                                     "its samples), shared_prompt_padding_free (and no padding), auto (the "
-                                     "cheapest per micro-batch)", choices=list(ROLLOUT_LAYOUT_CHOICES))
 
 
 @dataclass

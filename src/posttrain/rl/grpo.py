@@ -48,7 +48,6 @@ from ..losses import GROUP_ADVANTAGES, KL_ESTIMATORS, aggregate_parts, kl_k1, pp
 from ..rollout.rewards import BatchScores
 from ..rollout.threads import choose_cpu_threads
 from ..train.accelerator import global_sum, reduce_sums
-from ..train.layout_cost import cost_model
 from ..train.reference import Reference, reference_for_policy
 from . import combined
 from .configs import GRPOConfig, RLArgs, RLOOConfig  # noqa: F401  (RLOOConfig re-exported)
@@ -74,13 +73,11 @@ from .online import (
 )
 from .rollouts import (
     Sample,
-    choose_tree_layout,
     chunks,
-    collate,
+    rollout_collate,
     rollout_records,
     scoring_batches,
     store_tokens,
-    tree_layout,
     tree_logprobs,
 )
 
@@ -99,32 +96,6 @@ def check_grpo(cfg: GRPOConfig) -> None:
     if cfg.epsilon <= 0 or (cfg.epsilon_high is not None and cfg.epsilon_high <= 0):
         raise ConfigError("epsilon", "clip ranges must be > 0")
     combined.check_combined(cfg)
-    if cfg.rollout_layout not in ("auto", "padded") and not tree_layout_allowed(cfg):
-        raise ConfigError("rollout_layout", f"{cfg.rollout_layout} needs a 4-D attention mask, which "
-                                            f"{cfg.attn_implementation} / peft {cfg.peft} cannot take; use padded or auto")
-
-
-def tree_layout_allowed(cfg) -> bool:
-    """Shared-prompt layouts need a 4-D mask (sdpa, eager) and no virtual tokens (prefix tuning)."""
-    return cfg.attn_implementation in ("sdpa", "eager") and cfg.peft != "prefix"
-
-
-def rollout_collate(run: OnlineRun, cfg: GRPOConfig, pad_id: int, token_fields=(), scalar_fields=()):
-    """collate_micro for the training forward: the plain `collate` batch (what the losses read),
-    plus the `tree_*` layout of `cfg.rollout_layout` (auto: the cheapest per micro-batch) that
-    `policy_logprobs` runs the model on."""
-    layout = getattr(cfg, "rollout_layout", "padded") if tree_layout_allowed(cfg) else "padded"
-    policy = run.unwrapped_policy()
-    costs = cost_model(policy) if layout == "auto" else None
-    dtype = next(policy.parameters()).dtype
-
-    def collate_micro(micro: list[Sample]) -> dict[str, torch.Tensor]:
-        batch = collate(micro, pad_id, token_fields, scalar_fields)
-        name = choose_tree_layout(micro, costs) if costs is not None else layout
-        if name != "padded":
-            batch.update(tree_layout(micro, pad_id, name.endswith("padding_free"), dtype))
-        return batch
-    return collate_micro
 
 
 def policy_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, entropy: bool = False):
@@ -273,8 +244,8 @@ def update_policy(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: GRPOC
         micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
         collate_micro=rollout_collate(run, cfg, pad_id, token_fields, scalar_fields),
         denominator=denominator, micro_objective=micro_objective,
-        # One pass over one minibatch keeps the sampling order (no reshuffle needed).
-        shuffle=cfg.ppo_epochs > 1 or cfg.num_minibatches > 1, before_step=before_step)
+        # Minibatches are drawn by whole groups; one minibatch keeps the sampling order.
+        shuffle=cfg.num_minibatches > 1, group_size=cfg.num_samples, before_step=before_step)
     return _finish_metrics(run, sums, losses_seen, grad_norm)
 
 

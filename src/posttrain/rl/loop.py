@@ -50,7 +50,7 @@ from ..rollout.rewards import TASKS, task_file
 from ..train.engine import TrainingCore, epoch_order
 from ..train.setup import say
 from .configs import RLArgs, merge_repeated_flags  # noqa: F401  (merge_repeated_flags re-exported)
-from .rollouts import chunks, render_prompt_ids, split_even
+from .rollouts import check_rollout_layout, chunks, render_prompt_ids, split_even
 
 # --------------------------------------------------------------------------- set-up
 
@@ -89,6 +89,7 @@ def check_common(cfg: RLArgs, n: int) -> None:
     if cfg.max_length <= cfg.max_new_tokens:
         raise ConfigError("max_length", f"must be larger than max_new_tokens ({cfg.max_new_tokens}); "
                                         "prompts get max_length - max_new_tokens tokens")
+    check_rollout_layout(cfg)
     check_distributed(cfg)
 
 
@@ -311,7 +312,7 @@ class MinibatchPlan:
 
 def update_passes(run: OnlineRun, samples: Sequence[Any], step: int, *, epochs: int, minibatches: int,
                   micro_batch_size: int, seed: int, collate_micro, denominator, micro_objective,
-                  shuffle: bool = True, before_step=None) -> tuple[list[float], float]:
+                  shuffle: bool = True, group_size: int = 1, before_step=None) -> tuple[list[float], float]:
     """`epochs` passes x `minibatches` optimizer steps over a rollout batch: the skeleton PPO and
     GRPO/RLOO share, on the core's global-batch normalisation, micro-batch context and
     optimizer step. Returns (each optimizer step's loss, the last gradient norm).
@@ -327,16 +328,21 @@ def update_passes(run: OnlineRun, samples: Sequence[Any], step: int, *, epochs: 
       before_step(plan) -> None, or a callable run after the micro-batches (an extra backward
           that ends the step, e.g. the behaviour-cloning term)
 
-    The order is shuffled per pass from (seed, step) only, so a resumed run replays it.
+    The order is shuffled per pass from (seed, step) only, so a resumed run replays it. It is
+    shuffled in units of `group_size` consecutive samples (a prompt's samples), so that a
+    minibatch keeps a prompt's samples together and the shared-prompt layout can compute the
+    prompt once for them. With one minibatch a shuffle changes nothing but float rounding (the
+    update does not depend on how the batch is split), so recipes turn it off then.
     """
     rng = random.Random(seed * 7_919 + step)
     losses: list[float] = []
     grad_norm = 0.0
     run.model.train()
     for epoch in range(epochs):
-        order = list(samples)
+        units = chunks(samples, group_size)
         if shuffle:
-            rng.shuffle(order)
+            rng.shuffle(units)
+        order = [sample for unit in units for sample in unit]
         for minibatch in split_even(order, minibatches):
             plan = MinibatchPlan(epoch, len(losses), minibatch)
             finish = before_step(plan) if before_step is not None else None

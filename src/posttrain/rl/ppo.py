@@ -71,7 +71,7 @@ from .online import (
     sample_and_score,
     sample_metrics,
 )
-from .rollouts import Sample, collate, rollout_records, scoring_batches, store_tokens
+from .rollouts import Sample, collate, rollout_collate, rollout_records, scoring_batches, store_tokens, tree_to_plain
 
 # --------------------------------------------------------------------------- actor + critic
 
@@ -79,9 +79,13 @@ from .rollouts import Sample, collate, rollout_records, scoring_batches, store_t
 class ActorCritic(nn.Module):
     """The policy and its value model in one module (one optimizer, one DDP wrapper).
 
-    forward(batch) -> (logprobs [B, T], entropy [B, T], values [B, T]), where values[b, j]
-    is V(s) of the state *before* token j, i.e. the head at position j - 1 (the position
-    whose hidden state predicts token j), lined up with logprobs[b, j].
+    forward(batch) -> (logprobs [B, T], entropy [B, T], values [B, T]) in the batch's plain
+    layout (`rollouts.collate`), where values[b, j] is V(s) of the state *before* token j, i.e.
+    the head at the position whose hidden state predicts token j, lined up with logprobs[b, j].
+    A batch with `tree_*` tensors (`rollouts.rollout_collate`) runs the model on that layout,
+    each prompt once for all its samples; in it too the position before a response token is
+    the one that predicts it (each branch starts with a copy of the last prompt token), so the
+    same shift by one holds, and the results are laid back out as `[B, T]`.
     """
 
     def __init__(self, policy: nn.Module, critic: nn.Module | None = None, value_head: nn.Linear | None = None):
@@ -92,13 +96,22 @@ class ActorCritic(nn.Module):
         # FSDP wraps each decoder layer (of policy and critic) as its own unit, as for the policy alone.
         self._no_split_modules = list(getattr(policy, "_no_split_modules", None) or [])
 
-    def forward(self, input_ids, attention_mask, response_mask, temperature: float = 1.0):
+    def forward(self, batch: dict[str, torch.Tensor], temperature: float = 1.0):
+        if "tree_input_ids" not in batch:
+            return self._score(batch["input_ids"], batch["attention_mask"], batch["response_mask"], None, temperature)
+        scored = self._score(batch["tree_input_ids"], batch["tree_attention_mask"], batch["tree_response_mask"],
+                             batch["tree_position_ids"], temperature)
+        plain = tree_to_plain(batch)
+        return tuple(plain(values) for values in scored)
+
+    def _score(self, input_ids, attention_mask, response_mask, position_ids, temperature: float):
         from ..models.logprobs import response_logprobs, split_causal_lm
 
-        kwargs = dict(response_mask=response_mask, temperature=temperature, return_entropy=True)
+        kwargs = dict(response_mask=response_mask, position_ids=position_ids, temperature=temperature,
+                      return_entropy=True)
         if self.critic is not None:
             out = response_logprobs(self.policy, input_ids, attention_mask, **kwargs)
-            state_values = self.critic(input_ids, attention_mask)
+            state_values = self.critic(input_ids, attention_mask, position_ids=position_ids)
         else:
             # Shared backbone: catch its last hidden states during the policy's own forward.
             parts = split_causal_lm(self.policy)
@@ -188,9 +201,9 @@ def rollout_pass(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOCon
     """π_old, π_ref log-probs and V_old of every sample, stored as sample tokens. Without a
     reference (kl_coef 0: the penalty is 0 whatever it says) π_ref is taken as π_old (KL 0)."""
     temperature = logprob_temperature(cfg)
-    for micro, batch in scoring_batches(run, samples, cfg.micro_batch_size, lambda micro: collate(micro, pad_id)):
+    for micro, batch in scoring_batches(run, samples, cfg.micro_batch_size, rollout_collate(run, cfg, pad_id)):
         with run.accelerator.autocast():
-            logps, _, values = run.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], temperature)
+            logps, _, values = run.model(batch, temperature)
         store_tokens(micro, "old_logps", logps, batch["response_mask"])
         store_tokens(micro, "old_values", values, batch["response_mask"])
         ref_logps = reference.token_logprobs(batch, temperature) if reference is not None else logps
@@ -297,7 +310,7 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
 
     def micro_objective(batch, scale: float, plan):
         mask = batch["response_mask"]
-        logps, entropy, values = run.model(batch["input_ids"], batch["attention_mask"], mask, temperature)
+        logps, entropy, values = run.model(batch, temperature)
         loss_t, policy_t, value_t, clipped, value_clipped = ppo_token_losses(logps, entropy, values, batch, cfg,
                                                                              policy_weight)
         num, _ = aggregate_parts(loss_t, mask, cfg.loss_aggregation, constant)
@@ -318,7 +331,7 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
         rows = combined.expert_batch(ptx, cfg.ptx_batch_size, cfg.seed, step, plan.update)
 
         def forward(batch):  # the policy's log-probs at temperature 1; the values ride along at weight 0
-            logps, _, values = run.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], 1.0)
+            logps, _, values = run.model(batch, 1.0)
             return logps, values
 
         def ptx_backward() -> None:
@@ -329,8 +342,9 @@ def ppo_update(run: OnlineRun, samples: list[Sample], pad_id: int, cfg: PPOConfi
 
     losses, grad_norm = update_passes(run, samples, step, epochs=cfg.ppo_epochs, minibatches=cfg.num_minibatches,
                                       micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                                      collate_micro=lambda micro: collate(micro, pad_id, fields),
+                                      collate_micro=rollout_collate(run, cfg, pad_id, fields),
                                       denominator=denominator, micro_objective=micro_objective,
+                                      shuffle=cfg.num_minibatches > 1, group_size=cfg.num_samples,
                                       before_step=before_step)
     sums = reduce_sums(run.accelerator, sums)
     ptx_nll, ptx_updates = sums.pop("ptx_nll_sum", None), sums.pop("ptx_updates", 0.0)

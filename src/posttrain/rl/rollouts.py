@@ -35,9 +35,9 @@ import torch
 from ..data import get_template
 from ..data.readers import split_location
 from ..data.tokenize import encode
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..records import Message
-from ..train.layout_cost import CostModel, padded_cost, padding_free_cost
+from ..train.layout_cost import CostModel, cost_model, padded_cost, padding_free_cost
 from ..train.preference_batch import layout_batch, plain_group, shared_prompt_group
 
 # `rollout_layout` of the online recipes: how the training forward lays out a micro-batch.
@@ -141,9 +141,17 @@ def tree_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, ent
     to float rounding (`tests/test_rl_rollouts.py`)."""
     from ..models.logprobs import TokenLogprobs, response_logprobs
 
+    out = response_logprobs(model, batch["tree_input_ids"], batch["tree_attention_mask"],
+                            response_mask=batch["tree_response_mask"], position_ids=batch["tree_position_ids"],
+                            temperature=temperature, return_entropy=entropy)
+    plain = tree_to_plain(batch)
+    return TokenLogprobs(plain(out.logprobs), plain(out.entropy))
+
+
+def tree_to_plain(batch: dict[str, torch.Tensor]) -> Callable[[torch.Tensor | None], torch.Tensor | None]:
+    """A function that lays per-token values computed over the batch's `tree_*` layout (`[R, L]`,
+    read at `tree_response_mask`) out as `[B, T]` in its plain layout (at `response_mask`)."""
     tree_mask = batch["tree_response_mask"]
-    out = response_logprobs(model, batch["tree_input_ids"], batch["tree_attention_mask"], response_mask=tree_mask,
-                            position_ids=batch["tree_position_ids"], temperature=temperature, return_entropy=entropy)
     # Within a sample its tokens come in position order; a stable sort by sample gives the plain
     # layout's row-major order of response tokens.
     order = torch.argsort(batch["tree_sequence_index"][tree_mask], stable=True)
@@ -153,8 +161,37 @@ def tree_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, ent
         if values is None:
             return None
         return values.new_zeros(plain_mask.shape).masked_scatter(plain_mask, values[tree_mask][order])
+    return plain
 
-    return TokenLogprobs(plain(out.logprobs), plain(out.entropy))
+
+def tree_layout_allowed(cfg) -> bool:
+    """Shared-prompt layouts need a 4-D mask (sdpa, eager) and no virtual tokens (prefix tuning)."""
+    return cfg.attn_implementation in ("sdpa", "eager") and cfg.peft != "prefix"
+
+
+def check_rollout_layout(cfg) -> None:
+    if cfg.rollout_layout not in ("auto", "padded") and not tree_layout_allowed(cfg):
+        raise ConfigError("rollout_layout", f"{cfg.rollout_layout} needs a 4-D attention mask, which "
+                                            f"{cfg.attn_implementation} / peft {cfg.peft} cannot take; use padded or auto")
+
+
+def rollout_collate(run: Any, cfg: Any, pad_id: int, token_fields: Sequence[str] = (),
+                    scalar_fields: Sequence[str] = ()) -> Callable[[list[Sample]], dict[str, torch.Tensor]]:
+    """collate_micro for the training forward of an online run: the plain `collate` batch (what
+    the losses read), plus the `tree_*` layout of `cfg.rollout_layout` (auto: the cheapest per
+    micro-batch) that the recipe's forward runs the model on (`tree_logprobs`, PPO's `ActorCritic`)."""
+    layout = cfg.rollout_layout if tree_layout_allowed(cfg) else "padded"
+    policy = run.unwrapped_policy()
+    costs = cost_model(policy) if layout == "auto" else None
+    dtype = next(policy.parameters()).dtype
+
+    def collate_micro(micro: list[Sample]) -> dict[str, torch.Tensor]:
+        batch = collate(micro, pad_id, token_fields, scalar_fields)
+        name = choose_tree_layout(micro, costs) if costs is not None else layout
+        if name != "padded":
+            batch.update(tree_layout(micro, pad_id, name.endswith("padding_free"), dtype))
+        return batch
+    return collate_micro
 
 
 def store_tokens(samples: Sequence[Sample], name: str, values: torch.Tensor, response_mask: torch.Tensor) -> None:
